@@ -1,0 +1,306 @@
+"""Typed configuration: defaults < config file < MESHRAG_* environment < flags.
+
+Every key lives in a section dataclass below with its default and a check.
+conf/meshrag.toml documents every key with the same default (a test keeps the
+two in step). A bad value fails at start with the key, the value, where it came
+from and what is allowed, never later at request time.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import os
+import socket
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+from meshrag.errors import ConfigError
+
+ENV_PREFIX = "MESHRAG_"
+DEFAULT_CONFIG_PATH = Path("conf/meshrag.toml")
+ROLES = ("storage", "coordinator", "generator")
+# vllm and OpenAI-compatible URLs arrive with the generation issue.
+BACKENDS = ("llama.cpp",)
+
+
+def _check(predicate: Callable[[Any], bool], allowed: str) -> dict[str, Any]:
+    return {"check": predicate, "allowed": allowed}
+
+
+def _positive(value: Any) -> bool:
+    return value > 0
+
+
+def _non_negative(value: Any) -> bool:
+    return value >= 0
+
+
+def parse_host_port(value: str) -> tuple[str, int]:
+    """Split "host:port" (IPv6 as "[::1]:7070"); raises ValueError on bad input."""
+    host, sep, port_text = value.rpartition(":")
+    if not sep or not host or not port_text.isdigit():
+        raise ValueError(f"{value!r} is not HOST:PORT")
+    port = int(port_text)
+    if not 0 < port < 65536:
+        raise ValueError(f"port {port} out of range 1..65535")
+    return host.strip("[]"), port
+
+
+def _is_host_port(value: str) -> bool:
+    try:
+        parse_host_port(value)
+    except ValueError:
+        return False
+    return True
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+@dataclass
+class NodeConfig:
+    name: str = field(default="", metadata=_check(lambda v: len(v) <= 64, "a name of at most 64 characters ('' = hostname)"))
+    bind: str = field(default="127.0.0.1:7070", metadata=_check(_is_host_port, "HOST:PORT"))
+    advertise: str = field(default="", metadata=_check(lambda v: v == "" or _is_host_port(v), "HOST:PORT or '' (= bind)"))
+    join: list[str] = field(default_factory=list, metadata=_check(lambda v: all(_is_host_port(s) for s in v), "a list of HOST:PORT"))
+    data_dir: str = field(default="./meshrag-data", metadata=_check(bool, "a directory path"))
+    roles: list[str] = field(default_factory=lambda: list(ROLES), metadata=_check(lambda v: bool(v) and set(v) <= set(ROLES), f"a non-empty subset of {', '.join(ROLES)}"))
+    zone: str = field(default="default", metadata=_check(bool, "a non-empty zone name"))
+    secret: str = field(default="", metadata=_check(lambda v: v == "" or len(v) >= 16, "'' or a shared secret of at least 16 characters"))
+    dev: bool = False
+
+
+@dataclass
+class ClusterConfig:
+    partitions: int = field(default=64, metadata=_check(lambda v: 1 <= v <= 4096, "an integer 1..4096"))
+    replicas: int = field(default=3, metadata=_check(lambda v: 1 <= v <= 7, "an integer 1..7"))
+
+
+@dataclass
+class StorageConfig:
+    index_connectivity: int = field(default=16, metadata=_check(lambda v: 4 <= v <= 128, "an integer 4..128"))
+    index_expansion_add: int = field(default=128, metadata=_check(lambda v: 8 <= v <= 4096, "an integer 8..4096"))
+    index_expansion_search: int = field(default=64, metadata=_check(lambda v: 8 <= v <= 4096, "an integer 8..4096"))
+    index_save_interval_s: float = field(default=30.0, metadata=_check(_positive, "seconds > 0"))
+    tombstone_grace_s: float = field(default=864000.0, metadata=_check(_positive, "seconds > 0"))
+    threads: int = field(default=2, metadata=_check(lambda v: 1 <= v <= 64, "an integer 1..64"))
+
+
+@dataclass
+class ChunkingConfig:
+    max_tokens: int = field(default=200, metadata=_check(lambda v: 16 <= v <= 8192, "an integer 16..8192"))
+    overlap_tokens: int = field(default=40, metadata=_check(_non_negative, "an integer >= 0 and < max_tokens"))
+
+
+@dataclass
+class EmbedderConfig:
+    model: str = field(default="", metadata=_check(lambda v: True, "'' (bundled all-MiniLM-L6-v2) or a local sentence-transformers path"))
+    threads: int = field(default=1, metadata=_check(lambda v: 1 <= v <= 256, "an integer 1..256"))
+    max_batch: int = field(default=64, metadata=_check(lambda v: 1 <= v <= 4096, "an integer 1..4096"))
+    max_wait_ms: float = field(default=5.0, metadata=_check(lambda v: 0 <= v <= 1000, "milliseconds 0..1000"))
+    device: str = field(default="cpu", metadata=_check(bool, "a torch device such as cpu or cuda"))
+
+
+@dataclass
+class GenerationConfig:
+    backend: str = field(default="llama.cpp", metadata=_check(lambda v: v in BACKENDS, " | ".join(BACKENDS)))
+    model: str = field(default="", metadata=_check(lambda v: True, "'' (bundled gemma-3-270m GGUF) or a model path"))
+    threads: int = field(default=1, metadata=_check(lambda v: 1 <= v <= 256, "an integer 1..256"))
+    context_tokens: int = field(default=4096, metadata=_check(lambda v: 256 <= v <= 131072, "an integer 256..131072"))
+    max_tokens: int = field(default=256, metadata=_check(lambda v: 1 <= v <= 8192, "an integer 1..8192"))
+    temperature: float = field(default=0.2, metadata=_check(lambda v: 0 <= v <= 2, "a number 0..2"))
+    queue_size: int = field(default=8, metadata=_check(lambda v: 1 <= v <= 10000, "an integer 1..10000"))
+    stall_timeout_s: float = field(default=30.0, metadata=_check(_positive, "seconds > 0"))
+
+
+@dataclass
+class ApiConfig:
+    max_body_bytes: int = field(default=16 * 1024 * 1024, metadata=_check(lambda v: v >= 1024, "bytes >= 1024"))
+    max_documents_per_request: int = field(default=512, metadata=_check(lambda v: 1 <= v <= 100000, "an integer 1..100000"))
+    max_text_chars: int = field(default=1_000_000, metadata=_check(_positive, "an integer > 0"))
+    max_k: int = field(default=1000, metadata=_check(lambda v: 1 <= v <= 100000, "an integer 1..100000"))
+    default_k: int = field(default=10, metadata=_check(_positive, "an integer > 0"))
+    ask_default_k: int = field(default=5, metadata=_check(_positive, "an integer > 0"))
+
+
+@dataclass
+class ObservabilityConfig:
+    log_level: str = field(default="info", metadata=_check(lambda v: v in ("debug", "info", "warning", "error"), "debug | info | warning | error"))
+    log_format: str = field(default="json", metadata=_check(lambda v: v in ("json", "text"), "json | text"))
+    monitor: bool = False
+    monitor_port: int = field(default=20101, metadata=_check(lambda v: 1 <= v < 65535, "a port 1..65534 (uses it and the next one)"))
+
+
+@dataclass
+class Config:
+    node: NodeConfig = field(default_factory=NodeConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    storage: StorageConfig = field(default_factory=StorageConfig)
+    chunking: ChunkingConfig = field(default_factory=ChunkingConfig)
+    embedder: EmbedderConfig = field(default_factory=EmbedderConfig)
+    generation: GenerationConfig = field(default_factory=GenerationConfig)
+    api: ApiConfig = field(default_factory=ApiConfig)
+    observability: ObservabilityConfig = field(default_factory=ObservabilityConfig)
+
+    @property
+    def node_name(self) -> str:
+        return self.node.name or socket.gethostname()
+
+    @property
+    def advertise_address(self) -> str:
+        return self.node.advertise or self.node.bind
+
+    @property
+    def data_path(self) -> Path:
+        return Path(self.node.data_dir)
+
+
+def sections(config: Config) -> dict[str, Any]:
+    return {f.name: getattr(config, f.name) for f in dataclasses.fields(config)}
+
+
+def _coerce(raw: Any, target: Any, from_text: bool) -> Any:
+    """Turn a file/env/flag value into the field's type, or raise ValueError."""
+    if target is bool:
+        if isinstance(raw, bool):
+            return raw
+        if from_text and str(raw).lower() in ("1", "true", "yes", "on"):
+            return True
+        if from_text and str(raw).lower() in ("0", "false", "no", "off"):
+            return False
+        raise ValueError("expected true or false")
+    if target is int:
+        if isinstance(raw, bool) or not (isinstance(raw, int) or from_text):
+            raise ValueError("expected an integer")
+        return int(str(raw).strip())
+    if target is float:
+        if isinstance(raw, bool) or not (isinstance(raw, (int, float)) or from_text):
+            raise ValueError("expected a number")
+        return float(str(raw).strip()) if from_text else float(raw)
+    if target is str:
+        if not isinstance(raw, str):
+            raise ValueError("expected a string")
+        return raw
+    # list[str]: comma-separated in env/flags, an array in files.
+    if isinstance(raw, str) and from_text:
+        return [item.strip() for item in raw.split(",") if item.strip()]
+    if isinstance(raw, list) and all(isinstance(item, str) for item in raw):
+        return list(raw)
+    raise ValueError("expected a list of strings")
+
+
+def _field_type(section_cls: type, name: str) -> Any:
+    annotation = {f.name: f.type for f in dataclasses.fields(section_cls)}[name]
+    return {"str": str, "int": int, "float": float, "bool": bool}.get(annotation, list)
+
+
+def _set_value(config: Config, key: str, raw: Any, source: str, from_text: bool) -> None:
+    section_name, _, name = key.partition(".")
+    section = sections(config).get(section_name)
+    known = {f.name: f for f in dataclasses.fields(section)} if section is not None else {}
+    if name not in known:
+        raise ConfigError(f"unknown configuration key {key!r} (from {source})", field=key)
+    try:
+        value = _coerce(raw, _field_type(type(section), name), from_text)
+    except ValueError as exc:
+        raise ConfigError(f"{key} = {raw!r} (from {source}): {exc}", field=key) from None
+    setattr(section, name, value)
+
+
+def _validate(config: Config, origins: Mapping[str, str]) -> None:
+    for section_name, section in sections(config).items():
+        for f in dataclasses.fields(section):
+            check = f.metadata.get("check")
+            value = getattr(section, f.name)
+            if check is not None and not check(value):
+                key = f"{section_name}.{f.name}"
+                origin = origins.get(key, "default")
+                raise ConfigError(f"{key} = {value!r} (from {origin}): allowed is {f.metadata['allowed']}", field=key)
+    _validate_relations(config)
+
+
+def _validate_relations(config: Config) -> None:
+    if config.chunking.overlap_tokens >= config.chunking.max_tokens:
+        raise ConfigError(
+            f"chunking.overlap_tokens = {config.chunking.overlap_tokens}: must be smaller than "
+            f"chunking.max_tokens = {config.chunking.max_tokens}",
+            field="chunking.overlap_tokens",
+        )
+    host, _ = parse_host_port(config.node.bind)
+    if not config.node.secret and not config.node.dev and not is_loopback(host):
+        raise ConfigError(
+            f"node.bind = {config.node.bind!r} listens beyond loopback: set node.secret "
+            "(--secret, at least 16 characters) or pass --dev to run without one",
+            field="node.secret",
+        )
+
+
+def _flatten_file(path: Path) -> dict[str, Any]:
+    try:
+        data = tomllib.loads(path.read_text())
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc}", field="config") from None
+    flat: dict[str, Any] = {}
+    for section_name, values in data.items():
+        if not isinstance(values, dict):
+            raise ConfigError(f"{path}: top-level key {section_name!r} must be a [section]", field=section_name)
+        for name, value in values.items():
+            flat[f"{section_name}.{name}"] = value
+    return flat
+
+
+def _env_values(environ: Mapping[str, str], config: Config) -> dict[str, str]:
+    """MESHRAG_<SECTION>_<KEY>, e.g. MESHRAG_EMBEDDER_THREADS=2."""
+    found: dict[str, str] = {}
+    for section_name, section in sections(config).items():
+        for f in dataclasses.fields(section):
+            env_name = f"{ENV_PREFIX}{section_name}_{f.name}".upper()
+            if env_name in environ:
+                found[f"{section_name}.{f.name}"] = environ[env_name]
+    return found
+
+
+def load_config(
+    config_file: str | Path | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> Config:
+    """Build the effective config. `overrides` are CLI flags as {"section.key": value}."""
+    environ = os.environ if environ is None else environ
+    config = Config()
+    origins: dict[str, str] = {}
+    path = Path(config_file) if config_file else Path(environ.get(f"{ENV_PREFIX}CONFIG", DEFAULT_CONFIG_PATH))
+    explicit = bool(config_file or f"{ENV_PREFIX}CONFIG" in environ)
+    if path.exists() or explicit:
+        for key, value in _flatten_file(path).items():
+            _set_value(config, key, value, str(path), from_text=False)
+            origins[key] = str(path)
+    for key, value in _env_values(environ, config).items():
+        env_name = f"{ENV_PREFIX}{key.replace('.', '_')}".upper()
+        _set_value(config, key, value, env_name, from_text=True)
+        origins[key] = env_name
+    for key, value in (overrides or {}).items():
+        if value is None:
+            continue
+        flag = "--" + key.partition(".")[2].replace("_", "-")
+        _set_value(config, key, value, f"flag {flag}", from_text=isinstance(value, str))
+        origins[key] = f"flag {flag}"
+    _validate(config, origins)
+    return config
+
+
+def as_dict(config: Config) -> dict[str, dict[str, Any]]:
+    """The effective config, secret redacted (for /v1/cluster and logs)."""
+    result = {name: dataclasses.asdict(section) for name, section in sections(config).items()}
+    if result["node"]["secret"]:
+        result["node"]["secret"] = "***"
+    return result

@@ -1,0 +1,68 @@
+"""Domain errors shared by every layer.
+
+Each error knows the HTTP status it maps to and, where it applies, the request
+field at fault (a path such as ``documents[3].text``), so that api/errors.py can
+render ``{"error": {"code", "message", "field"}}`` without knowing the modules.
+"""
+
+from __future__ import annotations
+
+
+class MeshragError(Exception):
+    """Base class: a failure we expected and can explain to the caller."""
+
+    status = 500
+    code = "internal"
+
+    def __init__(self, message: str, *, field: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.field = field
+
+    def to_dict(self) -> dict[str, object]:
+        return {"code": self.code, "message": self.message, "field": self.field}
+
+
+class ValidationError(MeshragError):
+    """The request is malformed: wrong type, missing or unknown field, bad value."""
+
+    status = 400
+    code = "invalid_request"
+
+
+class PayloadTooLarge(MeshragError):
+    status = 413
+    code = "payload_too_large"
+
+
+class NotFound(MeshragError):
+    status = 404
+    code = "not_found"
+
+
+class UnsupportedMediaType(MeshragError):
+    status = 415
+    code = "unsupported_media_type"
+
+
+class Unavailable(MeshragError):
+    """The node cannot serve this now (loading, overloaded); retry later."""
+
+    status = 503
+    code = "unavailable"
+
+    def __init__(self, message: str, *, retry_after_s: float = 1.0, field: str | None = None) -> None:
+        super().__init__(message, field=field)
+        self.retry_after_s = retry_after_s
+
+
+class GeneratorBusy(Unavailable):
+    """The generator's admission queue is full."""
+
+    code = "generator_busy"
+
+
+class ConfigError(MeshragError):
+    """A configuration value is invalid; raised at start, never at request time."""
+
+    code = "config_error"

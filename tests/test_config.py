@@ -1,0 +1,97 @@
+"""config.py: precedence, documented defaults, clear errors."""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from meshrag.config import Config, as_dict, load_config, sections
+from meshrag.errors import ConfigError
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_shipped_conf_documents_every_key_with_its_default() -> None:
+    shipped = tomllib.loads((REPO / "conf" / "meshrag.toml").read_text())
+    defaults = Config()
+    for name, section in sections(defaults).items():
+        keys = {f.name for f in dataclasses.fields(section)}
+        assert set(shipped[name]) == keys, f"[{name}] keys differ from config.py"
+        for key in keys:
+            assert shipped[name][key] == getattr(section, key), f"{name}.{key} default differs"
+    assert set(shipped) == set(sections(defaults))
+
+
+def test_precedence_defaults_file_env_flags(tmp_path: Path) -> None:
+    conf = tmp_path / "m.toml"
+    conf.write_text('[embedder]\nthreads = 3\nmax_batch = 8\n[node]\nzone = "file-zone"\n')
+    env = {"MESHRAG_EMBEDDER_THREADS": "4", "MESHRAG_NODE_ZONE": "env-zone"}
+    config = load_config(conf, {"node.zone": "flag-zone"}, environ=env)
+    assert config.embedder.max_batch == 8  # file over default
+    assert config.embedder.threads == 4  # env over file
+    assert config.node.zone == "flag-zone"  # flag over env
+    assert config.generation.threads == 1  # default kept
+
+
+def test_no_file_and_no_flags_gives_defaults(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    config = load_config(environ={})
+    assert config == Config()
+
+
+def test_bad_env_value_names_key_value_and_source() -> None:
+    with pytest.raises(ConfigError) as err:
+        load_config(environ={"MESHRAG_EMBEDDER_THREADS": "many"})
+    assert err.value.field == "embedder.threads"
+    assert "'many'" in err.value.message and "MESHRAG_EMBEDDER_THREADS" in err.value.message
+
+
+def test_out_of_range_value_says_what_is_allowed(tmp_path: Path) -> None:
+    conf = tmp_path / "m.toml"
+    conf.write_text("[cluster]\npartitions = 0\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(conf, environ={})
+    assert err.value.field == "cluster.partitions"
+    assert "1..4096" in err.value.message and str(conf) in err.value.message
+
+
+def test_unknown_key_in_file_is_rejected(tmp_path: Path) -> None:
+    conf = tmp_path / "m.toml"
+    conf.write_text("[embedder]\nthraeds = 2\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(conf, environ={})
+    assert err.value.field == "embedder.thraeds"
+
+
+def test_list_flags_split_on_commas() -> None:
+    config = load_config(None, {"node.roles": "storage,coordinator", "node.join": "10.0.0.1:7070, 10.0.0.2:7070"}, environ={"MESHRAG_CONFIG": str(REPO / "conf/meshrag.toml")})
+    assert config.node.roles == ["storage", "coordinator"]
+    assert config.node.join == ["10.0.0.1:7070", "10.0.0.2:7070"]
+
+
+def test_unknown_role_rejected() -> None:
+    with pytest.raises(ConfigError) as err:
+        load_config(None, {"node.roles": "storage,gpu"}, environ={})
+    assert err.value.field == "node.roles"
+
+
+def test_overlap_must_be_smaller_than_chunk() -> None:
+    with pytest.raises(ConfigError) as err:
+        load_config(None, {"chunking.max_tokens": 64, "chunking.overlap_tokens": 64}, environ={})
+    assert err.value.field == "chunking.overlap_tokens"
+
+
+def test_public_bind_requires_secret_or_dev() -> None:
+    with pytest.raises(ConfigError) as err:
+        load_config(None, {"node.bind": "0.0.0.0:7070"}, environ={})
+    assert err.value.field == "node.secret"
+    assert load_config(None, {"node.bind": "0.0.0.0:7070", "node.dev": True}, environ={}).node.dev
+    assert load_config(None, {"node.bind": "0.0.0.0:7070", "node.secret": "s" * 16}, environ={})
+
+
+def test_as_dict_redacts_secret() -> None:
+    config = load_config(None, {"node.secret": "x" * 20}, environ={})
+    assert as_dict(config)["node"]["secret"] == "***"
