@@ -1,0 +1,100 @@
+"""Plain values that cross the storage boundary.
+
+Frozen, slotted dataclasses: cheap to create by the thousand, safe to hand to
+other threads, and free of any SQLite or usearch detail.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+
+@dataclass(frozen=True, slots=True)
+class ChunkWrite:
+    """One chunk to store; ``vector`` is float32 [dim], L2-normalised by the embedder."""
+
+    chunk_id: str
+    seq: int
+    text: str
+    start: int
+    end: int
+    vector: np.ndarray
+
+
+@dataclass(frozen=True, slots=True)
+class DocumentWrite:
+    """A whole document version: applying it replaces every chunk the document had."""
+
+    doc_id: str
+    version: int
+    content_hash: str
+    text: str
+    metadata: dict[str, Any]
+    chunks: tuple[ChunkWrite, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class ChunkInfo:
+    chunk_id: str
+    seq: int
+    text: str
+    start: int
+    end: int
+
+
+@dataclass(frozen=True, slots=True)
+class StoredDocument:
+    """A document as stored; a tombstone has ``deleted=True``, empty text and no chunks."""
+
+    doc_id: str
+    version: int
+    content_hash: str
+    text: str
+    metadata: dict[str, Any]
+    deleted: bool
+    chunks: tuple[ChunkInfo, ...]
+    partition: int
+
+
+@dataclass(frozen=True, slots=True)
+class DocState:
+    """What a coordinator needs to decide whether a write is new, stale or a no-op."""
+
+    version: int
+    content_hash: str
+    deleted: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Hit:
+    """One search result; a higher ``score`` is better (cosine similarity or -bm25)."""
+
+    chunk_id: str
+    doc_id: str
+    score: float
+    text: str
+    metadata: dict[str, Any]
+    version: int
+    partition: int
+
+
+class WriteStatus(enum.Enum):
+    CREATED = "created"
+    UPDATED = "updated"
+    UNCHANGED = "unchanged"
+    STALE = "stale"  # an older or equal version arrived and was ignored
+    DELETED = "deleted"
+
+
+@dataclass(frozen=True, slots=True)
+class WriteResult:
+    """Outcome of one write. ``version`` is the version stored afterwards: the new
+    one for CREATED/UPDATED/DELETED, the winning stored one for UNCHANGED/STALE."""
+
+    doc_id: str
+    status: WriteStatus
+    version: int
