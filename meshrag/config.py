@@ -89,7 +89,7 @@ class ClusterConfig:
 class StorageConfig:
     index_connectivity: int = field(default=16, metadata=_check(lambda v: 4 <= v <= 128, "an integer 4..128"))
     index_expansion_add: int = field(default=128, metadata=_check(lambda v: 8 <= v <= 4096, "an integer 8..4096"))
-    index_expansion_search: int = field(default=64, metadata=_check(lambda v: 8 <= v <= 4096, "an integer 8..4096"))
+    index_expansion_search: int = field(default=384, metadata=_check(lambda v: 8 <= v <= 4096, "an integer 8..4096"))
     index_save_interval_s: float = field(default=30.0, metadata=_check(_positive, "seconds > 0"))
     tombstone_grace_s: float = field(default=864000.0, metadata=_check(_positive, "seconds > 0"))
     threads: int = field(default=2, metadata=_check(lambda v: 1 <= v <= 64, "an integer 1..64"))
@@ -137,7 +137,7 @@ class ObservabilityConfig:
     log_level: str = field(default="info", metadata=_check(lambda v: v in ("debug", "info", "warning", "error"), "debug | info | warning | error"))
     log_format: str = field(default="json", metadata=_check(lambda v: v in ("json", "text"), "json | text"))
     monitor: bool = False
-    monitor_port: int = field(default=20101, metadata=_check(lambda v: 1 <= v < 65535, "a port 1..65534 (uses it and the next one)"))
+    monitor_port: int = field(default=20101, metadata=_check(lambda v: 1 <= v <= 65532, "a port 1..65532 (uses it and the next two)"))
 
 
 @dataclass

@@ -1,0 +1,202 @@
+"""Public HTTP API: /v1/documents, /v1/search, /v1/ask, /v1/cluster, health, metrics.
+
+Handlers only translate: decode and validate the body (api/schema.py), call
+the pipeline, encode the answer. They never block the loop.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Protocol
+
+from aiohttp import web
+
+from meshrag.api.errors import json_response
+from meshrag.api.schema import AskRequest, parse_ask, parse_search, parse_upsert
+from meshrag.config import Config
+from meshrag.errors import MeshragError, PayloadTooLarge, Unavailable, UnsupportedMediaType
+from meshrag.observability import Metrics, Stopwatch
+from meshrag.rag.pipeline import RagPipeline
+from meshrag.rag.prompt import Passage
+from meshrag.store.types import Hit, StoredDocument
+from meshrag.wire import JSON, MSGPACK_TYPES, decode_body, dumps_json
+
+log = logging.getLogger(__name__)
+
+
+class NodeView(Protocol):
+    """What the API needs from the running node (node.py provides it)."""
+
+    config: Config
+    metrics: Metrics
+    pipeline: RagPipeline | None
+
+    def readiness(self) -> dict[str, bool]: ...
+
+    def cluster_view(self) -> dict[str, Any]: ...
+
+    def embedding_dim(self) -> int: ...
+
+
+def _pipeline(node: NodeView) -> RagPipeline:
+    if node.pipeline is None:
+        waiting = [name for name, ok in node.readiness().items() if not ok]
+        raise Unavailable(f"node is starting; still loading: {', '.join(waiting)}", retry_after_s=2)
+    return node.pipeline
+
+
+async def read_body(request: web.Request, max_bytes: int) -> Any:
+    content_type = request.content_type or JSON
+    if content_type != JSON and content_type not in MSGPACK_TYPES:
+        raise UnsupportedMediaType(f"Content-Type {content_type!r}; send application/json or application/msgpack", field="body")
+    if request.content_length is not None and request.content_length > max_bytes:
+        raise PayloadTooLarge(f"body of {request.content_length} bytes exceeds the limit of {max_bytes}", field="body")
+    data = await request.read()
+    return decode_body(data, content_type)
+
+
+def hit_dict(hit: Hit) -> dict[str, Any]:
+    return {"chunk_id": hit.chunk_id, "doc_id": hit.doc_id, "score": round(float(hit.score), 6), "text": hit.text, "metadata": hit.metadata}
+
+
+def document_dict(doc: StoredDocument) -> dict[str, Any]:
+    chunks = [{"chunk_id": c.chunk_id, "seq": c.seq, "text": c.text, "start": c.start, "end": c.end} for c in doc.chunks]
+    return {"id": doc.doc_id, "text": doc.text, "metadata": doc.metadata, "version": doc.version, "chunks": chunks}
+
+
+def source_dict(passage: Passage) -> dict[str, Any]:
+    return {"n": passage.n, "doc_id": passage.doc_id, "chunk_id": passage.chunk_id, "score": round(float(passage.score), 6), "text": passage.text}
+
+
+class PublicApi:
+    def __init__(self, node: NodeView) -> None:
+        self._node = node
+
+    def routes(self) -> list[web.RouteDef]:
+        return [
+            web.post("/v1/documents", self.upsert),
+            web.get("/v1/documents/{doc_id:.+}", self.get_document),
+            web.delete("/v1/documents/{doc_id:.+}", self.delete_document),
+            web.post("/v1/search", self.search),
+            web.post("/v1/ask", self.ask),
+            web.get("/v1/cluster", self.cluster),
+            web.get("/health", self.health),
+            web.get("/ready", self.ready),
+            web.get("/metrics", self.metrics),
+        ]
+
+    @property
+    def _limits(self) -> Any:
+        return self._node.config.api
+
+    async def upsert(self, request: web.Request) -> web.Response:
+        body = await read_body(request, self._limits.max_body_bytes)
+        pipeline = _pipeline(self._node)
+        parsed = parse_upsert(body, self._limits, self._node.embedding_dim())
+        results = await pipeline.ingest(parsed.documents)
+        return json_response(request, {
+            "results": [{"id": r.doc_id, "status": r.status.value, "version": r.version} for r in results],
+            "session": None,
+        })
+
+    async def get_document(self, request: web.Request) -> web.Response:
+        doc = await _pipeline(self._node).get(request.match_info["doc_id"])
+        return json_response(request, document_dict(doc))
+
+    async def delete_document(self, request: web.Request) -> web.Response:
+        result = await _pipeline(self._node).delete(request.match_info["doc_id"])
+        return json_response(request, {"id": result.doc_id, "status": "deleted", "version": result.version, "session": None})
+
+    async def search(self, request: web.Request) -> web.Response:
+        body = await read_body(request, self._limits.max_body_bytes)
+        pipeline = _pipeline(self._node)
+        parsed = parse_search(body, self._limits, self._node.embedding_dim())
+        outcome = await pipeline.search(parsed)
+        return json_response(request, {
+            "hits": [hit_dict(h) for h in outcome.hits],
+            "coverage": outcome.coverage,
+            "missing_partitions": outcome.missing_partitions,
+            "timings": outcome.timings,
+        })
+
+    async def ask(self, request: web.Request) -> web.StreamResponse:
+        body = await read_body(request, self._limits.max_body_bytes)
+        pipeline = _pipeline(self._node)
+        parsed = parse_ask(body, self._limits, self._node.config.generation)
+        watch = Stopwatch()
+        passages, outcome = await pipeline.retrieve_for_ask(parsed)
+        timings = dict(outcome.timings, retrieve_ms=watch.ms())
+        if parsed.stream:
+            return await self._ask_stream(request, pipeline, parsed, passages, outcome.coverage, timings, watch)
+        pieces: list[str] = []
+        async for piece in pipeline.generate(parsed.query, passages, parsed.max_tokens, self._node.config.generation.temperature):
+            if not pieces:
+                timings["first_token_ms"] = watch.ms()
+            pieces.append(piece)
+        timings.update(total_ms=watch.ms(), tokens=len(pieces))
+        return json_response(request, {
+            "answer": "".join(pieces).strip(),
+            "sources": [source_dict(p) for p in passages],
+            "coverage": outcome.coverage,
+            "timings": timings,
+        })
+
+    async def _ask_stream(
+        self, request: web.Request, pipeline: RagPipeline, parsed: AskRequest,
+        passages: list[Passage], coverage: float, timings: dict[str, Any], watch: Stopwatch,
+    ) -> web.StreamResponse:
+        """Server-sent events: sources, tokens, then done (or a typed error, never a bare end).
+
+        The first piece is awaited before the response starts, so a full
+        generator queue is still a plain 503 with Retry-After.
+        """
+        stream = pipeline.generate(parsed.query, passages, parsed.max_tokens, self._node.config.generation.temperature)
+        try:
+            first = await anext(stream, None)
+            timings["first_token_ms"] = watch.ms()
+            response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
+            await response.prepare(request)
+            await _sse(response, "sources", {"sources": [source_dict(p) for p in passages], "coverage": coverage})
+            tokens = await self._relay_tokens(response, first, stream)
+        finally:
+            await stream.aclose()
+        if tokens is not None:
+            timings.update(total_ms=watch.ms(), tokens=tokens)
+            await _sse(response, "done", {"timings": timings, "coverage": coverage})
+            await response.write_eof()
+        return response
+
+    async def _relay_tokens(self, response: web.StreamResponse, first: str | None, stream: Any) -> int | None:
+        """Write token events; on a generator failure write an error event and return None."""
+        tokens = 0
+        try:
+            if first is not None:
+                tokens += 1
+                await _sse(response, "token", {"text": first})
+                async for piece in stream:
+                    tokens += 1
+                    await _sse(response, "token", {"text": piece})
+        except MeshragError as exc:
+            await _sse(response, "error", {"error": exc.to_dict()})
+            return None
+        return tokens
+
+    async def cluster(self, request: web.Request) -> web.Response:
+        return json_response(request, self._node.cluster_view())
+
+    async def health(self, request: web.Request) -> web.Response:
+        return json_response(request, {"status": "ok"})
+
+    async def ready(self, request: web.Request) -> web.Response:
+        components = self._node.readiness()
+        ready = all(components.values())
+        return json_response(request, {"ready": ready, "components": components}, status=200 if ready else 503)
+
+    async def metrics(self, request: web.Request) -> web.Response:
+        response = web.Response(body=self._node.metrics.render())
+        response.headers["Content-Type"] = self._node.metrics.content_type
+        return response
+
+
+async def _sse(response: web.StreamResponse, event: str, data: dict[str, Any]) -> None:
+    await response.write(b"event: " + event.encode() + b"\ndata: " + dumps_json(data) + b"\n\n")

@@ -1,0 +1,239 @@
+"""`meshrag` command line: start a node, or talk to one over HTTP.
+
+    meshrag start [--config FILE] [--name NAME] [--bind HOST:PORT] ...
+    meshrag status | ingest PATH... | search QUERY | ask QUESTION   [--node URL]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import textwrap
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+from meshrag.errors import ConfigError
+
+DEFAULT_NODE = os.environ.get("MESHRAG_NODE", "http://127.0.0.1:7070")
+
+# Flag name -> config key. These names are a contract (ARCHITECTURE.md).
+START_FLAGS = {
+    "name": "node.name",
+    "bind": "node.bind",
+    "advertise": "node.advertise",
+    "join": "node.join",
+    "data_dir": "node.data_dir",
+    "roles": "node.roles",
+    "zone": "node.zone",
+    "secret": "node.secret",
+    "partitions": "cluster.partitions",
+    "replicas": "cluster.replicas",
+}
+
+
+def _add_start(sub: Any) -> None:
+    start = sub.add_parser("start", help="run a node in the foreground")
+    start.add_argument("--config", help="TOML config file (default conf/meshrag.toml when present)")
+    start.add_argument("--name", help="node name (default: host name)")
+    start.add_argument("--bind", help="HOST:PORT to listen on (default 127.0.0.1:7070)")
+    start.add_argument("--advertise", help="HOST:PORT other nodes use to reach this one")
+    start.add_argument("--join", help="seed nodes, HOST:PORT,...")
+    start.add_argument("--data-dir", help="data directory (default ./meshrag-data)")
+    start.add_argument("--roles", help="storage,coordinator,generator (default: all)")
+    start.add_argument("--zone", help="failure zone")
+    group = start.add_mutually_exclusive_group()
+    group.add_argument("--secret", help="cluster secret (>= 16 characters)")
+    group.add_argument("--dev", action="store_true", default=None, help="development mode: no secret required")
+    start.add_argument("--partitions", type=int, help="partitions (fixed at cluster creation)")
+    start.add_argument("--replicas", type=int, help="replicas per partition (fixed at cluster creation)")
+
+
+def _add_client_commands(sub: Any) -> None:
+    status = sub.add_parser("status", help="show the node and its cluster")
+    status.add_argument("--json", action="store_true", help="print the raw /v1/cluster document")
+
+    ingest = sub.add_parser("ingest", help="ingest files (txt, md, html, jsonl) or directories")
+    ingest.add_argument("paths", nargs="+", type=Path)
+    ingest.add_argument("--batch-size", type=int, default=32)
+    ingest.add_argument("--concurrency", type=int, default=2, help="batches in flight (keeps the embedder's batches full)")
+    ingest.add_argument("--consistency", choices=("one", "quorum", "all"))
+    ingest.add_argument("--json", action="store_true")
+
+    search = sub.add_parser("search", help="search the index")
+    search.add_argument("query")
+    search.add_argument("--k", type=int, default=10)
+    search.add_argument("--mode", choices=("dense", "bm25", "hybrid"), default="hybrid")
+    search.add_argument("--filter", help='metadata filter as JSON, e.g. \'{"year": {"$gte": 2020}}\'')
+    search.add_argument("--json", action="store_true")
+
+    ask = sub.add_parser("ask", help="answer a question from the index, streaming")
+    ask.add_argument("question")
+    ask.add_argument("--k", type=int, default=None)
+    ask.add_argument("--max-tokens", type=int, default=None)
+    ask.add_argument("--json", action="store_true", help="wait for the whole answer and print JSON")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="meshrag", description="Peer-to-peer retrieval-augmented generation")
+    parser.add_argument("--version", action="version", version="meshrag " + __import__("meshrag").__version__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_start(sub)
+    _add_client_commands(sub)
+    for name in ("status", "ingest", "search", "ask"):
+        sub.choices[name].add_argument("--node", default=DEFAULT_NODE, help=f"node URL (default {DEFAULT_NODE})")
+    return parser
+
+
+def cmd_start(args: argparse.Namespace) -> int:
+    from meshrag.config import load_config
+    from meshrag.node import run_node
+
+    overrides: dict[str, Any] = {key: getattr(args, flag) for flag, key in START_FLAGS.items()}
+    overrides["node.dev"] = args.dev
+    try:
+        config = load_config(args.config, overrides)
+    except ConfigError as exc:
+        print(f"meshrag: configuration error: {exc.message}", file=sys.stderr)
+        return 2
+    return run_node(config)
+
+
+def _table(rows: Sequence[Sequence[Any]], headers: Sequence[str]) -> str:
+    cells = [[str(c) for c in headers]] + [[str(c) for c in row] for row in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in cells]
+    return "\n".join([lines[0], "  ".join("-" * w for w in widths)] + lines[1:])
+
+
+def _since(timestamp: float | None) -> str:
+    if not timestamp:
+        return "-"
+    seconds = max(0, int(time.time() - timestamp))
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds // size}{unit} ago"
+    return f"{seconds}s ago"
+
+
+def render_status(view: dict[str, Any]) -> str:
+    node = view["node"]
+    storage = view.get("storage") or {}
+    ring = view.get("ring") or {}
+    summary = [
+        f"Node {node['name']} ({node['id']}) at {node['address']}, zone {node['zone']}, generation {node['generation']}",
+        f"Ready: {'yes' if node['ready'] else 'no'}  " + "  ".join(f"{k}={'ok' if v else 'loading'}" for k, v in node["components"].items()),
+        f"Ring: {ring.get('partitions')} partitions, {ring.get('replicas')} replicas; this node holds {ring.get('local_partitions', 0)}"
+        f"  |  documents {storage.get('documents', 0)}, chunks {storage.get('chunks', 0)}, tombstones {storage.get('tombstones', 0)}",
+        "",
+    ]
+    rows = [
+        (m["name"], m["id"][:12], m["address"], m["zone"], ",".join(m["roles"]), m["state"], m["incarnation"], _since(m.get("since")))
+        for m in view["members"]
+    ]
+    return "\n".join(summary) + _table(rows, ("NAME", "ID", "ADDRESS", "ZONE", "ROLES", "STATE", "INCARNATION", "SINCE"))
+
+
+def cmd_status(args: argparse.Namespace, client: Any) -> int:
+    view = client.cluster()
+    print(json.dumps(view, indent=2) if args.json else render_status(view))
+    return 0
+
+
+def _batches(documents: Iterator[Any], size: int) -> Iterator[list[dict[str, Any]]]:
+    batch: list[dict[str, Any]] = []
+    for doc in documents:
+        batch.append({"id": doc.id, "text": doc.text, "metadata": doc.metadata})
+        if len(batch) >= size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def cmd_ingest(args: argparse.Namespace, client: Any) -> int:
+    from tqdm import tqdm
+
+    from meshrag.sources import count_documents, iter_documents
+
+    counts: dict[str, int] = {}
+    started = time.perf_counter()
+    total = count_documents(args.paths)
+    with tqdm(total=total, unit="doc", desc="ingest", disable=args.json, file=sys.stderr) as bar, ThreadPoolExecutor(args.concurrency) as pool:
+        upload = lambda batch: client.upsert(batch, consistency=args.consistency)  # noqa: E731
+        for response in pool.map(upload, _batches(iter_documents(args.paths), args.batch_size)):
+            for result in response["results"]:
+                counts[result["status"]] = counts.get(result["status"], 0) + 1
+            bar.update(len(response["results"]))
+    elapsed = time.perf_counter() - started
+    summary = {"documents": sum(counts.values()), "by_status": counts, "seconds": round(elapsed, 2)}
+    if args.json:
+        print(json.dumps(summary))
+    else:
+        parts = ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))
+        print(f"ingested {summary['documents']} documents in {elapsed:.1f} s ({parts})")
+    return 0
+
+
+def cmd_search(args: argparse.Namespace, client: Any) -> int:
+    flt = json.loads(args.filter) if args.filter else None
+    result = client.search(args.query, k=args.k, mode=args.mode, filter=flt)
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return 0
+    rows = [(i + 1, f"{h['score']:.4f}", h["doc_id"], textwrap.shorten(h["text"], 70)) for i, h in enumerate(result["hits"])]
+    print(_table(rows, ("#", "SCORE", "DOCUMENT", "TEXT")))
+    print(f"\ncoverage {result['coverage']:.0%}, {result['timings'].get('total_ms', 0):.1f} ms")
+    return 0
+
+
+def _print_sources(sources: list[dict[str, Any]]) -> None:
+    print("\nSources:")
+    for source in sources:
+        print(f"  [{source['n']}] {source['doc_id']}  (score {source['score']:.3f})  {textwrap.shorten(source['text'], 80)}")
+
+
+def cmd_ask(args: argparse.Namespace, client: Any) -> int:
+    if args.json:
+        print(json.dumps(client.ask(args.question, k=args.k, max_tokens=args.max_tokens), indent=2))
+        return 0
+    sources: list[dict[str, Any]] = []
+    for event, data in client.ask_stream(args.question, k=args.k, max_tokens=args.max_tokens):
+        if event == "sources":
+            sources = data["sources"]
+        elif event == "token":
+            print(data["text"], end="", flush=True)
+        elif event == "error":
+            print(f"\nmeshrag: generation failed: {data['error']['message']}", file=sys.stderr)
+            return 1
+        elif event == "done":
+            print()
+    _print_sources(sources)
+    return 0
+
+
+COMMANDS = {"status": cmd_status, "ingest": cmd_ingest, "search": cmd_search, "ask": cmd_ask}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "start":
+        return cmd_start(args)
+    from meshrag.client import MeshClient, MeshClientError
+
+    client = MeshClient(args.node)
+    try:
+        return COMMANDS[args.command](args, client)
+    except MeshClientError as exc:
+        where = f" (field {exc.field})" if exc.field else ""
+        print(f"meshrag: {exc.message}{where}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

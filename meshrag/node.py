@@ -1,0 +1,234 @@
+"""Composition root: builds the real I/O, starts and stops everything.
+
+This is the only module that creates executors, servers and background tasks.
+The HTTP server comes up first (so /health answers at once); models and
+storage load in the background and /ready turns 200 when they are in place.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from meshrag import __version__
+from meshrag.api.errors import error_middleware, metrics_middleware
+from meshrag.api.public import PublicApi
+from meshrag.clock import HybridLogicalClock, SystemClock
+from meshrag.config import Config, as_dict, parse_host_port
+from meshrag.generation.base import GeneratorBackend
+from meshrag.identity import NodeIdentity, load_or_create
+from meshrag.observability import Metrics, configure_logging, start_monitor
+from meshrag.rag.chunking import Chunker, ChunkingSettings
+from meshrag.rag.embedder import Embedder, default_model_path
+from meshrag.rag.pipeline import RagPipeline
+from meshrag.store.engine import StorageEngine
+from meshrag.store.partition import IndexSettings
+
+log = logging.getLogger(__name__)
+
+
+class Node:
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.metrics = Metrics()
+        self.pipeline: RagPipeline | None = None
+        self.identity: NodeIdentity | None = None
+        self._clock = SystemClock()
+        self._hlc = HybridLogicalClock(self._clock)
+        self._started_at = time.time()
+        self._storage_pool = ThreadPoolExecutor(config.storage.threads, thread_name_prefix="storage")
+        self._engine: StorageEngine | None = None
+        self._embedder: Embedder | None = None
+        self._generator: GeneratorBackend | None = None
+        self._components = {"storage": False, "embedder": False}
+        if "generator" in config.node.roles:
+            self._components["generator"] = False
+        self._runner: web.AppRunner | None = None
+        self._tasks: list[asyncio.Task[Any]] = []
+        self._monitor: Any = None
+        self._stopped = asyncio.Event()
+        self.startup_error: BaseException | None = None
+
+    # ------------------------------------------------------------ NodeView
+    def readiness(self) -> dict[str, bool]:
+        return dict(self._components)
+
+    def embedding_dim(self) -> int:
+        assert self._embedder is not None
+        return self._embedder.dim
+
+    def cluster_view(self) -> dict[str, Any]:
+        identity = self.identity
+        node = {
+            "name": self.config.node_name,
+            "id": identity.node_id if identity else None,
+            "address": self.config.advertise_address,
+            "zone": self.config.node.zone,
+            "roles": self.config.node.roles,
+            "generation": identity.generation if identity else None,
+            "version": __version__,
+            "uptime_s": round(time.time() - self._started_at, 1),
+            "ready": all(self._components.values()),
+            "components": self.readiness(),
+        }
+        member = {key: node[key] for key in ("name", "id", "address", "zone", "roles")}
+        member.update(state="alive", incarnation=identity.generation if identity else 0, since=self._started_at)
+        return {
+            "node": node,
+            "members": [member],
+            "ring": self._ring_view(),
+            "storage": self._engine.stats() if self._engine else None,
+            "generator": self._generator.stats() if self._generator and self._components.get("generator") else None,
+            "embedder": {"model": self._embedder.model_name, "dim": self._embedder.dim} if self._embedder and self._components["embedder"] else None,
+            "config": as_dict(self.config),
+        }
+
+    def _ring_view(self) -> dict[str, Any]:
+        local = self._engine.local_partitions() if self._engine else []
+        return {"partitions": self.config.cluster.partitions, "replicas": self.config.cluster.replicas, "local_partitions": len(local)}
+
+    # ------------------------------------------------------------ lifecycle
+    async def start(self) -> None:
+        configure_logging(self.config.observability.log_level, self.config.observability.log_format, self.config.node_name)
+        self.identity = load_or_create(self.config.data_path, self.config.node_name)
+        await self._start_http()
+        if self.config.observability.monitor:
+            self._monitor = start_monitor(asyncio.get_running_loop(), self.config.observability.monitor_port)
+        self._tasks.append(asyncio.create_task(self._load_components(), name="load-components"))
+        log.info("node %s (%s) listening on %s, generation %d", self.config.node_name, self.identity.node_id, self.config.node.bind, self.identity.generation)
+
+    async def _start_http(self) -> None:
+        app = web.Application(
+            middlewares=[metrics_middleware(self.metrics), error_middleware],
+            client_max_size=self.config.api.max_body_bytes,
+        )
+        app.add_routes(PublicApi(self).routes())
+        # handler_cancellation: a client that disconnects cancels its handler,
+        # which is how an abandoned /v1/ask stops its generation.
+        self._runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
+        await self._runner.setup()
+        host, port = parse_host_port(self.config.node.bind)
+        await web.TCPSite(self._runner, host, port, reuse_address=True).start()
+
+    async def _load_components(self) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            embedder = Embedder(
+                self.config.embedder.model or default_model_path(),
+                threads=self.config.embedder.threads,
+                max_batch=self.config.embedder.max_batch,
+                max_wait_ms=self.config.embedder.max_wait_ms,
+                device=self.config.embedder.device,
+            )
+            await loop.run_in_executor(None, embedder.load)
+            await embedder.start()
+            self._embedder = embedder
+            self._components["embedder"] = True
+            self._engine = await loop.run_in_executor(self._storage_pool, self._open_engine, embedder.dim)
+            self._components["storage"] = True
+            self._tasks.append(asyncio.create_task(self._save_indexes_periodically(), name="index-saver"))
+            if "generator" in self._components:
+                self._generator = await loop.run_in_executor(None, self._load_generator)
+                self._components["generator"] = True
+            self.pipeline = self._build_pipeline(embedder)
+            self._refresh_gauges()
+            log.info("node ready: %s", self.readiness())
+        except Exception as exc:  # a node that cannot load must say why and stop
+            log.exception("node failed to load its components")
+            self.startup_error = exc
+            self._stopped.set()
+
+    def _open_engine(self, dim: int) -> StorageEngine:
+        settings = IndexSettings(
+            connectivity=self.config.storage.index_connectivity,
+            expansion_add=self.config.storage.index_expansion_add,
+            expansion_search=self.config.storage.index_expansion_search,
+        )
+        engine = StorageEngine(self.config.data_path / "partitions", self.config.cluster.partitions, dim, settings)
+        engine.open()
+        return engine
+
+    def _load_generator(self) -> GeneratorBackend:
+        generation = self.config.generation
+        from meshrag.generation.llamacpp import LlamaCppBackend, assemble_default_model
+
+        model_path = Path(generation.model) if generation.model else assemble_default_model(self.config.data_path)
+        backend = LlamaCppBackend(
+            model_path,
+            n_threads=generation.threads,
+            n_ctx=generation.context_tokens,
+            queue_size=generation.queue_size,
+            stall_timeout_s=generation.stall_timeout_s,
+        )
+        backend.load()
+        return backend
+
+    def _build_pipeline(self, embedder: Embedder) -> RagPipeline:
+        assert self._engine is not None
+        chunking = ChunkingSettings(max_tokens=self.config.chunking.max_tokens, overlap_tokens=self.config.chunking.overlap_tokens)
+        return RagPipeline(
+            engine=self._engine,
+            embedder=embedder,
+            chunker=Chunker(chunking, embedder.token_offsets),
+            hlc=self._hlc,
+            executor=self._storage_pool,
+            metrics=self.metrics,
+            generator=self._generator,
+            stall_timeout_s=self.config.generation.stall_timeout_s,
+        )
+
+    async def _save_indexes_periodically(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(self.config.storage.index_save_interval_s)
+            if self._engine is not None:
+                await loop.run_in_executor(self._storage_pool, self._engine.save_indexes)
+                self._refresh_gauges()
+
+    def _refresh_gauges(self) -> None:
+        if self._engine is not None:
+            stats = self._engine.stats()
+            self.metrics.stored_documents.set(stats.get("documents", 0))
+            self.metrics.stored_chunks.set(stats.get("chunks", 0))
+        self.metrics.ready.set(1 if all(self._components.values()) else 0)
+
+    async def stop(self) -> None:
+        """Graceful stop: no new requests, background work ended, indexes saved."""
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._runner is not None:
+            await self._runner.cleanup()
+        if self._generator is not None:
+            await self._generator.close()
+        if self._embedder is not None:
+            await self._embedder.close()
+        if self._engine is not None:
+            await asyncio.get_running_loop().run_in_executor(self._storage_pool, self._engine.close)
+        self._storage_pool.shutdown(wait=True)
+        if self._monitor is not None:
+            self._monitor.close()
+        log.info("node stopped")
+
+    async def run_until_signalled(self) -> int:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._stopped.set)
+        await self.start()
+        await self._stopped.wait()
+        await self.stop()
+        return 1 if self.startup_error else 0
+
+
+def run_node(config: Config) -> int:
+    """Run a node on uvloop until SIGTERM/SIGINT; the exit status of `meshrag start`."""
+    import uvloop
+
+    return uvloop.run(Node(config).run_until_signalled())

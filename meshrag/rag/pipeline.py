@@ -1,0 +1,242 @@
+"""Ingest, search and answer on this node: the coordinator's RAG logic.
+
+The pipeline chunks and embeds once, writes through the storage engine and
+retrieves from it. Blocking work (tokenising, SQLite, usearch) runs in the
+storage executor; embedding goes through the embedder's micro-batcher.
+The cluster issues replace the local engine calls with replicated writes and
+scatter-gather reads behind the same methods.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+from typing import Any, AsyncIterator, Callable, Sequence, TypeVar
+
+import numpy as np
+
+from meshrag.api.schema import AskRequest, IncomingDocument, SearchRequest
+from meshrag.clock import HybridLogicalClock
+from meshrag.errors import NotFound, Unavailable
+from meshrag.generation.base import GenerationRequest, GeneratorBackend
+from meshrag.observability import Metrics, Stopwatch
+from meshrag.rag.chunking import Chunker, TextChunk
+from meshrag.rag.embedder import Embedder
+from meshrag.rag.prompt import Passage, build_messages
+from meshrag.rag.ranking import reciprocal_rank_fusion
+from meshrag.store.engine import StorageEngine
+from meshrag.store.types import ChunkWrite, DocState, DocumentWrite, Hit, StoredDocument, WriteResult, WriteStatus
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+# Candidates each ranking contributes to hybrid fusion: fusion needs more than
+# k from each list, or documents ranked k+1 by both would be lost.
+HYBRID_CANDIDATES = 100
+
+
+@dataclass
+class SearchOutcome:
+    hits: list[Hit]
+    coverage: float
+    missing_partitions: list[int]
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def content_hash(doc: IncomingDocument, chunking_fingerprint: str, model_name: str) -> str:
+    """Identity of a document's content: same hash means nothing to re-embed."""
+    digest = hashlib.sha256()
+    for part in (doc.text, json.dumps(doc.metadata, sort_keys=True, separators=(",", ":")), chunking_fingerprint, model_name):
+        digest.update(part.encode())
+        digest.update(b"\x00")
+    if doc.vector is not None:
+        digest.update(np.asarray(doc.vector, dtype="<f4").tobytes())
+    return digest.hexdigest()
+
+
+def default_doc_id(text: str) -> str:
+    """Documents posted without an id are named by their text, so re-posting is idempotent."""
+    return "sha256:" + hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+def chunk_id_for(doc_id: str, version: int, seq: int) -> str:
+    return f"{doc_id}#{version:x}.{seq}"
+
+
+class RagPipeline:
+    def __init__(
+        self,
+        engine: StorageEngine,
+        embedder: Embedder,
+        chunker: Chunker,
+        hlc: HybridLogicalClock,
+        executor: Executor,
+        metrics: Metrics,
+        generator: GeneratorBackend | None = None,
+        stall_timeout_s: float = 30.0,
+    ) -> None:
+        self._engine = engine
+        self._embedder = embedder
+        self._chunker = chunker
+        self._hlc = hlc
+        self._executor = executor
+        self._metrics = metrics
+        self._generator = generator
+        self._stall_timeout_s = stall_timeout_s
+
+    async def _blocking(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
+    # ---------------------------------------------------------------- ingest
+    async def ingest(self, documents: Sequence[IncomingDocument]) -> list[WriteResult]:
+        """Upsert a batch; unchanged documents are neither embedded nor rewritten."""
+        ids = [doc.doc_id or default_doc_id(doc.text) for doc in documents]
+        hashes = [content_hash(doc, self._chunker.fingerprint(), self._embedder.model_name) for doc in documents]
+        states = await self._blocking(self._engine.doc_states, ids)
+        changed = [i for i, doc_id in enumerate(ids) if not _is_unchanged(states.get(doc_id), hashes[i])]
+        writes = await self._prepare_writes([documents[i] for i in changed], [ids[i] for i in changed], [hashes[i] for i in changed])
+        written = iter(await self._blocking(self._engine.upsert, writes) if writes else [])
+        results: list[WriteResult] = []
+        changed_set = set(changed)
+        for index, doc_id in enumerate(ids):
+            if index in changed_set:
+                results.append(next(written))
+            else:
+                state = states[doc_id]
+                results.append(WriteResult(doc_id=doc_id, status=WriteStatus.UNCHANGED, version=state.version))
+        for result in results:
+            self._metrics.documents_written.labels(status=result.status.value).inc()
+        return results
+
+    async def _prepare_writes(self, docs: list[IncomingDocument], ids: list[str], hashes: list[str]) -> list[DocumentWrite]:
+        chunked = await self._blocking(self._chunk_all, docs)
+        texts = [chunk.text for doc_chunks in chunked for chunk in doc_chunks if chunk is not None]
+        vectors = await self._embedder.embed(texts) if texts else np.zeros((0, self._embedder.dim), np.float32)
+        self._metrics.chunks_embedded.inc(len(texts))
+        vector_rows = iter(vectors)
+        writes = []
+        for doc, doc_id, digest, doc_chunks in zip(docs, ids, hashes, chunked):
+            version = self._hlc.now()
+            chunk_writes = tuple(
+                ChunkWrite(
+                    chunk_id=chunk_id_for(doc_id, version, chunk.seq),
+                    seq=chunk.seq,
+                    text=chunk.text,
+                    start=chunk.start,
+                    end=chunk.end,
+                    vector=doc.vector if doc.vector is not None else next(vector_rows),
+                )
+                for chunk in doc_chunks
+            )
+            writes.append(DocumentWrite(doc_id, version, digest, doc.text, doc.metadata, chunk_writes))
+        return writes
+
+    def _chunk_all(self, docs: list[IncomingDocument]) -> list[list[TextChunk]]:
+        """Chunk every document; one given vector means one chunk of the whole text."""
+        result = []
+        for doc in docs:
+            if doc.vector is not None:
+                result.append([TextChunk(seq=0, text=doc.text, start=0, end=len(doc.text), n_tokens=0)])
+            else:
+                result.append(self._chunker.chunk(doc.text))
+        return result
+
+    async def delete(self, doc_id: str) -> WriteResult:
+        result = await self._blocking(self._engine.delete, doc_id, self._hlc.now())
+        self._metrics.documents_written.labels(status=result.status.value).inc()
+        return result
+
+    async def get(self, doc_id: str) -> StoredDocument:
+        doc = await self._blocking(self._engine.get, doc_id)
+        if doc is None or doc.deleted:
+            raise NotFound(f"document {doc_id!r} not found", field="id")
+        return doc
+
+    # ---------------------------------------------------------------- search
+    async def search(self, request: SearchRequest) -> SearchOutcome:
+        watch = Stopwatch()
+        timings: dict[str, float] = {}
+        vector = request.vector
+        if vector is None and request.mode in ("dense", "hybrid"):
+            assert request.query is not None
+            vector = (await self._embedder.embed([request.query]))[0]
+            timings["embed_ms"] = watch.ms()
+        hits = await self._blocking(self._local_search, request, vector)
+        timings["total_ms"] = watch.ms()
+        timings["search_ms"] = round(timings["total_ms"] - timings.get("embed_ms", 0.0), 2)
+        self._metrics.search_latency.labels(stage="total").observe(timings["total_ms"] / 1000)
+        # One node holds every partition it serves; coverage becomes partial
+        # only with the cluster's scatter-gather.
+        return SearchOutcome(hits=hits, coverage=1.0, missing_partitions=[], timings=timings)
+
+    def _local_search(self, request: SearchRequest, vector: np.ndarray | None) -> list[Hit]:
+        if request.mode == "dense":
+            assert vector is not None
+            return self._engine.search_dense(vector, request.k, request.filter)
+        if request.mode == "bm25":
+            assert request.query is not None
+            return self._engine.search_bm25(request.query, request.k, request.filter)
+        assert vector is not None and request.query is not None
+        depth = max(request.k, HYBRID_CANDIDATES)
+        dense = self._engine.search_dense(vector, depth, request.filter)
+        lexical = self._engine.search_bm25(request.query, depth, request.filter)
+        return reciprocal_rank_fusion([dense, lexical], request.k)
+
+    # ------------------------------------------------------------------- ask
+    async def retrieve_for_ask(self, request: AskRequest) -> tuple[list[Passage], SearchOutcome]:
+        search = SearchRequest(
+            query=request.query, vector=None, k=request.k, mode="hybrid", filter=request.filter,
+            consistency="one", session=request.session,
+        )
+        outcome = await self.search(search)
+        passages = [
+            Passage(n=i + 1, doc_id=hit.doc_id, chunk_id=hit.chunk_id, text=hit.text, score=hit.score)
+            for i, hit in enumerate(outcome.hits)
+        ]
+        return passages, outcome
+
+    async def generate(self, question: str, passages: Sequence[Passage], max_tokens: int, temperature: float) -> AsyncIterator[str]:
+        """Stream the answer; fails if the generator stalls longer than the stall timeout."""
+        if self._generator is None:
+            raise Unavailable("this node has no generator role; ask a node that has one", retry_after_s=5)
+        request = GenerationRequest(messages=build_messages(question, passages), max_tokens=max_tokens, temperature=temperature)
+        stream = self._generator.stream(request).__aiter__()
+        watch = Stopwatch()
+        first = True
+        try:
+            while True:
+                try:
+                    piece = await asyncio.wait_for(stream.__anext__(), timeout=self._stall_timeout_s)
+                except StopAsyncIteration:
+                    break
+                if first:
+                    self._metrics.generation_ttft.observe(watch.ms() / 1000)
+                    first = False
+                self._metrics.generated_tokens.inc()
+                yield piece
+            self._metrics.generations.labels(outcome="completed").inc()
+        except asyncio.TimeoutError:
+            self._metrics.generations.labels(outcome="stalled").inc()
+            raise Unavailable(f"generator produced nothing for {self._stall_timeout_s:.0f} s", retry_after_s=1) from None
+        except (asyncio.CancelledError, GeneratorExit):
+            self._metrics.generations.labels(outcome="cancelled").inc()
+            raise
+        finally:
+            await _close_quietly(stream)
+
+
+async def _close_quietly(stream: AsyncIterator[str]) -> None:
+    aclose = getattr(stream, "aclose", None)
+    if aclose is not None:
+        try:
+            await aclose()
+        except Exception:  # the stream's own failure was already reported to the caller
+            log.debug("generator stream failed while closing", exc_info=True)
+
+
+def _is_unchanged(state: DocState | None, digest: str) -> bool:
+    return state is not None and not state.deleted and state.content_hash == digest

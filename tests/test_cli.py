@@ -1,0 +1,111 @@
+"""cli.py: the commands users type, run as real processes against a real node."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from meshrag.cli import render_status
+from meshrag.localnode import LocalNode
+
+pytestmark = pytest.mark.slow
+
+
+def meshrag(*args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ, HF_HUB_OFFLINE="1")
+    return subprocess.run([sys.executable, "-m", "meshrag.cli", *args], capture_output=True, text=True, timeout=timeout, env=env)
+
+
+def meshrag_get(node: LocalNode, doc_id: str) -> str:
+    return urllib.request.urlopen(f"{node.url}/v1/documents/{urllib.parse.quote(doc_id, safe='')}", timeout=10).read().decode()
+
+
+def write_corpus(root: Path) -> Path:
+    corpus = root / "corpus"
+    (corpus / "sub").mkdir(parents=True)
+    (corpus / "lighthouse.md").write_text("# Lighthouse\n\nThe Brannock lighthouse lamp turns once every nine seconds.\n")
+    (corpus / "sub" / "bakery.txt").write_text("The Ostrel bakery opens at five in the morning and sells rye bread.\n")
+    (corpus / "page.html").write_text("<html><head><title>Ferry</title><style>p{}</style></head><body><p>The ferry to Holm leaves hourly.</p></body></html>")
+    (corpus / "records.jsonl").write_text('{"id": "r1", "text": "Record one mentions copper mining.", "year": 1901}\n{"id": "r2", "text": "Record two mentions tin.", "year": 1950}\n')
+    return corpus
+
+
+def embedded_chunks(node: LocalNode) -> float:
+    text = urllib.request.urlopen(node.url + "/metrics", timeout=10).read().decode()
+    return next(float(line.split()[-1]) for line in text.splitlines() if line.startswith("meshrag_chunks_embedded_total "))
+
+
+def test_ingest_is_idempotent_and_search_finds_files(node: LocalNode, tmp_path: Path) -> None:
+    corpus = write_corpus(tmp_path)
+    first = meshrag("ingest", str(corpus), "--node", node.url, "--json")
+    assert first.returncode == 0, first.stderr
+    summary = json.loads(first.stdout)
+    assert summary["documents"] == 5 and summary["by_status"].get("created") == 5
+    versions = {doc_id: json.loads(meshrag_get(node, doc_id))["version"] for doc_id in ("lighthouse.md", "records:r2")}
+    embedded = embedded_chunks(node)
+    second = json.loads(meshrag("ingest", str(corpus), "--node", node.url, "--json").stdout)
+    assert second["by_status"] == {"unchanged": 5}
+    assert embedded_chunks(node) == embedded, "re-ingesting unchanged files must embed nothing"
+    assert {doc_id: json.loads(meshrag_get(node, doc_id))["version"] for doc_id in versions} == versions
+
+    found = meshrag("search", "when does the lighthouse lamp turn", "--node", node.url, "--k", "3", "--json")
+    assert json.loads(found.stdout)["hits"][0]["doc_id"] == "lighthouse.md"
+    table = meshrag("search", "rye bread", "--node", node.url, "--mode", "bm25")
+    assert "sub/bakery.txt" in table.stdout and "SCORE" in table.stdout
+
+    filtered = json.loads(meshrag("search", "mining", "--node", node.url, "--filter", '{"year": {"$lt": 1920}}', "--json").stdout)
+    assert {h["doc_id"] for h in filtered["hits"]} == {"records:r1"}
+
+
+def test_ingest_shows_progress_on_stderr(node: LocalNode, tmp_path: Path) -> None:
+    corpus = write_corpus(tmp_path)
+    result = meshrag("ingest", str(corpus), "--node", node.url)
+    assert result.returncode == 0
+    assert "ingest" in result.stderr and "5/5" in result.stderr
+    assert "ingested 5 documents" in result.stdout
+
+
+def test_ask_streams_answer_then_sources(node: LocalNode, tmp_path: Path) -> None:
+    meshrag("ingest", str(write_corpus(tmp_path)), "--node", node.url)
+    result = meshrag("ask", "How often does the Brannock lighthouse lamp turn?", "--node", node.url, "--max-tokens", "24")
+    assert result.returncode == 0, result.stderr
+    answer, _, sources = result.stdout.partition("Sources:")
+    assert answer.strip()
+    assert "[1] lighthouse.md" in sources
+
+
+def test_status_table_and_json(node: LocalNode) -> None:
+    table = meshrag("status", "--node", node.url)
+    assert table.returncode == 0
+    assert "NAME" in table.stdout and "test-node" in table.stdout and "alive" in table.stdout
+    view = json.loads(meshrag("status", "--node", node.url, "--json").stdout)
+    assert view["node"]["name"] == "test-node"
+
+
+def test_client_commands_report_unreachable_node() -> None:
+    result = meshrag("status", "--node", "http://127.0.0.1:9")
+    assert result.returncode == 1 and "meshrag:" in result.stderr
+
+
+def test_start_with_bad_config_exits_2_naming_the_key(tmp_path: Path) -> None:
+    result = meshrag("start", "--data-dir", str(tmp_path), "--partitions", "0", timeout=60)
+    assert result.returncode == 2
+    assert "cluster.partitions" in result.stderr and "1..4096" in result.stderr
+
+
+def test_render_status_lists_members() -> None:
+    view = {
+        "node": {"name": "n1", "id": "abc", "address": "127.0.0.1:7070", "zone": "z", "generation": 3, "ready": True, "components": {"storage": True}},
+        "members": [{"name": "n1", "id": "abcdef0123456789", "address": "127.0.0.1:7070", "zone": "z", "roles": ["storage"], "state": "alive", "incarnation": 3, "since": None}],
+        "ring": {"partitions": 8, "replicas": 3, "local_partitions": 2},
+        "storage": {"documents": 4, "chunks": 5, "tombstones": 0},
+    }
+    text = render_status(view)
+    assert "abcdef012345" in text and "alive" in text and "documents 4" in text
