@@ -12,12 +12,13 @@ from typing import Any, Protocol
 from aiohttp import web
 
 from meshrag.api.errors import json_response
-from meshrag.api.schema import AskRequest, parse_ask, parse_search, parse_upsert
+from meshrag.api.schema import parse_ask, parse_search, parse_upsert
 from meshrag.config import Config
 from meshrag.errors import MeshragError, PayloadTooLarge, Unavailable, UnsupportedMediaType
 from meshrag.observability import Metrics, Stopwatch
 from meshrag.rag.pipeline import RagPipeline
 from meshrag.rag.prompt import Passage
+from meshrag.rag.requests import AskRequest
 from meshrag.store.types import Hit, StoredDocument
 from meshrag.wire import JSON, MSGPACK_TYPES, decode_body, dumps_json
 

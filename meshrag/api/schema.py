@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass
 from typing import Any, Mapping
 
 import numpy as np
 
 from meshrag.config import ApiConfig, GenerationConfig
 from meshrag.errors import ValidationError
+from meshrag.rag.requests import AskRequest, IncomingDocument, SearchRequest, UpsertRequest
 from meshrag.store.filters import Filter, parse_filter
 
 CONSISTENCY_LEVELS = ("one", "quorum", "all")
@@ -24,42 +24,6 @@ MAX_ID_CHARS = 512
 MAX_METADATA_DEPTH = 8
 MAX_METADATA_KEYS = 256
 _ID_FORBIDDEN = re.compile(r"[\x00-\x1f\x7f]")
-
-
-@dataclass(frozen=True)
-class IncomingDocument:
-    doc_id: str | None
-    text: str
-    metadata: dict[str, Any]
-    vector: np.ndarray | None
-
-
-@dataclass(frozen=True)
-class UpsertRequest:
-    documents: list[IncomingDocument]
-    consistency: str
-    session: str | None
-
-
-@dataclass(frozen=True)
-class SearchRequest:
-    query: str | None
-    vector: np.ndarray | None
-    k: int
-    mode: str
-    filter: Filter | None
-    consistency: str
-    session: str | None
-
-
-@dataclass(frozen=True)
-class AskRequest:
-    query: str
-    k: int
-    filter: Filter | None
-    stream: bool
-    max_tokens: int
-    session: str | None
 
 
 def _require_object(value: Any, path: str) -> Mapping[str, Any]:

@@ -19,7 +19,6 @@ from typing import Any, AsyncIterator, Callable, Sequence, TypeVar
 
 import numpy as np
 
-from meshrag.api.schema import AskRequest, IncomingDocument, SearchRequest
 from meshrag.clock import HybridLogicalClock
 from meshrag.errors import NotFound, Unavailable
 from meshrag.generation.base import GenerationRequest, GeneratorBackend
@@ -28,6 +27,7 @@ from meshrag.rag.chunking import Chunker, TextChunk
 from meshrag.rag.embedder import Embedder
 from meshrag.rag.prompt import Passage, build_messages
 from meshrag.rag.ranking import reciprocal_rank_fusion
+from meshrag.rag.requests import AskRequest, IncomingDocument, SearchRequest
 from meshrag.store.engine import StorageEngine
 from meshrag.store.types import ChunkWrite, DocState, DocumentWrite, Hit, StoredDocument, WriteResult, WriteStatus
 
