@@ -12,7 +12,8 @@ import os
 import sys
 import textwrap
 import time
-from concurrent.futures import ThreadPoolExecutor
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
@@ -154,22 +155,41 @@ def _batches(documents: Iterator[Any], size: int) -> Iterator[list[dict[str, Any
         yield batch
 
 
+def _bounded_map(pool: ThreadPoolExecutor, fn: Any, items: Iterator[Any], window: int) -> Iterator[Any]:
+    """Like pool.map, in order, but reads `items` lazily: at most `window` in flight."""
+    pending: deque[Future[Any]] = deque()
+    for item in items:
+        pending.append(pool.submit(fn, item))
+        if len(pending) >= window:
+            yield pending.popleft().result()
+    while pending:
+        yield pending.popleft().result()
+
+
 def cmd_ingest(args: argparse.Namespace, client: Any) -> int:
     from tqdm import tqdm
 
-    from meshrag.sources import count_documents, iter_documents
+    from meshrag.sources import SourceError, count_documents, iter_documents
 
     counts: dict[str, int] = {}
+    skipped: list[str] = []
     started = time.perf_counter()
     total = count_documents(args.paths)
+    documents = iter_documents(args.paths, on_skip=lambda path, why: skipped.append(f"{path}: {why}"))
     with tqdm(total=total, unit="doc", desc="ingest", disable=args.json, file=sys.stderr) as bar, ThreadPoolExecutor(args.concurrency) as pool:
         upload = lambda batch: client.upsert(batch, consistency=args.consistency)  # noqa: E731
-        for response in pool.map(upload, _batches(iter_documents(args.paths), args.batch_size)):
-            for result in response["results"]:
-                counts[result["status"]] = counts.get(result["status"], 0) + 1
-            bar.update(len(response["results"]))
+        try:
+            for response in _bounded_map(pool, upload, _batches(documents, args.batch_size), args.concurrency):
+                for result in response["results"]:
+                    counts[result["status"]] = counts.get(result["status"], 0) + 1
+                bar.update(len(response["results"]))
+        except SourceError as exc:
+            print(f"meshrag: {exc} (documents before it were ingested; fix it and re-run: re-runs are idempotent)", file=sys.stderr)
+            return 1
+    for line in skipped:
+        print(f"skipped {line}", file=sys.stderr)
     elapsed = time.perf_counter() - started
-    summary = {"documents": sum(counts.values()), "by_status": counts, "seconds": round(elapsed, 2)}
+    summary = {"documents": sum(counts.values()), "by_status": counts, "skipped": len(skipped), "seconds": round(elapsed, 2)}
     if args.json:
         print(json.dumps(summary))
     else:

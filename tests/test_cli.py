@@ -109,3 +109,12 @@ def test_render_status_lists_members() -> None:
     }
     text = render_status(view)
     assert "abcdef012345" in text and "alive" in text and "documents 4" in text
+
+
+def test_ingest_reports_bad_jsonl_line_and_skipped_files(node: LocalNode, tmp_path: Path) -> None:
+    (tmp_path / "good.txt").write_text("A perfectly fine document about harbours.")
+    (tmp_path / "image.png").write_bytes(b"\x89PNG")
+    (tmp_path / "broken.jsonl").write_text('{"id": "ok", "text": "fine"}\n{not json\n')
+    result = meshrag("ingest", str(tmp_path), "--node", node.url)
+    assert result.returncode == 1
+    assert "broken.jsonl:2" in result.stderr and "Traceback" not in result.stderr

@@ -1,7 +1,7 @@
 """Typed requests the pipeline serves, whatever interface they came through.
 
-api/schema.py builds them from HTTP bodies; the cluster's internal routes and
-the CLI build the same ones, so the pipeline never sees raw JSON.
+api/schema.py builds them from HTTP bodies; the cluster's internal routes will
+build the same ones, so the pipeline never sees raw JSON.
 """
 
 from __future__ import annotations
