@@ -5,13 +5,12 @@ Layout of ``<root>/p<id:04d>/``:
 * ``store.sqlite``  documents, chunks with their vectors, an FTS5 index over
   chunk text, and ``index_log``: every chunk insert/delete appends (seq, op, key)
   by trigger, inside the very transaction that changed the chunk.
-* ``index.usearch`` the HNSW index as of some log seq, and ``index.json``, its
-  sidecar: that seq, a checksum of the index file, the settings it was built with.
+* ``index.usearch`` and its sidecar ``index.json``: the vector index as of some
+  log seq (vector_index.py saves, loads, catches up and searches it).
 
-Recovery on open: load the saved index if its checksum and settings hold,
-replay the log entries after its seq, and check that the index holds exactly
-the chunk keys in SQLite; anything else (missing, corrupt, inconsistent) means a
-rebuild from the vectors in SQLite. ``recovery`` tells which happened.
+This module owns SQLite: schema, transactions, FTS, the index log and
+tombstones. On open it hands the vector index a ``ChunkVectors`` view of the
+chunks and the log to recover from; ``recovery`` tells what that took.
 
 Durability: WAL with ``synchronous=NORMAL``. A committed transaction is in the
 WAL file before ``commit`` returns, so it survives the process being killed
@@ -24,41 +23,37 @@ for single-copy deployments that must survive power loss.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
-import os
 import re
 import sqlite3
 import threading
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 import numpy as np
-import usearch
-from usearch.index import Index, MetricKind, ScalarKind
 
-from meshrag.errors import ConfigError, ValidationError
+from meshrag.errors import ConfigError
 from meshrag.store.filters import Filter, to_sql
-from meshrag.store.types import (
-    ChunkInfo,
-    DocState,
-    DocumentWrite,
-    Hit,
-    StoredDocument,
-    WriteResult,
-    WriteStatus,
+from meshrag.store.types import ChunkInfo, DocState, DocumentWrite, Hit, StoredDocument, WriteResult, WriteStatus
+
+# IndexSettings and unit_query_vector are re-exported: node.py and engine.py import them from here.
+from meshrag.store.vector_index import (
+    INDEX_FILE,
+    SIDECAR_FILE,
+    IndexSettings,
+    Scored,
+    VectorIndex,
+    exact_top_k,
+    unit_query_vector,
 )
 
 log = logging.getLogger(__name__)
 
 DB_FILE = "store.sqlite"
-INDEX_FILE = "index.usearch"
-SIDECAR_FILE = "index.json"
-SIDECAR_FORMAT = 1
 MAX_QUERY_TERMS = 64
 _READ_BATCH = 4096
 _QUERY_TERM = re.compile(r"[^\W_]+")  # the same word characters FTS5's unicode61 keeps
@@ -110,23 +105,6 @@ _HIT_COLUMNS = "c.key, c.chunk_id, c.doc_id, c.text, d.metadata, d.version"
 _CHUNKS_WITH_DOCS = "chunks c JOIN documents d ON d.doc_id = c.doc_id"
 
 
-@dataclass(frozen=True, slots=True)
-class IndexSettings:
-    """HNSW and search tuning.
-
-    ``expansion_search``: recall@10 against exact search, measured on 3000 random
-    384-d vectors (the hard case; real embeddings cluster and do better):
-    64 -> 0.71, 128 -> 0.90, 256 -> 0.97, 384 -> 0.998 at ~0.7 ms per query.
-    ``threads`` bounds usearch's add threads: several nodes may share 2 cores.
-    """
-
-    connectivity: int = 16
-    expansion_add: int = 128
-    expansion_search: int = 384
-    exact_search_threshold: int = 4096  # filtered searches over fewer chunks are exact
-    threads: int = 1
-
-
 def fts_query(text: str) -> str:
     """Arbitrary user text as a safe FTS5 query: each word quoted, OR-ed; '' if none."""
     terms: list[str] = []
@@ -138,15 +116,39 @@ def fts_query(text: str) -> str:
     return " OR ".join(f'"{term}"' for term in terms)
 
 
-def unit_query_vector(vector: np.ndarray, dim: int) -> np.ndarray:
-    """The query as a unit float32 vector; a wrong shape is the caller's error."""
-    query = np.asarray(vector, dtype=np.float32).reshape(-1)
-    if query.shape[0] != dim:
-        raise ValidationError(f"vector must have {dim} values, got {query.shape[0]}", field="vector")
-    norm = float(np.linalg.norm(query))
-    if not np.isfinite(norm) or norm == 0.0:
-        raise ValidationError("vector must be finite and not all zeros", field="vector")
-    return query / norm
+
+class ChunkVectors:
+    """The partition's SQLite as the vector index's source of truth (a ``VectorSource``).
+
+    Reads through the connection it is given; the partition passes its writer,
+    under its write lock, so the view cannot shift while the index reads it.
+    """
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self._conn = conn
+
+    def keys_logged_after(self, seq: int) -> list[int]:
+        return [key for (key,) in self._conn.execute("SELECT key FROM index_log WHERE seq > ? ORDER BY seq", (seq,))]
+
+    def log_trimmed_through(self) -> int | None:
+        row = self._conn.execute("SELECT value FROM partition_meta WHERE name = 'log_trimmed_through'").fetchone()
+        return None if row is None else int(row[0])
+
+    def vectors_of(self, keys: Sequence[int]) -> dict[int, bytes]:
+        present: dict[int, bytes] = {}
+        for start in range(0, len(keys), _READ_BATCH):
+            batch = json.dumps(list(keys[start : start + _READ_BATCH]))
+            rows = self._conn.execute("SELECT key, vector FROM chunks WHERE key IN (SELECT value FROM json_each(?))", (batch,))
+            present.update(rows)
+        return present
+
+    def all_keys(self) -> np.ndarray:
+        return np.fromiter((key for (key,) in self._conn.execute("SELECT key FROM chunks")), dtype=np.uint64)
+
+    def all_vectors(self) -> Iterator[list[tuple[int, bytes]]]:
+        cursor = self._conn.execute("SELECT key, vector FROM chunks ORDER BY key")
+        while rows := cursor.fetchmany(_READ_BATCH):
+            yield rows
 
 
 class Partition:
@@ -173,12 +175,10 @@ class Partition:
             raise ValueError(f"synchronous must be NORMAL, FULL or EXTRA, got {synchronous!r}")
         self._synchronous = synchronous
         self._write_lock = threading.Lock()  # one writer transaction at a time
-        self._index_lock = threading.Lock()  # usearch calls (add/remove vs search/save)
         self._writer: sqlite3.Connection | None = None
         self._readers: list[sqlite3.Connection] = []
         self._idle_readers: list[sqlite3.Connection] = []
-        self._index: Index | None = None
-        self._pending = 0  # index changes since the last save
+        self._index: VectorIndex | None = None
 
     # ------------------------------------------------------------ lifecycle
     @property
@@ -201,8 +201,10 @@ class Partition:
         self._writer.execute(f"PRAGMA journal_size_limit={4 << 20}")  # WAL shrinks back after checkpoints
         self._writer.executescript(_SCHEMA)
         self._check_dim()
-        self._index, self.recovery = self._recover_index(fresh)
-        log.info("partition %d opened: %s, %d vectors", self.pid, self.recovery, len(self._index))
+        index = VectorIndex(self.path, self.dim, self.settings, name=f"partition {self.pid}")
+        self.recovery = index.recover(self._chunk_vectors(), fresh)
+        self._index = index
+        log.info("partition %d opened: %s, %d vectors", self.pid, self.recovery, len(index))
 
     def close(self) -> None:
         """Save the index (if it changed) and release every connection."""
@@ -244,7 +246,7 @@ class Partition:
             raise RuntimeError(f"partition {self.pid} is not open")
         return self._writer
 
-    def _require_index(self) -> Index:
+    def _require_index(self) -> VectorIndex:
         if self._index is None:
             raise RuntimeError(f"partition {self.pid} is not open")
         return self._index
@@ -360,25 +362,11 @@ class Partition:
         return keys
 
     def _apply_to_index(self, removed: list[int], added_keys: list[int], added_vectors: list[np.ndarray]) -> None:
-        """Mirror a committed transaction into the in-memory index.
-
-        SQLite already holds the change; should usearch fail, rebuilding from
-        SQLite restores the invariant rather than leaving a silent gap.
-        """
+        """Mirror a committed transaction into the in-memory index (under the write lock)."""
         if not removed and not added_keys:
             return
-        with self._index_lock:
-            index = self._require_index()
-            try:
-                if removed:
-                    index.remove(np.asarray(removed, dtype=np.uint64))
-                if added_keys:
-                    index.add(np.asarray(added_keys, dtype=np.uint64), np.stack(added_vectors), threads=self.settings.threads)
-            except Exception:
-                log.exception("partition %d: index update failed; rebuilding from SQLite", self.pid)
-                self._index = self._rebuild_index()
-                self.recovery = "rebuilt"
-        self._pending += len(removed) + len(added_keys)
+        if self._require_index().update(removed, added_keys, added_vectors, self._chunk_vectors()):
+            self.recovery = "rebuilt"
 
     # ---------------------------------------------------------------- reads
     def doc_states(self, doc_ids: Sequence[str]) -> dict[str, DocState]:
@@ -444,33 +432,12 @@ class Partition:
             sql = f"SELECT c.key, c.vector FROM {_CHUNKS_WITH_DOCS} WHERE {where[0]} LIMIT ?"
             rows = conn.execute(sql, (*where[1], limit + 1)).fetchall()
         if len(rows) <= limit:
-            return self._search_exact(query, k, rows)
+            return self._hits(exact_top_k(query, k, rows, self.dim), None)
         return self._search_ann(query, k, where)
 
-    def _search_exact(self, query: np.ndarray, k: int, rows: list[tuple[int, bytes]]) -> list[Hit]:
-        if not rows:
-            return []
-        keys = np.fromiter((key for key, _ in rows), dtype=np.int64, count=len(rows))
-        matrix = np.frombuffer(b"".join(blob for _, blob in rows), dtype=np.float32).reshape(len(rows), self.dim)
-        norms = np.linalg.norm(matrix, axis=1)
-        scores = (matrix @ query) / np.where(norms == 0.0, 1.0, norms)
-        top = np.argsort(-scores, kind="stable")[:k]
-        return self._hits([(int(keys[i]), float(scores[i])) for i in top], None)
-
     def _search_ann(self, query: np.ndarray, k: int, where: tuple[str, list[Any]] | None) -> list[Hit]:
-        """ANN search, widening the candidate pool until k survive the filter or the index is exhausted."""
-        with self._index_lock:
-            total = len(self._require_index())
-        count = min(total, k if where is None else max(4 * k, 64))
-        while count > 0:
-            with self._index_lock:
-                found = self._require_index().search(query, count)
-            candidates = [(int(key), 1.0 - float(dist)) for key, dist in zip(found.keys, found.distances)]
-            hits = self._hits(candidates, where)
-            if len(hits) >= k or count >= total:
-                return hits[:k]
-            count = min(total, count * 4)
-        return []
+        """ANN search; a filtered one oversamples and keeps only candidates that pass the filter in SQLite."""
+        return self._require_index().search_until(query, k, partial(self._hits, where=where), oversample=where is not None)
 
     def search_bm25(self, query: str, k: int, flt: Filter | None = None) -> list[Hit]:
         """Top-k chunks by FTS5 BM25 (score = -bm25, higher is better)."""
@@ -487,7 +454,7 @@ class Partition:
             rows = conn.execute(sql, (match, *params, k)).fetchall()
         return [self._hit(row[:6], -float(row[6])) for row in rows]
 
-    def _hits(self, scored: list[tuple[int, float]], where: tuple[str, list[Any]] | None) -> list[Hit]:
+    def _hits(self, scored: list[Scored], where: tuple[str, list[Any]] | None) -> list[Hit]:
         """Hits for scored keys, in the given order, dropping keys gone or filtered out."""
         if not scored:
             return []
@@ -508,35 +475,17 @@ class Partition:
     def save_index(self, force: bool = False) -> bool:
         """Persist the index and the log seq it covers, then trim the log.
 
-        Index file first, sidecar second, each written to a temp file and
-        renamed. A crash between the renames leaves an index newer than its
-        sidecar's seq: replaying is idempotent, so that is harmless.
+        The log is trimmed only after the index files are safely renamed, so a
+        crash at any point leaves a saved index the log still covers.
         Returns whether it saved (nothing to do when no change is pending).
         """
         with self._write_lock:
             conn = self._require_writer()
-            if not force and self._pending == 0 and self.sidecar_path.exists():
+            index = self._require_index()
+            if not force and index.pending == 0 and index.sidecar_path.exists():
                 return False
             seq = _log_seq(conn)
-            tmp_index = self.index_path.with_suffix(".usearch.tmp")
-            with self._index_lock:
-                index = self._require_index()
-                index.save(str(tmp_index))
-                count = len(index)
-            sidecar = {
-                "format": SIDECAR_FORMAT,
-                "log_seq": seq,
-                "count": count,
-                "dim": self.dim,
-                "connectivity": self.settings.connectivity,
-                "usearch": usearch.__version__,
-                "bytes": tmp_index.stat().st_size,
-                "blake2b": _file_digest(tmp_index),
-            }
-            _fsync_file(tmp_index)
-            os.replace(tmp_index, self.index_path)
-            _write_atomically(self.sidecar_path, json.dumps(sidecar).encode())
-            _fsync_dir(self.path)
+            index.save(seq)
             with self._transaction():
                 conn.execute("DELETE FROM index_log WHERE seq <= ?", (seq,))
                 conn.execute(
@@ -546,106 +495,20 @@ class Partition:
                 )
             # Fold the WAL into the database now and then (never blocks readers).
             conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
-            self._pending = 0
+            index.mark_saved()
             return True
 
     def maybe_save_index(self, max_pending: int) -> bool:
         """Save when at least ``max_pending`` index changes are unsaved."""
         return self._pending >= max_pending and self.save_index()
 
-    def _new_index(self) -> Index:
-        s = self.settings
-        return Index(
-            ndim=self.dim,
-            metric=MetricKind.Cos,
-            dtype=ScalarKind.F32,
-            connectivity=s.connectivity,
-            expansion_add=s.expansion_add,
-            expansion_search=s.expansion_search,
-        )
+    @property
+    def _pending(self) -> int:  # 0 once closed: closing saved every change
+        return 0 if self._index is None else self._index.pending
 
-    def _recover_index(self, fresh: bool) -> tuple[Index, str]:
-        conn = self._require_writer()
-        loaded = self._load_saved_index()
-        if loaded is not None:
-            index, saved_seq = loaded
-            trimmed = conn.execute("SELECT value FROM partition_meta WHERE name = 'log_trimmed_through'").fetchone()
-            if trimmed is None or saved_seq >= int(trimmed[0]):  # else the log no longer covers the gap
-                replayed = self._catch_up(index, saved_seq)
-                if self._index_matches_sqlite(index):
-                    self._pending = replayed
-                    return index, "loaded" if replayed == 0 else f"caught_up:{replayed}"
-            log.warning("partition %d: saved index inconsistent with SQLite; rebuilding", self.pid)
-        elif not fresh:
-            log.warning("partition %d: no valid saved index; rebuilding from SQLite", self.pid)
-        index = self._rebuild_index()
-        self._pending = len(index) + 1  # the saved files are wrong or absent: the next save must write
-        return index, "new" if fresh else "rebuilt"
-
-    def _load_saved_index(self) -> tuple[Index, int] | None:
-        """The saved index and its log seq, or None if absent, corrupt or built differently."""
-        if not self.sidecar_path.exists():
-            return None
-        try:
-            sidecar = json.loads(self.sidecar_path.read_text())
-            if (
-                sidecar.get("format") != SIDECAR_FORMAT
-                or sidecar.get("dim") != self.dim
-                or sidecar.get("connectivity") != self.settings.connectivity
-                or sidecar.get("usearch") != usearch.__version__  # file format may change between versions
-                or self.index_path.stat().st_size != sidecar.get("bytes")
-                or _file_digest(self.index_path) != sidecar.get("blake2b")
-            ):
-                return None
-            index = Index.restore(str(self.index_path))
-        except (OSError, ValueError, RuntimeError, TypeError, AttributeError) as exc:
-            log.warning("partition %d: saved index unusable (%s)", self.pid, exc)
-            return None
-        if index is None or index.ndim != self.dim or index.metric_kind != MetricKind.Cos or index.dtype != ScalarKind.F32:
-            return None
-        index.expansion_search = self.settings.expansion_search
-        index.expansion_add = self.settings.expansion_add
-        return index, int(sidecar["log_seq"])
-
-    def _catch_up(self, index: Index, saved_seq: int) -> int:
-        """Replay log entries after ``saved_seq``; idempotent, so it can repeat work safely.
-
-        Keys are never reused and chunk vectors never change, so the net effect
-        of a key's entries is simply: present in SQLite -> in the index, else not.
-        """
-        conn = self._require_writer()
-        entries = [key for (key,) in conn.execute("SELECT key FROM index_log WHERE seq > ? ORDER BY seq", (saved_seq,))]
-        keys = sorted(set(entries))
-        present: dict[int, bytes] = {}
-        for start in range(0, len(keys), _READ_BATCH):
-            batch = json.dumps(keys[start : start + _READ_BATCH])
-            present.update(conn.execute("SELECT key, vector FROM chunks WHERE key IN (SELECT value FROM json_each(?))", (batch,)))
-        indexed = index.contains(np.asarray(keys, dtype=np.uint64)) if keys else np.zeros(0, dtype=bool)
-        stale = [key for key, inside in zip(keys, indexed) if inside and key not in present]
-        missing = [key for key, inside in zip(keys, indexed) if not inside and key in present]
-        if stale:
-            index.remove(np.asarray(stale, dtype=np.uint64))
-        if missing:
-            vectors = np.frombuffer(b"".join(present[key] for key in missing), dtype=np.float32).reshape(-1, self.dim)
-            index.add(np.asarray(missing, dtype=np.uint64), vectors, threads=self.settings.threads)
-        return len(entries)
-
-    def _index_matches_sqlite(self, index: Index) -> bool:
-        conn = self._require_writer()
-        keys = np.fromiter((key for (key,) in conn.execute("SELECT key FROM chunks")), dtype=np.uint64)
-        if len(index) != len(keys):
-            return False
-        return len(keys) == 0 or bool(np.all(index.contains(keys)))
-
-    def _rebuild_index(self) -> Index:
-        index = self._new_index()
-        conn = self._require_writer()
-        cursor = conn.execute("SELECT key, vector FROM chunks ORDER BY key")
-        while rows := cursor.fetchmany(_READ_BATCH):
-            keys = np.fromiter((key for key, _ in rows), dtype=np.uint64, count=len(rows))
-            vectors = np.frombuffer(b"".join(blob for _, blob in rows), dtype=np.float32).reshape(len(rows), self.dim)
-            index.add(keys, vectors, threads=self.settings.threads)
-        return index
+    def _chunk_vectors(self) -> ChunkVectors:
+        """SQLite as the index's source; use it under the write lock (or before the partition is shared)."""
+        return ChunkVectors(self._require_writer())
 
 
 # ------------------------------------------------------------------ helpers
@@ -702,33 +565,3 @@ def _bytes_on_disk(directory: Path) -> int:
         except FileNotFoundError:  # a temp file renamed away by a concurrent save
             pass
     return total
-
-
-def _file_digest(path: Path) -> str:
-    digest = hashlib.blake2b(digest_size=16)
-    with open(path, "rb") as handle:
-        while block := handle.read(1 << 20):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def _fsync_file(path: Path) -> None:
-    with open(path, "rb+") as handle:
-        os.fsync(handle.fileno())
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _write_atomically(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)

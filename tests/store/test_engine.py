@@ -17,7 +17,7 @@ from meshrag.errors import ConfigError
 from meshrag.store.engine import StorageEngine, partition_for
 from meshrag.store.filters import parse_filter
 from meshrag.store.types import WriteStatus
-from tests.store.test_partition import DIM, brute_force, make_doc, unit_vector
+from tests.store.conftest import DIM, brute_force, make_doc, unit_vector
 
 PARTITIONS = 8
 
@@ -208,8 +208,11 @@ def test_bm25_merges_across_partitions_best_first(engine: StorageEngine) -> None
     assert len({h.partition for h in hits}) == 3
 
 
-def test_bulk_upsert_of_1400_documents_is_fast(tmp_path: Path) -> None:
-    """The write path without embedding: 1400 docs x 2 chunks of dim 384 in batches of 32, P=64."""
+def test_bulk_upsert_of_1400_documents_stores_every_chunk(tmp_path: Path) -> None:
+    """The write path without embedding: 1400 docs x 2 chunks of dim 384 in batches of 32, P=64.
+
+    The time it takes is printed for information; timing goals live in scripts/bench.py.
+    """
     dim = 384
     rng = np.random.default_rng(1)
     vectors = rng.standard_normal((2800, dim)).astype(np.float32)
@@ -224,6 +227,6 @@ def test_bulk_upsert_of_1400_documents_is_fast(tmp_path: Path) -> None:
         elapsed = time.perf_counter() - started
         print(f"\nupserted 1400 docs (2800 chunks, dim {dim}, 64 partitions) in {elapsed:.2f} s")
         assert eng.stats()["chunks"] == 2800
-        assert elapsed < 10.0
+        assert sum(eng.partition(pid).stats()["documents"] for pid in eng.local_partitions()) == 1400
     finally:
         eng.close()
