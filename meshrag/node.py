@@ -126,6 +126,7 @@ class Node:
                 max_batch=self.config.embedder.max_batch,
                 max_wait_ms=self.config.embedder.max_wait_ms,
                 device=self.config.embedder.device,
+                on_batch=self._record_embed_batch,
             )
             await loop.run_in_executor(None, embedder.load)
             await embedder.start()
@@ -144,6 +145,10 @@ class Node:
             log.exception("node failed to load its components")
             self.startup_error = exc
             self._stopped.set()
+
+    def _record_embed_batch(self, texts: int, seconds: float) -> None:
+        self.metrics.embed_batches.inc()
+        self.metrics.embed_batch_size.observe(texts)
 
     def _open_engine(self, dim: int) -> StorageEngine:
         settings = IndexSettings(
