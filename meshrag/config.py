@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from meshrag.errors import ConfigError
+from meshrag.gossip.settings import GossipSettings
 
 ENV_PREFIX = "MESHRAG_"
 DEFAULT_CONFIG_PATH = Path("conf/meshrag.toml")
@@ -140,6 +141,19 @@ class ObservabilityConfig:
     monitor_port: int = field(default=20101, metadata=_check(lambda v: 1 <= v <= 65532, "a port 1..65532 (uses it and the next two)"))
 
 
+def _mirror(settings_cls: type) -> type:
+    """A mutable config section with the same keys, types and defaults as a frozen settings class.
+
+    The settings class (gossip/settings.py) stays the one definition of the
+    protocol's knobs and checks them in its __post_init__; _validate builds it.
+    """
+    fields = [(f.name, f.type, field(default=f.default)) for f in dataclasses.fields(settings_cls)]
+    return dataclasses.make_dataclass(settings_cls.__name__.replace("Settings", "Config"), fields)
+
+
+GossipConfig = _mirror(GossipSettings)
+
+
 @dataclass
 class Config:
     node: NodeConfig = field(default_factory=NodeConfig)
@@ -150,6 +164,7 @@ class Config:
     generation: GenerationConfig = field(default_factory=GenerationConfig)
     api: ApiConfig = field(default_factory=ApiConfig)
     observability: ObservabilityConfig = field(default_factory=ObservabilityConfig)
+    gossip: Any = field(default_factory=GossipConfig)
 
     @property
     def node_name(self) -> str:
@@ -162,6 +177,9 @@ class Config:
     @property
     def data_path(self) -> Path:
         return Path(self.node.data_dir)
+
+    def gossip_settings(self) -> GossipSettings:
+        return GossipSettings(**dataclasses.asdict(self.gossip))
 
 
 def sections(config: Config) -> dict[str, Any]:
@@ -226,6 +244,7 @@ def _validate(config: Config, origins: Mapping[str, str]) -> None:
                 origin = origins.get(key, "default")
                 raise ConfigError(f"{key} = {value!r} (from {origin}): allowed is {f.metadata['allowed']}", field=key)
     _validate_relations(config)
+    config.gossip_settings()  # raises ConfigError naming the gossip.* key
 
 
 def _validate_relations(config: Config) -> None:

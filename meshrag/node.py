@@ -9,22 +9,27 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import signal
+import socket
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 from aiohttp import web
 
 from meshrag import __version__
 from meshrag.api.errors import error_middleware, metrics_middleware
+from meshrag.api.internal import InternalApi
 from meshrag.api.public import PublicApi
 from meshrag.clock import HybridLogicalClock, SystemClock
 from meshrag.config import Config, as_dict, parse_host_port
 from meshrag.generation.base import GeneratorBackend
+from meshrag.gossip import AsyncioTransport, GossipDatagramProtocol, MemberEvent, Memberlist
 from meshrag.identity import NodeIdentity, load_or_create
-from meshrag.observability import Metrics, configure_logging, start_monitor
+from meshrag.observability import GossipCollector, Metrics, configure_logging, start_monitor
 from meshrag.rag.chunking import Chunker, ChunkingSettings
 from meshrag.rag.embedder import Embedder, default_model_path
 from meshrag.rag.pipeline import RagPipeline
@@ -40,6 +45,9 @@ class Node:
         self.metrics = Metrics()
         self.pipeline: RagPipeline | None = None
         self.identity: NodeIdentity | None = None
+        self.members: Memberlist | None = None
+        self._http_session: aiohttp.ClientSession | None = None
+        self._udp: asyncio.DatagramTransport | None = None
         self._clock = SystemClock()
         self._hlc = HybridLogicalClock(self._clock)
         self._started_at = time.time()
@@ -78,11 +86,10 @@ class Node:
             "ready": all(self._components.values()),
             "components": self.readiness(),
         }
-        member = {key: node[key] for key in ("name", "id", "address", "zone", "roles")}
-        member.update(state="alive", incarnation=identity.generation if identity else 0, since=self._started_at)
+        members = sorted((m.as_dict() for m in self.members.members()), key=lambda m: m["name"]) if self.members else []
         return {
             "node": node,
-            "members": [member],
+            "members": members,
             "ring": self._ring_view(),
             "storage": self._engine.stats() if self._engine else None,
             "generator": self._generator.stats() if self._generator and self._components.get("generator") else None,
@@ -99,6 +106,7 @@ class Node:
         configure_logging(self.config.observability.log_level, self.config.observability.log_format, self.config.node_name)
         self.identity = load_or_create(self.config.data_path, self.config.node_name)
         await self._start_http()
+        await self._start_gossip()
         if self.config.observability.monitor:
             self._monitor = start_monitor(asyncio.get_running_loop(), self.config.observability.monitor_port)
         self._tasks.append(asyncio.create_task(self._load_components(), name="load-components"))
@@ -110,12 +118,56 @@ class Node:
             client_max_size=self.config.api.max_body_bytes,
         )
         app.add_routes(PublicApi(self).routes())
+        app.add_routes(InternalApi(self, self.config.gossip_settings()).routes())
         # handler_cancellation: a client that disconnects cancels its handler,
         # which is how an abandoned /v1/ask stops its generation.
         self._runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
         await self._runner.setup()
         host, port = parse_host_port(self.config.node.bind)
         await web.TCPSite(self._runner, host, port, reuse_address=True).start()
+
+    async def _start_gossip(self) -> None:
+        """UDP on the HTTP port number; push-pull rides on HTTP (api/internal.py)."""
+        assert self.identity is not None
+        loop = asyncio.get_running_loop()
+        host, port = parse_host_port(self.config.node.bind)
+        protocol = GossipDatagramProtocol(self._on_datagram)
+        self._udp, _ = await loop.create_datagram_endpoint(lambda: protocol, sock=_gossip_socket(host, port))
+        self._http_session = aiohttp.ClientSession()
+        self.members = Memberlist(
+            self.identity,
+            self.config.advertise_address,
+            transport=AsyncioTransport(loop, protocol, self._http_session),
+            scheduler=loop,
+            clock=self._clock,
+            rng=random.Random(),
+            settings=self.config.gossip_settings(),
+            secret=self.config.node.secret,
+            metadata=self._member_metadata(),
+            listener=self._on_member_event,
+        )
+        self.metrics.registry.register(GossipCollector(self.members))
+        self.members.start()
+        if self.config.node.join:
+            self.members.join(self.config.node.join)
+
+    def _on_datagram(self, payload: bytes, address: str) -> None:
+        if self.members is not None:
+            self.members.handle_datagram(payload, address)
+
+    def _on_member_event(self, event: MemberEvent) -> None:
+        member = event.member
+        log.info("member %s (%s) at %s is %s", member.name, member.node_id[:12], member.address, event.kind.value)
+
+    def _member_metadata(self) -> dict[str, Any]:
+        """What other nodes need to route to us; rides on alive messages (bounded size)."""
+        meta: dict[str, Any] = {"roles": self.config.node.roles, "zone": self.config.node.zone, "http": self.config.advertise_address}
+        if self._embedder is not None and self._components["embedder"]:
+            meta["embedder"] = self._embedder.model_name
+        if self._generator is not None:
+            stats = self._generator.stats()
+            meta["generator"] = {"model": self._generator.model, "capacity": stats.get("capacity"), "load": stats.get("active", 0) + stats.get("waiting", 0)}
+        return meta
 
     async def _load_components(self) -> None:
         loop = asyncio.get_running_loop()
@@ -139,6 +191,8 @@ class Node:
                 self._generator = await loop.run_in_executor(None, self._load_generator)
                 self._components["generator"] = True
             self.pipeline = self._build_pipeline(embedder)
+            if self.members is not None:
+                self.members.update_metadata(self._member_metadata())
             self._refresh_gauges()
             log.info("node ready: %s", self.readiness())
         except Exception as exc:  # a node that cannot load must say why and stop
@@ -204,13 +258,27 @@ class Node:
             self.metrics.stored_chunks.set(stats.get("chunks", 0))
         self.metrics.ready.set(1 if all(self._components.values()) else 0)
 
+    async def _leave_cluster(self) -> None:
+        """Announce a graceful leave so others show this node as left, not dead."""
+        if self.members is None:
+            return
+        done = asyncio.get_running_loop().create_future()
+        self.members.leave(lambda: done.done() or done.set_result(None))
+        await done
+        self.members.stop()
+
     async def stop(self) -> None:
-        """Graceful stop: no new requests, background work ended, indexes saved."""
+        """Graceful stop: leave the cluster, no new requests, background work ended, indexes saved."""
+        await self._leave_cluster()
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         if self._runner is not None:
             await self._runner.cleanup()
+        if self._udp is not None:
+            self._udp.close()
+        if self._http_session is not None:
+            await self._http_session.close()
         if self._generator is not None:
             await self._generator.close()
         if self._embedder is not None:
@@ -230,6 +298,21 @@ class Node:
         await self._stopped.wait()
         await self.stop()
         return 1 if self.startup_error else 0
+
+
+# A burst of datagrams (a join storm, a flood of garbage) must wait in the
+# kernel rather than be dropped while the loop is busy; the kernel caps this
+# at net.core.rmem_max.
+GOSSIP_RECEIVE_BUFFER = 4 * 1024 * 1024
+
+
+def _gossip_socket(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_DGRAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, GOSSIP_RECEIVE_BUFFER)
+    sock.bind((host, port))
+    sock.setblocking(False)
+    return sock
 
 
 def run_node(config: Config) -> int:

@@ -15,6 +15,7 @@ import uuid
 from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 request_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
 
@@ -49,6 +50,33 @@ class Metrics:
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class GossipCollector:
+    """Reads the membership's counters at scrape time (they live in the pure protocol code)."""
+
+    _COUNTERS = ("packets_sent", "bytes_sent", "packets_received", "bytes_received", "push_pulls",
+                 "push_pull_failures", "refutations", "internal_errors")
+
+    def __init__(self, members: Any) -> None:
+        self._members = members
+
+    def collect(self) -> Any:
+        stats = self._members.stats
+        for name in self._COUNTERS:
+            yield CounterMetricFamily(f"meshrag_gossip_{name}", f"Gossip {name.replace('_', ' ')}", value=getattr(stats, name))
+        rejected = CounterMetricFamily("meshrag_gossip_rejected_packets", "Gossip packets dropped, by reason", labels=["reason"])
+        for reason, count in sorted(stats.rejections.items()):
+            rejected.add_metric([reason], count)
+        yield rejected
+        states = GaugeMetricFamily("meshrag_gossip_members", "Known members by state", labels=["state"])
+        counts: dict[str, int] = {}
+        for member in self._members.members():
+            counts[member.state.value] = counts.get(member.state.value, 0) + 1
+        for state, count in sorted(counts.items()):
+            states.add_metric([state], count)
+        yield states
+        yield GaugeMetricFamily("meshrag_gossip_health_score", "Lifeguard local health (0 = healthy)", value=self._members.health_score)
 
 
 class JsonFormatter(logging.Formatter):
