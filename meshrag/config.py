@@ -118,7 +118,7 @@ class GenerationConfig:
     threads: int = field(default=1, metadata=_check(lambda v: 1 <= v <= 256, "an integer 1..256"))
     context_tokens: int = field(default=4096, metadata=_check(lambda v: 256 <= v <= 131072, "an integer 256..131072"))
     max_tokens: int = field(default=256, metadata=_check(lambda v: 1 <= v <= 8192, "an integer 1..8192"))
-    temperature: float = field(default=0.2, metadata=_check(lambda v: 0 <= v <= 2, "a number 0..2"))
+    temperature: float = field(default=0.0, metadata=_check(lambda v: 0 <= v <= 2, "a number 0..2"))
     queue_size: int = field(default=8, metadata=_check(lambda v: 1 <= v <= 10000, "an integer 1..10000"))
     stall_timeout_s: float = field(default=30.0, metadata=_check(_positive, "seconds > 0"))
 
@@ -130,7 +130,7 @@ class ApiConfig:
     max_text_chars: int = field(default=1_000_000, metadata=_check(_positive, "an integer > 0"))
     max_k: int = field(default=1000, metadata=_check(lambda v: 1 <= v <= 100000, "an integer 1..100000"))
     default_k: int = field(default=10, metadata=_check(_positive, "an integer > 0"))
-    ask_default_k: int = field(default=5, metadata=_check(_positive, "an integer > 0"))
+    ask_default_k: int = field(default=3, metadata=_check(_positive, "an integer > 0"))
 
 
 @dataclass

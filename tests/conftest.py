@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Iterator
 
 import pytest
 
 from meshrag.localnode import LocalNode
-
-REPO = Path(__file__).resolve().parents[1]
-CRANFIELD = REPO.parent / "shared" / "data" / "cranfield"
 
 
 @pytest.fixture(scope="session")
