@@ -169,6 +169,20 @@ class Node:
             meta["generator"] = {"model": self._generator.model, "capacity": stats.get("capacity"), "load": stats.get("active", 0) + stats.get("waiting", 0)}
         return meta
 
+    async def _advertise_metadata_changes(self) -> None:
+        """Gossip our metadata when it changes (models loaded, generator load).
+
+        Every update is broadcast to the whole cluster, so changes are
+        coalesced: at most one every METADATA_REFRESH_S.
+        """
+        advertised: dict[str, Any] | None = None
+        while self.members is not None:
+            current = self._member_metadata()
+            if current != advertised:
+                self.members.update_metadata(current)
+                advertised = current
+            await asyncio.sleep(METADATA_REFRESH_S)
+
     async def _load_components(self) -> None:
         loop = asyncio.get_running_loop()
         try:
@@ -191,8 +205,7 @@ class Node:
                 self._generator = await loop.run_in_executor(None, self._load_generator)
                 self._components["generator"] = True
             self.pipeline = self._build_pipeline(embedder)
-            if self.members is not None:
-                self.members.update_metadata(self._member_metadata())
+            self._tasks.append(asyncio.create_task(self._advertise_metadata_changes(), name="metadata"))
             self._refresh_gauges()
             log.info("node ready: %s", self.readiness())
         except Exception as exc:  # a node that cannot load must say why and stop
@@ -299,6 +312,8 @@ class Node:
         await self.stop()
         return 1 if self.startup_error else 0
 
+
+METADATA_REFRESH_S = 5.0
 
 # A burst of datagrams (a join storm, a flood of garbage) must wait in the
 # kernel rather than be dropped while the loop is busy; the kernel caps this

