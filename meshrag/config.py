@@ -84,6 +84,12 @@ class NodeConfig:
 class ClusterConfig:
     partitions: int = field(default=64, metadata=_check(lambda v: 1 <= v <= 4096, "an integer 1..4096"))
     replicas: int = field(default=3, metadata=_check(lambda v: 1 <= v <= 7, "an integer 1..7"))
+    replica_timeout_s: float = field(default=5.0, metadata=_check(_positive, "seconds > 0"))
+    hint_replay_interval_s: float = field(default=2.0, metadata=_check(_positive, "seconds > 0"))
+    ring_sync_interval_s: float = field(default=1.0, metadata=_check(_positive, "seconds > 0"))
+    repair_interval_s: float = field(default=60.0, metadata=_check(_positive, "seconds > 0"))
+    repair_max_bytes_per_s: float = field(default=64 * 1024 * 1024, metadata=_check(_non_negative, "bytes/s >= 0 (0 = unlimited)"))
+    auto_remove_after_s: float = field(default=0.0, metadata=_check(_non_negative, "seconds >= 0 (0 = never)"))
 
 
 @dataclass

@@ -25,6 +25,9 @@ from meshrag.api.errors import error_middleware, metrics_middleware
 from meshrag.api.internal import InternalApi
 from meshrag.api.public import PublicApi
 from meshrag.clock import HybridLogicalClock, SystemClock
+from meshrag.cluster.ringstate import ClusterSettings, RingState
+from meshrag.cluster.rpc import PeerClient, PeerError
+from meshrag.cluster.service import RING_PATH, ClusterService
 from meshrag.config import Config, as_dict, parse_host_port
 from meshrag.generation.base import GeneratorBackend
 from meshrag.gossip import AsyncioTransport, GossipDatagramProtocol, MemberEvent, Memberlist
@@ -33,7 +36,10 @@ from meshrag.observability import GossipCollector, Metrics, configure_logging, s
 from meshrag.rag.chunking import Chunker, ChunkingSettings
 from meshrag.rag.embedder import Embedder, default_model_path
 from meshrag.rag.pipeline import RagPipeline
+from meshrag.errors import ConfigError
+from meshrag.ring import CURRENT, RingEntry, RingStatus
 from meshrag.store.engine import StorageEngine
+from meshrag.store.hints import HintStore
 from meshrag.store.partition import IndexSettings
 
 log = logging.getLogger(__name__)
@@ -46,6 +52,9 @@ class Node:
         self.pipeline: RagPipeline | None = None
         self.identity: NodeIdentity | None = None
         self.members: Memberlist | None = None
+        self.cluster: ClusterService | None = None
+        self._hints: HintStore | None = None
+        self._peers: PeerClient | None = None
         self._http_session: aiohttp.ClientSession | None = None
         self._udp: asyncio.DatagramTransport | None = None
         self._clock = SystemClock()
@@ -72,7 +81,7 @@ class Node:
         assert self._embedder is not None
         return self._embedder.dim
 
-    def cluster_view(self) -> dict[str, Any]:
+    async def cluster_view(self) -> dict[str, Any]:
         identity = self.identity
         node = {
             "name": self.config.node_name,
@@ -90,16 +99,17 @@ class Node:
         return {
             "node": node,
             "members": members,
-            "ring": self._ring_view(),
+            "ring": await self._ring_view(),
             "storage": self._engine.stats() if self._engine else None,
             "generator": self._generator.stats() if self._generator and self._components.get("generator") else None,
             "embedder": {"model": self._embedder.model_name, "dim": self._embedder.dim} if self._embedder and self._components["embedder"] else None,
             "config": as_dict(self.config),
         }
 
-    def _ring_view(self) -> dict[str, Any]:
-        local = self._engine.local_partitions() if self._engine else []
-        return {"partitions": self.config.cluster.partitions, "replicas": self.config.cluster.replicas, "local_partitions": len(local)}
+    async def _ring_view(self) -> dict[str, Any]:
+        if self.cluster is None:
+            return {"partitions": self.config.cluster.partitions, "replicas": self.config.cluster.replicas, "local_partitions": 0}
+        return dict(self.cluster.ring_view(), pending_hints=await self.cluster.hints_view())
 
     # ------------------------------------------------------------ lifecycle
     async def start(self) -> None:
@@ -118,7 +128,7 @@ class Node:
             client_max_size=self.config.api.max_body_bytes,
         )
         app.add_routes(PublicApi(self).routes())
-        app.add_routes(InternalApi(self, self.config.gossip_settings()).routes())
+        app.add_routes(InternalApi(self, self.config.gossip_settings(), self.config.node.secret, self.config.api.max_body_bytes).routes())
         # handler_cancellation: a client that disconnects cancels its handler,
         # which is how an abandoned /v1/ask stops its generation.
         self._runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
@@ -134,6 +144,7 @@ class Node:
         protocol = GossipDatagramProtocol(self._on_datagram)
         self._udp, _ = await loop.create_datagram_endpoint(lambda: protocol, sock=_gossip_socket(host, port))
         self._http_session = aiohttp.ClientSession()
+        self._peers = PeerClient(self._http_session, self.config.node.secret, self.config.cluster.replica_timeout_s)
         self.members = Memberlist(
             self.identity,
             self.config.advertise_address,
@@ -158,6 +169,8 @@ class Node:
     def _on_member_event(self, event: MemberEvent) -> None:
         member = event.member
         log.info("member %s (%s) at %s is %s", member.name, member.node_id[:12], member.address, event.kind.value)
+        if self.cluster is not None:
+            self.cluster.on_member_event(event)
 
     def _member_metadata(self) -> dict[str, Any]:
         """What other nodes need to route to us; rides on alive messages (bounded size)."""
@@ -198,7 +211,13 @@ class Node:
             await embedder.start()
             self._embedder = embedder
             self._components["embedder"] = True
-            self._engine = await loop.run_in_executor(self._storage_pool, self._open_engine, embedder.dim)
+            ring_state = await self._cluster_membership(embedder.model_name, embedder.dim)
+            assert ring_state.settings is not None
+            self._engine = await loop.run_in_executor(self._storage_pool, self._open_engine, ring_state.settings.partitions, embedder.dim)
+            self._hints = HintStore(self.config.data_path / "hints.sqlite")
+            await loop.run_in_executor(self._storage_pool, self._hints.open)
+            self.cluster = self._build_cluster(ring_state)
+            self.cluster.start()
             self._components["storage"] = True
             self._tasks.append(asyncio.create_task(self._save_indexes_periodically(), name="index-saver"))
             if "generator" in self._components:
@@ -217,13 +236,76 @@ class Node:
         self.metrics.embed_batches.inc()
         self.metrics.embed_batch_size.observe(texts)
 
-    def _open_engine(self, dim: int) -> StorageEngine:
+    async def _cluster_membership(self, model: str, dim: int) -> RingState:
+        """Create the cluster, or adopt the one the seeds belong to (refusing another model),
+        and put this node in its ring: normal when it creates it, joining otherwise."""
+        assert self.identity is not None
+        ring_state = RingState(self.config.data_path, self.identity.node_id)
+        if not ring_state.load():
+            seeds = [s for s in self.config.node.join if s != self.config.advertise_address]
+            if seeds:
+                settings, entries = await self._fetch_cluster(seeds)
+            else:
+                settings, entries = ClusterSettings(self.config.cluster.partitions, self.config.cluster.replicas, model, dim), []
+                log.info("creating a new cluster: %s", settings)
+            ring_state.settings = settings
+            ring_state.merge(entries)
+            ring_state.adopt_settings(settings)
+        assert ring_state.settings is not None
+        refusal = ring_state.settings.refusal(model, dim)
+        if refusal:
+            raise ConfigError(f"refusing to join the cluster: {refusal}", field="embedder.model")
+        if ring_state.self_entry is None:
+            others_hold_data = any(e.status in CURRENT for e in ring_state.table.entries())
+            status = RingStatus.JOINING if others_hold_data else RingStatus.NORMAL
+            ring_state.add_self(self.config.node_name, self.config.node.zone, status, self._hlc.now())
+            await self._announce_ring(ring_state)
+        return ring_state
+
+    async def _fetch_cluster(self, seeds: list[str]) -> tuple[ClusterSettings, list[RingEntry]]:
+        """Ask the seeds for the cluster's settings and ring until one answers (they may still be starting)."""
+        assert self._peers is not None
+        attempt = 0
+        while True:
+            for seed in seeds:
+                try:
+                    reply = await self._peers.call(seed, RING_PATH, {"ring": []}, timeout_s=5.0)
+                except PeerError as exc:
+                    if attempt % 10 == 0:
+                        log.info("waiting for seed %s to share the cluster settings: %s", seed, exc.reason)
+                    continue
+                if reply.get("settings"):
+                    entries = [RingEntry.from_dict(item) for item in reply.get("ring") or []]
+                    return ClusterSettings.from_dict(reply["settings"]), entries
+            attempt += 1
+            await asyncio.sleep(1.0)
+
+    async def _announce_ring(self, ring_state: RingState) -> None:
+        """Tell the seeds at once that this node is in the ring (gossip would, a little later)."""
+        assert self._peers is not None
+        for seed in self.config.node.join:
+            if seed == self.config.advertise_address:
+                continue
+            try:
+                reply = await self._peers.call(seed, RING_PATH, {"ring": ring_state.table.to_list()}, timeout_s=5.0)
+                ring_state.merge(RingEntry.from_dict(item) for item in reply.get("ring") or [])
+            except PeerError as exc:
+                log.info("could not announce this node to seed %s yet: %s", seed, exc.reason)
+
+    def _build_cluster(self, ring_state: RingState) -> ClusterService:
+        assert self.identity and self._engine and self._hints and self.members and self._peers
+        return ClusterService(
+            node_id=self.identity.node_id, settings=self.config.cluster, ring_state=ring_state, engine=self._engine,
+            hints=self._hints, members=self.members, peers=self._peers, hlc=self._hlc, executor=self._storage_pool,
+        )
+
+    def _open_engine(self, partitions: int, dim: int) -> StorageEngine:
         settings = IndexSettings(
             connectivity=self.config.storage.index_connectivity,
             expansion_add=self.config.storage.index_expansion_add,
             expansion_search=self.config.storage.index_expansion_search,
         )
-        engine = StorageEngine(self.config.data_path / "partitions", self.config.cluster.partitions, dim, settings)
+        engine = StorageEngine(self.config.data_path / "partitions", partitions, dim, settings)
         engine.open()
         return engine
 
@@ -243,10 +325,10 @@ class Node:
         return backend
 
     def _build_pipeline(self, embedder: Embedder) -> RagPipeline:
-        assert self._engine is not None
+        assert self.cluster is not None
         chunking = ChunkingSettings(max_tokens=self.config.chunking.max_tokens, overlap_tokens=self.config.chunking.overlap_tokens)
         return RagPipeline(
-            engine=self._engine,
+            cluster=self.cluster,
             embedder=embedder,
             chunker=Chunker(chunking, embedder.token_offsets),
             hlc=self._hlc,
@@ -283,6 +365,8 @@ class Node:
     async def stop(self) -> None:
         """Graceful stop: leave the cluster, no new requests, background work ended, indexes saved."""
         await self._leave_cluster()
+        if self.cluster is not None:
+            await self.cluster.stop()
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -298,6 +382,8 @@ class Node:
             await self._embedder.close()
         if self._engine is not None:
             await asyncio.get_running_loop().run_in_executor(self._storage_pool, self._engine.close)
+        if self._hints is not None:
+            self._hints.close()
         self._storage_pool.shutdown(wait=True)
         if self._monitor is not None:
             self._monitor.close()

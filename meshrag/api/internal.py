@@ -1,32 +1,79 @@
 """Node-to-node routes under /_mesh/.
 
-Bodies are sealed by the gossip codec with the cluster secret, so the route
-itself needs no further authentication: a forged or foreign body is rejected
-by the codec and answered 400, and counted in the gossip rejection metrics.
+Push-pull bodies are sealed by the gossip codec with the cluster secret (a
+forged or foreign body is rejected by the codec and answered 400). The
+replication, search and repair routes carry msgpack bodies and the cluster
+secret in a header (cluster/rpc.py), checked here in constant time.
 """
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Any, Awaitable, Callable, Mapping, Protocol
 
 from aiohttp import web
 
-from meshrag.errors import PayloadTooLarge, Unavailable
+from meshrag import wire
+from meshrag.cluster import service as paths
+from meshrag.cluster.rpc import SECRET_HEADER, secret_matches
+from meshrag.cluster.service import ClusterService
+from meshrag.errors import MeshragError, PayloadTooLarge, Unavailable, ValidationError
 from meshrag.gossip import PUSH_PULL_CONTENT_TYPE, PUSH_PULL_PATH, Memberlist
 from meshrag.gossip.settings import GossipSettings
+
+Handler = Callable[[Mapping[str, Any]], Awaitable[dict[str, Any]]]
+
+
+class Unauthorized(MeshragError):
+    status = 401
+    code = "unauthorized"
 
 
 class MeshView(Protocol):
     members: Memberlist | None
+    cluster: ClusterService | None
 
 
 class InternalApi:
-    def __init__(self, node: MeshView, settings: GossipSettings) -> None:
+    def __init__(self, node: MeshView, settings: GossipSettings, secret: str, max_body_bytes: int) -> None:
         self._node = node
         self._settings = settings
+        self._secret = secret
+        self._max_body_bytes = max_body_bytes
 
     def routes(self) -> list[web.RouteDef]:
-        return [web.post(PUSH_PULL_PATH, self.push_pull)]
+        mesh: dict[str, Callable[[ClusterService], Handler]] = {
+            paths.APPLY_PATH: lambda c: c.handle_apply,
+            paths.GET_PATH: lambda c: c.handle_get,
+            paths.STATES_PATH: lambda c: c.handle_states,
+            paths.SEARCH_PATH: lambda c: c.handle_search,
+            paths.ROOTS_PATH: lambda c: c.handle_roots,
+            paths.ENTRIES_PATH: lambda c: c.handle_entries,
+            paths.FETCH_PATH: lambda c: c.handle_fetch,
+            paths.RING_PATH: lambda c: c.handle_ring,
+        }
+        return [web.post(PUSH_PULL_PATH, self.push_pull)] + [
+            web.post(path, self._mesh_route(pick)) for path, pick in mesh.items()
+        ]
+
+    def _mesh_route(self, pick: Callable[[ClusterService], Handler]) -> Callable[[web.Request], Awaitable[web.Response]]:
+        async def route(request: web.Request) -> web.Response:
+            if not secret_matches(request.headers.get(SECRET_HEADER), self._secret):
+                raise Unauthorized("missing or wrong cluster secret", field=SECRET_HEADER)
+            cluster = self._node.cluster
+            if cluster is None:
+                raise Unavailable("cluster storage is not started yet", retry_after_s=1)
+            if request.content_length is not None and request.content_length > self._max_body_bytes:
+                raise PayloadTooLarge(f"body over {self._max_body_bytes} bytes", field="body")
+            body = wire.unpack(await request.read())
+            if not isinstance(body, dict):
+                raise ValidationError("body must be a map", field="body")
+            try:
+                reply = await pick(cluster)(body)
+            except (KeyError, TypeError, ValueError) as exc:
+                raise ValidationError(f"malformed request: {exc!r}", field="body") from None
+            return web.Response(body=wire.pack(reply), content_type=wire.MSGPACK)
+
+        return route
 
     async def push_pull(self, request: web.Request) -> web.Response:
         members = self._node.members

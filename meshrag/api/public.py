@@ -14,7 +14,9 @@ from aiohttp import web
 from meshrag.api.errors import json_response
 from meshrag.api.schema import parse_ask, parse_search, parse_upsert
 from meshrag.config import Config
-from meshrag.errors import MeshragError, PayloadTooLarge, Unavailable, UnsupportedMediaType
+from meshrag.cluster.service import ClusterService
+from meshrag.cluster.writes import CONSISTENCY_LEVELS
+from meshrag.errors import MeshragError, PayloadTooLarge, Unavailable, UnsupportedMediaType, ValidationError
 from meshrag.observability import Metrics, Stopwatch
 from meshrag.rag.pipeline import RagPipeline
 from meshrag.rag.prompt import Passage
@@ -34,7 +36,9 @@ class NodeView(Protocol):
 
     def readiness(self) -> dict[str, bool]: ...
 
-    def cluster_view(self) -> dict[str, Any]: ...
+    cluster: ClusterService | None
+
+    async def cluster_view(self) -> dict[str, Any]: ...
 
     def embedding_dim(self) -> int: ...
 
@@ -44,6 +48,19 @@ def _pipeline(node: NodeView) -> RagPipeline:
         waiting = [name for name, ok in node.readiness().items() if not ok]
         raise Unavailable(f"node is starting; still loading: {', '.join(waiting)}", retry_after_s=2)
     return node.pipeline
+
+
+def _cluster(node: NodeView) -> ClusterService:
+    if node.cluster is None:
+        raise Unavailable("cluster storage is still starting", retry_after_s=2)
+    return node.cluster
+
+
+def _flag(request: web.Request, name: str) -> bool:
+    value = request.query.get(name, "false").lower()
+    if value not in ("true", "false", "1", "0"):
+        raise ValidationError(f"{name} must be true or false", field=name)
+    return value in ("true", "1")
 
 
 async def read_body(request: web.Request, max_bytes: int) -> Any:
@@ -81,6 +98,8 @@ class PublicApi:
             web.post("/v1/search", self.search),
             web.post("/v1/ask", self.ask),
             web.get("/v1/cluster", self.cluster),
+            web.post("/v1/cluster/decommission", self.decommission),
+            web.post("/v1/cluster/remove", self.remove),
             web.get("/health", self.health),
             web.get("/ready", self.ready),
             web.get("/metrics", self.metrics),
@@ -94,19 +113,37 @@ class PublicApi:
         body = await read_body(request, self._limits.max_body_bytes)
         pipeline = _pipeline(self._node)
         parsed = parse_upsert(body, self._limits, self._node.embedding_dim())
-        results = await pipeline.ingest(parsed.documents)
+        outcome = await pipeline.ingest(parsed.documents, parsed.consistency, parsed.session)
         return json_response(request, {
-            "results": [{"id": r.doc_id, "status": r.status.value, "version": r.version} for r in results],
-            "session": None,
+            "results": [{"id": r.doc_id, "status": r.status.value, "version": r.version} for r in outcome.results],
+            "session": outcome.session,
         })
 
     async def get_document(self, request: web.Request) -> web.Response:
-        doc = await _pipeline(self._node).get(request.match_info["doc_id"])
+        """?local=true: this node's own copy only; ?session=TOKEN: read your writes."""
+        local = _flag(request, "local")
+        doc = await _pipeline(self._node).get(request.match_info["doc_id"], request.query.get("session"), local)
         return json_response(request, document_dict(doc))
 
     async def delete_document(self, request: web.Request) -> web.Response:
-        result = await _pipeline(self._node).delete(request.match_info["doc_id"])
-        return json_response(request, {"id": result.doc_id, "status": "deleted", "version": result.version, "session": None})
+        consistency = request.query.get("consistency", "quorum")
+        if consistency not in CONSISTENCY_LEVELS:
+            raise ValidationError(f"consistency must be one of {', '.join(CONSISTENCY_LEVELS)}", field="consistency")
+        outcome = await _pipeline(self._node).delete(request.match_info["doc_id"], consistency, request.query.get("session"))
+        [result] = outcome.results
+        return json_response(request, {"id": result.doc_id, "status": "deleted", "version": result.version, "session": outcome.session})
+
+    async def decommission(self, request: web.Request) -> web.Response:
+        """Stream this node's partitions to their next owners, then leave the ring."""
+        return json_response(request, {"ring": _cluster(self._node).decommission()})
+
+    async def remove(self, request: web.Request) -> web.Response:
+        """Take a dead node out of the ring; its partitions are re-replicated from the survivors."""
+        body = await read_body(request, self._limits.max_body_bytes)
+        name = body.get("node") if isinstance(body, dict) else None
+        if not isinstance(name, str) or not name:
+            raise ValidationError("node must be the name or id of a ring member", field="node")
+        return json_response(request, {"ring": _cluster(self._node).remove(name)})
 
     async def search(self, request: web.Request) -> web.Response:
         body = await read_body(request, self._limits.max_body_bytes)
@@ -183,7 +220,7 @@ class PublicApi:
         return tokens
 
     async def cluster(self, request: web.Request) -> web.Response:
-        return json_response(request, self._node.cluster_view())
+        return json_response(request, await self._node.cluster_view())
 
     async def health(self, request: web.Request) -> web.Response:
         return json_response(request, {"status": "ok"})

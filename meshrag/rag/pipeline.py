@@ -1,10 +1,10 @@
 """Ingest, search and answer on this node: the coordinator's RAG logic.
 
-The pipeline chunks and embeds once, writes through the storage engine and
-retrieves from it. Blocking work (tokenising, SQLite, usearch) runs in the
-storage executor; embedding goes through the embedder's micro-batcher.
-The cluster issues replace the local engine calls with replicated writes and
-scatter-gather reads behind the same methods.
+The pipeline chunks and embeds once, then hands the finished documents to
+the cluster service (cluster/service.py): replicated writes with a
+consistency level, reads from one replica per partition, scatter-gather
+search. Blocking work (tokenising) runs in the storage executor; embedding
+goes through the embedder's micro-batcher.
 """
 
 from __future__ import annotations
@@ -26,9 +26,10 @@ from meshrag.observability import Metrics, Stopwatch
 from meshrag.rag.chunking import Chunker, TextChunk
 from meshrag.rag.embedder import Embedder
 from meshrag.rag.prompt import Passage, build_messages
-from meshrag.rag.ranking import reciprocal_rank_fusion
+from meshrag.rag.ranking import merge_top_k, reciprocal_rank_fusion
 from meshrag.rag.requests import AskRequest, IncomingDocument, SearchRequest
-from meshrag.store.engine import StorageEngine
+from meshrag.cluster.service import ClusterService
+from meshrag.cluster.session import decode_session, encode_session
 from meshrag.store.types import ChunkWrite, DocState, DocumentWrite, Hit, StoredDocument, WriteResult, WriteStatus
 
 log = logging.getLogger(__name__)
@@ -37,6 +38,12 @@ T = TypeVar("T")
 # Candidates each ranking contributes to hybrid fusion: fusion needs more than
 # k from each list, or documents ranked k+1 by both would be lost.
 HYBRID_CANDIDATES = 100
+
+
+@dataclass
+class IngestOutcome:
+    results: list[WriteResult]
+    session: str
 
 
 @dataclass
@@ -70,7 +77,7 @@ def chunk_id_for(doc_id: str, version: int, seq: int) -> str:
 class RagPipeline:
     def __init__(
         self,
-        engine: StorageEngine,
+        cluster: ClusterService,
         embedder: Embedder,
         chunker: Chunker,
         hlc: HybridLogicalClock,
@@ -79,7 +86,7 @@ class RagPipeline:
         generator: GeneratorBackend | None = None,
         stall_timeout_s: float = 30.0,
     ) -> None:
-        self._engine = engine
+        self._cluster = cluster
         self._embedder = embedder
         self._chunker = chunker
         self._hlc = hlc
@@ -92,25 +99,30 @@ class RagPipeline:
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
 
     # ---------------------------------------------------------------- ingest
-    async def ingest(self, documents: Sequence[IncomingDocument]) -> list[WriteResult]:
-        """Upsert a batch; unchanged documents are neither embedded nor rewritten."""
+    async def ingest(self, documents: Sequence[IncomingDocument], consistency: str = "quorum", session: str | None = None) -> IngestOutcome:
+        """Upsert a batch on its replicas; unchanged documents are neither embedded nor rewritten."""
+        session_map = decode_session(session)
         ids = [doc.doc_id or default_doc_id(doc.text) for doc in documents]
         hashes = [content_hash(doc, self._chunker.fingerprint(), self._embedder.model_name) for doc in documents]
-        states = await self._blocking(self._engine.doc_states, ids)
+        states = await self._cluster.states(ids, session_map)
         changed = [i for i, doc_id in enumerate(ids) if not _is_unchanged(states.get(doc_id), hashes[i])]
         writes = await self._prepare_writes([documents[i] for i in changed], [ids[i] for i in changed], [hashes[i] for i in changed])
-        written = iter(await self._blocking(self._engine.upsert, writes) if writes else [])
+        token = encode_session(session_map)
+        if writes:
+            _, token = await self._cluster.write(writes, consistency, session_map)
+        written = {write.doc_id: write for write in writes}
         results: list[WriteResult] = []
-        changed_set = set(changed)
-        for index, doc_id in enumerate(ids):
-            if index in changed_set:
-                results.append(next(written))
+        for doc_id in ids:
+            state = states.get(doc_id)
+            if doc_id in written:
+                status = WriteStatus.CREATED if state is None or state.deleted else WriteStatus.UPDATED
+                results.append(WriteResult(doc_id=doc_id, status=status, version=written[doc_id].version))
             else:
-                state = states[doc_id]
+                assert state is not None
                 results.append(WriteResult(doc_id=doc_id, status=WriteStatus.UNCHANGED, version=state.version))
         for result in results:
             self._metrics.documents_written.labels(status=result.status.value).inc()
-        return results
+        return IngestOutcome(results, token)
 
     async def _prepare_writes(self, docs: list[IncomingDocument], ids: list[str], hashes: list[str]) -> list[DocumentWrite]:
         chunked = await self._blocking(self._chunk_all, docs)
@@ -145,15 +157,23 @@ class RagPipeline:
                 result.append(self._chunker.chunk(doc.text))
         return result
 
-    async def delete(self, doc_id: str) -> WriteResult:
-        result = await self._blocking(self._engine.delete, doc_id, self._hlc.now())
-        self._metrics.documents_written.labels(status=result.status.value).inc()
-        return result
+    async def delete(self, doc_id: str, consistency: str = "quorum", session: str | None = None) -> IngestOutcome:
+        """Replicate a tombstone: a replica that missed it cannot bring the document back."""
+        tombstone = DocumentWrite(doc_id, self._hlc.now(), "", "", {}, (), deleted=True)
+        _, token = await self._cluster.write([tombstone], consistency, decode_session(session))
+        self._metrics.documents_written.labels(status=WriteStatus.DELETED.value).inc()
+        return IngestOutcome([WriteResult(doc_id, WriteStatus.DELETED, tombstone.version)], token)
 
-    async def get(self, doc_id: str) -> StoredDocument:
-        doc = await self._blocking(self._engine.get, doc_id)
+    async def get(self, doc_id: str, session: str | None = None, local: bool = False) -> StoredDocument:
+        """From a replica of the document's partition (the session's first), or only this node's copy."""
+        if local:
+            doc = await self._cluster.get_local(doc_id)
+            where = " on this node"
+        else:
+            doc = await self._cluster.get(doc_id, decode_session(session))
+            where = ""
         if doc is None or doc.deleted:
-            raise NotFound(f"document {doc_id!r} not found", field="id")
+            raise NotFound(f"document {doc_id!r} not found{where}", field="id")
         return doc
 
     # ---------------------------------------------------------------- search
@@ -165,26 +185,18 @@ class RagPipeline:
             assert request.query is not None
             vector = (await self._embedder.embed([request.query]))[0]
             timings["embed_ms"] = watch.ms()
-        hits = await self._blocking(self._local_search, request, vector)
+        kinds = {"dense": ["dense"], "bm25": ["bm25"], "hybrid": ["dense", "bm25"]}[request.mode]
+        depth = request.k if request.mode != "hybrid" else max(request.k, HYBRID_CANDIDATES)
+        gathered = await self._cluster.search(kinds, vector, request.query, depth, request.filter, decode_session(request.session))
+        ranked = {kind: merge_top_k([gathered.lists.get(kind, [])], depth) for kind in kinds}
+        if request.mode == "hybrid":
+            hits = reciprocal_rank_fusion([ranked["dense"], ranked["bm25"]], request.k)
+        else:
+            hits = ranked[kinds[0]][: request.k]
         timings["total_ms"] = watch.ms()
         timings["search_ms"] = round(timings["total_ms"] - timings.get("embed_ms", 0.0), 2)
         self._metrics.search_latency.labels(stage="total").observe(timings["total_ms"] / 1000)
-        # One node holds every partition it serves; coverage becomes partial
-        # only with the cluster's scatter-gather.
-        return SearchOutcome(hits=hits, coverage=1.0, missing_partitions=[], timings=timings)
-
-    def _local_search(self, request: SearchRequest, vector: np.ndarray | None) -> list[Hit]:
-        if request.mode == "dense":
-            assert vector is not None
-            return self._engine.search_dense(vector, request.k, request.filter)
-        if request.mode == "bm25":
-            assert request.query is not None
-            return self._engine.search_bm25(request.query, request.k, request.filter)
-        assert vector is not None and request.query is not None
-        depth = max(request.k, HYBRID_CANDIDATES)
-        dense = self._engine.search_dense(vector, depth, request.filter)
-        lexical = self._engine.search_bm25(request.query, depth, request.filter)
-        return reciprocal_rank_fusion([dense, lexical], request.k)
+        return SearchOutcome(hits=hits, coverage=gathered.coverage, missing_partitions=gathered.missing, timings=timings)
 
     # ------------------------------------------------------------------- ask
     async def retrieve_for_ask(self, request: AskRequest) -> tuple[list[Passage], SearchOutcome]:

@@ -38,7 +38,7 @@ import numpy as np
 
 from meshrag.errors import ConfigError
 from meshrag.store.filters import Filter, to_sql
-from meshrag.store.types import ChunkInfo, DocState, DocumentWrite, Hit, StoredDocument, WriteResult, WriteStatus
+from meshrag.store.types import ChunkInfo, ChunkWrite, DigestEntry, DocState, DocumentWrite, Hit, StoredDocument, WriteResult, WriteStatus
 
 # IndexSettings and unit_query_vector are re-exported: node.py and engine.py import them from here.
 from meshrag.store.vector_index import (
@@ -323,8 +323,14 @@ class Partition:
         self, conn: sqlite3.Connection, doc: DocumentWrite, vectors: list[np.ndarray], now: float
     ) -> tuple[WriteResult, list[int], list[int]]:
         stored = _doc_state(conn, doc.doc_id)
+        if doc.deleted:
+            return self._tombstone(conn, doc.doc_id, doc.version, stored, now)
         if stored is not None and not stored.deleted and stored.content_hash == doc.content_hash:
-            return WriteResult(doc.doc_id, WriteStatus.UNCHANGED, stored.version), [], []
+            # Same content: nothing to re-index, but a newer version is adopted so
+            # replicas converge on one version (anti-entropy compares versions).
+            if doc.version > stored.version:
+                conn.execute("UPDATE documents SET version = ? WHERE doc_id = ?", (doc.version, doc.doc_id))
+            return WriteResult(doc.doc_id, WriteStatus.UNCHANGED, max(doc.version, stored.version)), [], []
         if stored is not None and doc.version <= stored.version:
             return WriteResult(doc.doc_id, WriteStatus.STALE, stored.version), [], []
         old_keys = self._remove_chunks(conn, doc.doc_id)
@@ -340,13 +346,18 @@ class Partition:
         """Tombstone a document, known or not, so an older write arriving late cannot resurrect it."""
         with self._write_lock:
             with self._transaction() as conn:
-                stored = _doc_state(conn, doc_id)
-                if stored is not None and version <= stored.version:
-                    return WriteResult(doc_id, WriteStatus.STALE, stored.version)
-                old_keys = self._remove_chunks(conn, doc_id)
-                _put_document(conn, doc_id, version, "", "", "{}", True, time.time())
+                result, old_keys, _ = self._tombstone(conn, doc_id, version, _doc_state(conn, doc_id), time.time())
             self._apply_to_index(old_keys, [], [])
-        return WriteResult(doc_id, WriteStatus.DELETED, version)
+        return result
+
+    def _tombstone(
+        self, conn: sqlite3.Connection, doc_id: str, version: int, stored: DocState | None, now: float
+    ) -> tuple[WriteResult, list[int], list[int]]:
+        if stored is not None and version <= stored.version:
+            return WriteResult(doc_id, WriteStatus.STALE, stored.version), [], []
+        old_keys = self._remove_chunks(conn, doc_id)
+        _put_document(conn, doc_id, version, "", "", "{}", True, now)
+        return WriteResult(doc_id, WriteStatus.DELETED, version), old_keys, []
 
     def purge_tombstones(self, older_than_version: int) -> int:
         """Forget tombstones older than the grace period; returns how many went."""
@@ -396,6 +407,34 @@ class Partition:
             )
         version, content_hash, text, metadata, deleted = row
         return StoredDocument(doc_id, version, content_hash, text, json.loads(metadata), bool(deleted), chunks, self.pid)
+
+    def digest_entries(self) -> list[DigestEntry]:
+        """Every document and tombstone as (id, version, deleted, content hash), by id."""
+        with self._reader() as conn:
+            rows = conn.execute("SELECT doc_id, version, deleted, content_hash FROM documents ORDER BY doc_id").fetchall()
+        return [DigestEntry(doc_id, version, bool(deleted), digest) for doc_id, version, deleted, digest in rows]
+
+    def export(self, doc_ids: Sequence[str]) -> list[DocumentWrite]:
+        """Documents (with their chunks and vectors) and tombstones, ready to apply on another
+        replica as they are: repair and hand-off never re-embed."""
+        exported: list[DocumentWrite] = []
+        with self._read_snapshot() as conn:
+            for doc_id in doc_ids:
+                row = conn.execute(
+                    "SELECT version, content_hash, text, metadata, deleted FROM documents WHERE doc_id = ?", (doc_id,)
+                ).fetchone()
+                if row is None:
+                    continue
+                version, digest, text, metadata, deleted = row
+                chunks = tuple(
+                    ChunkWrite(chunk_id, seq, chunk_text, start, end, np.frombuffer(vector, dtype=np.float32))
+                    for chunk_id, seq, chunk_text, start, end, vector in conn.execute(
+                        "SELECT chunk_id, seq, text, start_char, end_char, vector FROM chunks WHERE doc_id = ? ORDER BY seq",
+                        (doc_id,),
+                    )
+                )
+                exported.append(DocumentWrite(doc_id, version, digest, text, json.loads(metadata), chunks, bool(deleted)))
+        return exported
 
     def stats(self) -> dict[str, Any]:
         with self._read_snapshot() as conn:

@@ -27,7 +27,11 @@ class ChunkWrite:
 
 @dataclass(frozen=True, slots=True)
 class DocumentWrite:
-    """A whole document version: applying it replaces every chunk the document had."""
+    """A whole document version: applying it replaces every chunk the document had.
+
+    ``deleted=True`` is a tombstone (empty text, no chunks): replicas and repair
+    carry deletes in the same stream as upserts.
+    """
 
     doc_id: str
     version: int
@@ -35,6 +39,7 @@ class DocumentWrite:
     text: str
     metadata: dict[str, Any]
     chunks: tuple[ChunkWrite, ...]
+    deleted: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +72,16 @@ class DocState:
     version: int
     content_hash: str
     deleted: bool
+
+
+@dataclass(frozen=True, slots=True)
+class DigestEntry:
+    """What anti-entropy compares: a replica's view of one document (or tombstone)."""
+
+    doc_id: str
+    version: int
+    deleted: bool
+    content_hash: str
 
 
 @dataclass(frozen=True, slots=True)

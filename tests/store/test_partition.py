@@ -71,7 +71,7 @@ def test_update_replaces_all_chunks_in_sqlite_fts_and_index(partition: Partition
     assert_index_consistent(partition)
 
 
-def test_same_content_hash_is_unchanged_and_writes_nothing(partition: Partition) -> None:
+def test_same_content_newer_version_only_moves_the_version(partition: Partition) -> None:
     partition.upsert([make_doc("a", 5)])
     before = sql(partition, "SELECT version, updated_at FROM documents WHERE doc_id = 'a'")
     keys_before = chunk_keys(partition, "a")
@@ -80,9 +80,10 @@ def test_same_content_hash_is_unchanged_and_writes_nothing(partition: Partition)
 
     same_content_newer_version = make_doc("a", 9)
     assert same_content_newer_version.content_hash == make_doc("a", 5).content_hash
-    assert partition.upsert([same_content_newer_version]) == [_result("a", WriteStatus.UNCHANGED, 5)]
+    assert partition.upsert([same_content_newer_version]) == [_result("a", WriteStatus.UNCHANGED, 9)]
 
-    assert sql(partition, "SELECT version, updated_at FROM documents WHERE doc_id = 'a'") == before
+    # Only the version moves (replicas converge on one version); nothing is re-indexed.
+    assert sql(partition, "SELECT version, updated_at FROM documents WHERE doc_id = 'a'") == [(9, before[0][1])]
     assert chunk_keys(partition, "a") == keys_before
     assert sql(partition, "SELECT seq FROM sqlite_sequence WHERE name = 'index_log'") == log_before
 

@@ -1,0 +1,1 @@
+"""Coordination between nodes: ring state, replicated writes, reads, repair."""

@@ -1,0 +1,130 @@
+"""A cluster of real `meshrag start` processes on loopback (tests, benchmarks, chaos).
+
+The first node creates the cluster; the others join through it. Storage is
+inspected the way an operator would: each node's partition SQLite files are
+opened read-only, so a check can see exactly which documents a node holds,
+even while that node is stopped or dead.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import time
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from meshrag.client import MeshClient
+from meshrag.localnode import LocalNode
+
+# Cluster tests run storage + coordinator only: no llama.cpp model per node.
+STORAGE_ROLES = ("--roles", "storage,coordinator")
+
+
+class LocalCluster:
+    def __init__(self, root: Path, *, partitions: int = 16, replicas: int = 3, env: dict[str, str] | None = None,
+                 extra_args: Sequence[str] = STORAGE_ROLES) -> None:
+        self.root = Path(root)
+        self.partitions = partitions
+        self.replicas = replicas
+        self.env = {"MESHRAG_OBSERVABILITY_LOG_FORMAT": "text", **(env or {})}
+        self.extra_args = list(extra_args)
+        self.nodes: list[LocalNode] = []
+
+    def add(self, name: str | None = None, wait: bool = True) -> LocalNode:
+        name = name or f"n{len(self.nodes) + 1}"
+        args = [*self.extra_args, "--partitions", str(self.partitions), "--replicas", str(self.replicas)]
+        if self.nodes:
+            args += ["--join", f"127.0.0.1:{self.nodes[0].port}"]
+        node = LocalNode(self.root / name, name=name, extra_args=args, env=self.env).start()
+        self.nodes.append(node)
+        if wait:
+            node.wait_ready()
+        return node
+
+    def start(self, size: int) -> "LocalCluster":
+        self.add()
+        for _ in range(size - 1):
+            self.add(wait=False)
+        for node in self.nodes:
+            node.wait_ready()
+        self.wait_for(lambda: all(self.ring_settled(n) for n in self.running()), 120, "every node normal in every ring")
+        return self
+
+    def running(self) -> list[LocalNode]:
+        return [node for node in self.nodes if node.is_running()]
+
+    def node(self, name: str) -> LocalNode:
+        return next(node for node in self.nodes if node.name == name)
+
+    def client(self, node: LocalNode | None = None, timeout: float = 60.0) -> MeshClient:
+        return MeshClient((node or self.nodes[0]).url, timeout=timeout)
+
+    def ring(self, node: LocalNode) -> dict[str, Any]:
+        return self.client(node, timeout=10).cluster()["ring"]
+
+    def ring_settled(self, node: LocalNode) -> bool:
+        """Every ring member this node knows is normal or removed, and it knows all live nodes."""
+        try:
+            ring = self.ring(node)
+        except Exception:
+            return False
+        statuses = {n["name"]: n["status"] for n in ring.get("nodes", [])}
+        live = {n.name for n in self.running()}
+        return live <= set(statuses) and all(s in ("normal", "removed") for s in statuses.values())
+
+    @staticmethod
+    def wait_for(predicate: Callable[[], bool], timeout_s: float, what: str, poll_s: float = 0.5) -> float:
+        """Seconds until ``predicate`` held; TimeoutError naming ``what`` otherwise."""
+        started = time.monotonic()
+        while time.monotonic() - started < timeout_s:
+            if predicate():
+                return time.monotonic() - started
+            time.sleep(poll_s)
+        raise TimeoutError(f"not within {timeout_s:.0f} s: {what}")
+
+    # ------------------------------------------------------------ storage, as on disk
+    def stored_ids(self, node: LocalNode, deleted: bool = False) -> set[str]:
+        """Ids of the documents (or tombstones) in this node's partitions, read from its SQLite files."""
+        ids: set[str] = set()
+        for db in sorted((node.data_dir / "partitions").glob("p*/store.sqlite")):
+            try:
+                conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10)
+                try:
+                    ids.update(row[0] for row in conn.execute("SELECT doc_id FROM documents WHERE deleted = ?", (int(deleted),)))
+                finally:
+                    conn.close()
+            except sqlite3.OperationalError:
+                continue  # a partition dropped while we looked
+        return ids
+
+    def copies(self, doc_ids: Sequence[str], nodes: Sequence[LocalNode] | None = None) -> dict[str, int]:
+        """How many nodes hold each document."""
+        held = [self.stored_ids(node) for node in (nodes or self.nodes)]
+        return {doc_id: sum(doc_id in ids for ids in held) for doc_id in doc_ids}
+
+    # ------------------------------------------------------------ faults
+    @staticmethod
+    def pause(node: LocalNode) -> None:
+        assert node.process is not None
+        os.killpg(node.process.pid, signal.SIGSTOP)
+
+    @staticmethod
+    def resume(node: LocalNode) -> None:
+        assert node.process is not None
+        os.killpg(node.process.pid, signal.SIGCONT)
+
+    def restart(self, node: LocalNode) -> LocalNode:
+        node.stop()
+        node.start()
+        return node.wait_ready()
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            if node.process is not None and node.process.poll() is None:
+                try:
+                    self.resume(node)
+                except ProcessLookupError:
+                    pass
+            node.stop()
