@@ -64,6 +64,13 @@ def _add_client_commands(sub: Any) -> None:
     ingest.add_argument("--consistency", choices=("one", "quorum", "all"))
     ingest.add_argument("--json", action="store_true")
 
+    decommission = sub.add_parser("decommission", help="stream this node's data to its next owners, then leave the ring")
+    decommission.add_argument("--no-wait", action="store_true", help="return at once instead of following the hand-off")
+    decommission.add_argument("--timeout", type=float, default=3600.0, help="seconds to follow the hand-off")
+
+    remove = sub.add_parser("remove", help="take a dead node out of the ring; survivors re-replicate its data")
+    remove.add_argument("target", metavar="NODE", help="name or id of the dead node")
+
     search = sub.add_parser("search", help="search the index")
     search.add_argument("query")
     search.add_argument("--k", type=int, default=10)
@@ -84,7 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     _add_start(sub)
     _add_client_commands(sub)
-    for name in ("status", "ingest", "search", "ask"):
+    for name in ("status", "ingest", "search", "ask", "decommission", "remove"):
         sub.choices[name].add_argument("--node", default=DEFAULT_NODE, help=f"node URL (default {DEFAULT_NODE})")
     return parser
 
@@ -120,6 +127,35 @@ def _since(timestamp: float | None) -> str:
     return f"{seconds}s ago"
 
 
+def render_ring(ring: dict[str, Any]) -> str:
+    nodes = ring.get("nodes") or []
+    if not nodes:
+        return ""
+    rows = [
+        (n["name"], n["id"][:12], n["zone"], n["status"], "yes" if n["alive"] else "NO", n["partitions"], n["target_partitions"])
+        for n in nodes
+    ]
+    hints = ring.get("pending_hints") or {}
+    repair = ring.get("repair") or {}
+    under = ring.get("under_replicated") or []
+    lines = [
+        "",
+        "",
+        _table(rows, ("RING NODE", "ID", "ZONE", "STATUS", "ALIVE", "PARTITIONS", "TARGET")),
+        f"Under-replicated partitions: {len(under)}" + (f" ({', '.join(map(str, under[:16]))}{' ...' if len(under) > 16 else ''})" if under else ""),
+        "Pending hints: " + (", ".join(f"{name} {h['documents']} docs ({h['hints']} hints)" for name, h in hints.items()) or "none"),
+        f"Repair: {'running' if repair.get('running') else 'idle'}, partitions {repair.get('partitions_done', 0)}/{repair.get('partitions_total', 0)}"
+        f", passes {repair.get('passes', 0)}, docs in/out {repair.get('docs_in', 0)}/{repair.get('docs_out', 0)}"
+        f", {_mb(repair.get('bytes_in', 0) + repair.get('bytes_out', 0))} moved, dropped {repair.get('dropped', 0)}"
+        + (f", last error: {repair['last_error']}" if repair.get("last_error") else ""),
+    ]
+    return "\n".join(lines)
+
+
+def _mb(size: int) -> str:
+    return f"{size / 1e6:.1f} MB"
+
+
 def render_status(view: dict[str, Any]) -> str:
     node = view["node"]
     storage = view.get("storage") or {}
@@ -127,7 +163,7 @@ def render_status(view: dict[str, Any]) -> str:
     summary = [
         f"Node {node['name']} ({node['id']}) at {node['address']}, zone {node['zone']}, generation {node['generation']}",
         f"Ready: {'yes' if node['ready'] else 'no'}  " + "  ".join(f"{k}={'ok' if v else 'loading'}" for k, v in node["components"].items()),
-        f"Ring: {ring.get('partitions')} partitions, {ring.get('replicas')} replicas; this node holds {ring.get('local_partitions', 0)}"
+        f"Ring: {ring.get('partitions')} partitions, {ring.get('replicas')} replicas; this node is {ring.get('status') or '-'} and holds {ring.get('local_partitions', 0)}"
         f"  |  documents {storage.get('documents', 0)}, chunks {storage.get('chunks', 0)}, tombstones {storage.get('tombstones', 0)}",
         "",
     ]
@@ -135,7 +171,8 @@ def render_status(view: dict[str, Any]) -> str:
         (m["name"], m["id"][:12], m["address"], m["zone"], ",".join(m["roles"]), m["state"], m["incarnation"], _since(m.get("since")))
         for m in view["members"]
     ]
-    return "\n".join(summary) + _table(rows, ("NAME", "ID", "ADDRESS", "ZONE", "ROLES", "STATE", "INCARNATION", "SINCE"))
+    members = _table(rows, ("NAME", "ID", "ADDRESS", "ZONE", "ROLES", "STATE", "INCARNATION", "SINCE"))
+    return "\n".join(summary) + members + render_ring(ring)
 
 
 def cmd_status(args: argparse.Namespace, client: Any) -> int:
@@ -235,7 +272,33 @@ def cmd_ask(args: argparse.Namespace, client: Any) -> int:
     return 0
 
 
-COMMANDS = {"status": cmd_status, "ingest": cmd_ingest, "search": cmd_search, "ask": cmd_ask}
+def cmd_decommission(args: argparse.Namespace, client: Any) -> int:
+    """Start the hand-off, then follow it until the node is out of the ring and holds nothing."""
+    client.decommission()
+    print("decommission started: this node streams its partitions to their next owners", flush=True)
+    if args.no_wait:
+        return 0
+    deadline = time.monotonic() + args.timeout
+    while time.monotonic() < deadline:
+        ring = client.cluster()["ring"]
+        repair = ring.get("repair") or {}
+        print(f"  status {ring.get('status')}, holds {ring.get('local_partitions')} partitions, "
+              f"sent {repair.get('docs_out', 0)} documents ({_mb(repair.get('bytes_out', 0))})", flush=True)
+        if ring.get("status") == "removed" and ring.get("local_partitions") == 0:
+            print("decommissioned: every partition is with its new owners; this node can be stopped")
+            return 0
+        time.sleep(2.0)
+    print("meshrag: decommission still running (check `meshrag status`)", file=sys.stderr)
+    return 1
+
+
+def cmd_remove(args: argparse.Namespace, client: Any) -> int:
+    ring = client.remove(args.target)["ring"]
+    print(f"removed {args.target} from the ring; {len(ring.get('under_replicated') or [])} partitions are being re-replicated")
+    return 0
+
+
+COMMANDS = {"status": cmd_status, "decommission": cmd_decommission, "remove": cmd_remove, "ingest": cmd_ingest, "search": cmd_search, "ask": cmd_ask}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -122,17 +122,32 @@ class MeshClient:
         return "/v1/documents/" + urllib.parse.quote(doc_id, safe="")
 
     # ------------------------------------------------------------ documents
-    def upsert(self, documents: list[dict[str, Any]], consistency: str | None = None) -> dict[str, Any]:
+    def upsert(self, documents: list[dict[str, Any]], consistency: str | None = None, session: str | None = None) -> dict[str, Any]:
         body: dict[str, Any] = {"documents": documents}
         if consistency is not None:
             body["consistency"] = consistency
+        if session:
+            body["session"] = session
         return self._call("POST", "/v1/documents", body)
 
-    def get_document(self, doc_id: str, *, local: bool = False) -> dict[str, Any]:
-        return self._call("GET", self._document_path(doc_id) + ("?local=true" if local else ""))
+    def get_document(self, doc_id: str, *, local: bool = False, session: str | None = None) -> dict[str, Any]:
+        query = {"local": "true"} if local else {}
+        if session:
+            query["session"] = session
+        suffix = "?" + urllib.parse.urlencode(query) if query else ""
+        return self._call("GET", self._document_path(doc_id) + suffix)
 
-    def delete_document(self, doc_id: str) -> dict[str, Any]:
-        return self._call("DELETE", self._document_path(doc_id))
+    def delete_document(self, doc_id: str, consistency: str | None = None, session: str | None = None) -> dict[str, Any]:
+        query = {k: v for k, v in (("consistency", consistency), ("session", session)) if v}
+        suffix = "?" + urllib.parse.urlencode(query) if query else ""
+        return self._call("DELETE", self._document_path(doc_id) + suffix)
+
+    # ------------------------------------------------------------ ring
+    def decommission(self) -> dict[str, Any]:
+        return self._call("POST", "/v1/cluster/decommission", {})
+
+    def remove(self, node: str) -> dict[str, Any]:
+        return self._call("POST", "/v1/cluster/remove", {"node": node})
 
     # ------------------------------------------------------------ retrieval
     def search(

@@ -1,0 +1,51 @@
+"""Helpers for the cluster tests that run real node processes on loopback."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from meshrag.cluster.ringstate import RingState
+from meshrag.localnode import LocalNode
+from meshrag.ring import Ring
+from meshrag.store.engine import partition_for
+
+CRANFIELD = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "cranfield" / "corpus.jsonl"
+DIM = 384  # all-MiniLM-L6-v2, the bundled embedder
+
+
+def cranfield_documents() -> list[dict[str, Any]]:
+    """The Cranfield corpus as API documents (records with no text are skipped)."""
+    docs = []
+    for line in CRANFIELD.read_text().splitlines():
+        record = json.loads(line)
+        text = "\n\n".join(part for part in (record.get("title", "").strip(), record.get("text", "").strip()) if part)
+        if text:
+            docs.append({"id": f"cranfield/{record['_id']}", "text": text})
+    return docs
+
+
+def vector_documents(count: int, prefix: str = "v", seed: int = 7) -> list[dict[str, Any]]:
+    """Documents that bring their own unit vectors: moving data is what is tested, not embedding."""
+    rng = np.random.default_rng(seed)
+    vectors = rng.standard_normal((count, DIM)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    return [{"id": f"{prefix}{i:05d}", "text": f"document {i} of the rebalancing set", "vector": vectors[i].tolist()} for i in range(count)]
+
+
+def ring_of(node: LocalNode) -> Ring:
+    """The ring as the node persisted it (cluster.json in its data directory)."""
+    state = RingState(node.data_dir, "reader")
+    assert state.load(), f"{node.name} has no cluster.json"
+    return state.ring
+
+
+def node_id(node: LocalNode) -> str:
+    return json.loads((node.data_dir / "node.json").read_text())["node_id"]
+
+
+def expected_holdings(ring: Ring, doc_ids: list[str], owner: str) -> set[str]:
+    return {doc_id for doc_id in doc_ids if owner in ring.target.owners(partition_for(doc_id, ring.partitions))}
