@@ -18,6 +18,7 @@ import pytest
 
 from meshrag.client import MeshClient, MeshClientError
 from meshrag.localcluster import LocalCluster
+from meshrag.localnode import LocalNode
 from tests.cluster.conftest import cranfield_documents
 
 RESTORE_LIMIT_S = 60.0
@@ -156,3 +157,34 @@ def _unit(i: int) -> list[float]:
 
     vector = np.random.default_rng(10_000 + i).standard_normal(384).astype(np.float32)
     return (vector / np.linalg.norm(vector)).tolist()
+
+
+@pytest.mark.timeout(600)
+def test_a_node_with_another_embedding_model_refuses_to_join(cluster: LocalCluster, tmp_path: Path) -> None:
+    model_dir = _smaller_model(tmp_path / "minilm-128")
+    n1 = cluster.nodes[0]
+    joiner = LocalNode(tmp_path / "other", name="other-model",
+                       extra_args=["--roles", "storage,coordinator", "--join", f"127.0.0.1:{n1.port}"],
+                       env={"MESHRAG_EMBEDDER_MODEL": str(model_dir), "MESHRAG_OBSERVABILITY_LOG_FORMAT": "text"}).start()
+    try:
+        assert joiner.process is not None
+        assert joiner.process.wait(timeout=300) != 0
+        log = joiner.log_tail(60)
+        assert "refusing to join the cluster" in log
+        assert "(128 dimensions)" in log and "(384 dimensions)" in log
+    finally:
+        joiner.stop()
+    names = {node["name"] for node in cluster.ring(n1)["nodes"]}
+    assert "other-model" not in names
+
+
+def _smaller_model(path: Path) -> Path:
+    """A real, different sentence-transformers model: the bundled one plus a 384->128 projection."""
+    from sentence_transformers import SentenceTransformer, models
+
+    from meshrag.rag.embedder import default_model_path
+
+    base = SentenceTransformer(default_model_path(), device="cpu")
+    projected = SentenceTransformer(modules=[*base, models.Dense(in_features=384, out_features=128)], device="cpu")
+    projected.save(str(path))
+    return path

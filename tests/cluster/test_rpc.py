@@ -1,0 +1,80 @@
+"""cluster/rpc.py against a real aiohttp server on loopback."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import AsyncIterator
+
+import aiohttp
+import numpy as np
+import pytest
+from aiohttp import web
+
+from meshrag import wire
+from meshrag.cluster.rpc import SECRET_HEADER, PeerClient, PeerError, secret_matches
+from meshrag.localnode import free_port
+
+SECRET = "s" * 24
+
+
+async def _echo(request: web.Request) -> web.Response:
+    body = wire.unpack(await request.read())
+    return web.Response(body=wire.pack({"got": body, "secret": request.headers.get(SECRET_HEADER)}), content_type=wire.MSGPACK)
+
+
+async def _slow(request: web.Request) -> web.Response:
+    await asyncio.sleep(1)
+    return web.Response(body=wire.pack({}), content_type=wire.MSGPACK)
+
+
+async def _refuse(request: web.Request) -> web.Response:
+    error = {"error": {"code": "invalid_request", "message": "hashes must list 64 buckets", "field": "hashes"}}
+    return web.Response(status=400, body=wire.pack(error), content_type=wire.MSGPACK)
+
+
+@pytest.fixture
+async def server() -> AsyncIterator[str]:
+    app = web.Application()
+    app.add_routes([web.post("/echo", _echo), web.post("/slow", _slow), web.post("/refuse", _refuse)])
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    yield f"127.0.0.1:{port}"
+    await runner.cleanup()
+
+
+def test_no_configured_secret_admits_everyone_and_a_configured_one_must_match() -> None:
+    assert secret_matches(None, "")
+    assert secret_matches(SECRET, SECRET)
+    assert not secret_matches(None, SECRET)
+    assert not secret_matches("wrong", SECRET)
+
+
+async def test_a_call_carries_msgpack_with_arrays_and_the_secret(server: str) -> None:
+    async with aiohttp.ClientSession() as session:
+        reply = await PeerClient(session, SECRET, 2.0).call(server, "/echo", {"x": np.arange(3, dtype=np.float32)})
+    assert reply["secret"] == SECRET
+    assert reply["got"]["x"].tolist() == [0.0, 1.0, 2.0]
+
+
+async def test_a_slow_peer_becomes_a_peer_error_after_the_deadline(server: str) -> None:
+    async with aiohttp.ClientSession() as session:
+        with pytest.raises(PeerError, match="no answer within 0.2 s"):
+            await PeerClient(session, "", 0.2).call(server, "/slow", {})
+
+
+async def test_an_error_reply_keeps_its_status_and_message(server: str) -> None:
+    async with aiohttp.ClientSession() as session:
+        with pytest.raises(PeerError) as failure:
+            await PeerClient(session, "", 2.0).call(server, "/refuse", {})
+    assert failure.value.status == 400
+    assert "hashes must list 64 buckets" in failure.value.reason
+
+
+async def test_a_closed_port_is_a_peer_error_naming_the_address() -> None:
+    address = f"127.0.0.1:{free_port()}"
+    async with aiohttp.ClientSession() as session:
+        with pytest.raises(PeerError) as failure:
+            await PeerClient(session, "", 2.0).call(address, "/echo", {})
+    assert failure.value.address == address
