@@ -8,6 +8,7 @@ even while that node is stopped or dead.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import sqlite3
@@ -16,7 +17,10 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from meshrag.client import MeshClient
+from meshrag.cluster.ringstate import RingState
 from meshrag.localnode import LocalNode
+from meshrag.ring import Ring
+from meshrag.store.engine import partition_for
 
 # Cluster tests run storage + coordinator only: no llama.cpp model per node.
 STORAGE_ROLES = ("--roles", "storage,coordinator")
@@ -99,6 +103,26 @@ class LocalCluster:
                 continue  # a partition dropped while we looked
         return ids
 
+    @staticmethod
+    def ring_of(node: LocalNode) -> Ring:
+        """The ring as the node persisted it (cluster.json in its data directory)."""
+        state = RingState(node.data_dir, "reader")
+        if not state.load():
+            raise FileNotFoundError(f"{node.name} has no cluster.json yet")
+        return state.ring
+
+    @staticmethod
+    def node_id(node: LocalNode) -> str:
+        return str(json.loads((node.data_dir / "node.json").read_text())["node_id"])
+
+    def holds_ring_share(self, doc_ids: Sequence[str]) -> bool:
+        """Every running node's ring is settled and it holds exactly the documents its ring assigns it."""
+        live = self.running()
+        if not all(self.ring_settled(node) for node in live):
+            return False
+        ring = self.ring_of(live[0])
+        return all(self.stored_ids(node) == _assigned(ring, doc_ids, self.node_id(node)) for node in live)
+
     def copies(self, doc_ids: Sequence[str], nodes: Sequence[LocalNode] | None = None) -> dict[str, int]:
         """How many nodes hold each document."""
         held = [self.stored_ids(node) for node in (nodes or self.nodes)]
@@ -128,3 +152,7 @@ class LocalCluster:
                 except ProcessLookupError:
                     pass
             node.stop()
+
+
+def _assigned(ring: Ring, doc_ids: Sequence[str], owner: str) -> set[str]:
+    return {doc_id for doc_id in doc_ids if owner in ring.target.owners(partition_for(doc_id, ring.partitions))}

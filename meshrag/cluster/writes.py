@@ -102,13 +102,16 @@ class ReplicatedWriter:
             for node_id, node_docs in plan.by_node.items()
         ]
         finished = asyncio.gather(*tasks)
+        # Replication goes on after the answer (and after a client that hung up).
+        self._finish_in_background(finished)
         waiter = asyncio.create_task(done.wait())
-        await asyncio.wait([waiter, asyncio.ensure_future(finished)], return_when=asyncio.FIRST_COMPLETED)
-        waiter.cancel()
+        try:
+            await asyncio.wait([waiter, finished], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            waiter.cancel()
         acked = {pid: list(nodes) for pid, nodes in outcome.acked.items()}
         if not done.is_set():
             raise WriteOutcomeUnknown(self._unknown_message(plan, acked), acked)
-        self._finish_in_background(finished)
         return WriteOutcome(acked=acked, hinted=dict(outcome.hinted))
 
     def _plan(self, docs: Sequence[DocumentWrite], consistency: str) -> _Plan:

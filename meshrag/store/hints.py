@@ -2,9 +2,9 @@
 
 When a coordinator cannot reach a replica it stores the replica's share of
 the write here (already chunked and embedded: replaying never re-embeds) and
-replays it when gossip sees the replica alive. SQLite in WAL mode, committed
-before the client gets its answer, so a coordinator killed with -9 still
-delivers its hints after a restart. Replays are idempotent: replicas apply
+replays it when gossip sees the replica alive. SQLite in WAL mode: a
+committed hint survives kill -9 of the coordinator and is delivered after
+its restart. Replays are idempotent: replicas apply
 documents by version (last writer wins), so a hint delivered twice is a no-op.
 
 Methods block; run them in the storage executor.

@@ -8,10 +8,6 @@ from typing import Any
 
 import numpy as np
 
-from meshrag.cluster.ringstate import RingState
-from meshrag.localnode import LocalNode
-from meshrag.ring import Ring
-from meshrag.store.engine import partition_for
 
 CRANFIELD = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "cranfield" / "corpus.jsonl"
 DIM = 384  # all-MiniLM-L6-v2, the bundled embedder
@@ -34,18 +30,3 @@ def vector_documents(count: int, prefix: str = "v", seed: int = 7) -> list[dict[
     vectors = rng.standard_normal((count, DIM)).astype(np.float32)
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
     return [{"id": f"{prefix}{i:05d}", "text": f"document {i} of the rebalancing set", "vector": vectors[i].tolist()} for i in range(count)]
-
-
-def ring_of(node: LocalNode) -> Ring:
-    """The ring as the node persisted it (cluster.json in its data directory)."""
-    state = RingState(node.data_dir, "reader")
-    assert state.load(), f"{node.name} has no cluster.json"
-    return state.ring
-
-
-def node_id(node: LocalNode) -> str:
-    return json.loads((node.data_dir / "node.json").read_text())["node_id"]
-
-
-def expected_holdings(ring: Ring, doc_ids: list[str], owner: str) -> set[str]:
-    return {doc_id for doc_id in doc_ids if owner in ring.target.owners(partition_for(doc_id, ring.partitions))}

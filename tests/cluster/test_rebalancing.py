@@ -19,7 +19,7 @@ import pytest
 
 from meshrag.localcluster import LocalCluster
 from meshrag.localnode import LocalNode
-from tests.cluster.conftest import expected_holdings, node_id, ring_of, vector_documents
+from tests.cluster.conftest import vector_documents
 
 DOCS = vector_documents(600)
 IDS = [doc["id"] for doc in DOCS]
@@ -44,11 +44,7 @@ def _live(cluster: LocalCluster) -> list[LocalNode]:
 
 
 def _holds_what_the_ring_assigns(cluster: LocalCluster) -> bool:
-    live = _live(cluster)
-    if not all(cluster.ring_settled(node) for node in live):
-        return False
-    ring = ring_of(live[0])
-    return all(cluster.stored_ids(node) == expected_holdings(ring, IDS, node_id(node)) for node in live)
+    return cluster.holds_ring_share(IDS)
 
 
 def _meshrag(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
