@@ -32,7 +32,7 @@ from meshrag.config import Config, as_dict, parse_host_port
 from meshrag.generation.base import GeneratorBackend
 from meshrag.gossip import AsyncioTransport, GossipDatagramProtocol, MemberEvent, Memberlist
 from meshrag.identity import NodeIdentity, load_or_create
-from meshrag.observability import GossipCollector, Metrics, configure_logging, start_monitor
+from meshrag.observability import ClusterCollector, GossipCollector, Metrics, configure_logging, start_monitor
 from meshrag.rag.chunking import Chunker, ChunkingSettings
 from meshrag.rag.embedder import Embedder, default_model_path
 from meshrag.rag.pipeline import RagPipeline
@@ -217,6 +217,7 @@ class Node:
             self._hints = HintStore(self.config.data_path / "hints.sqlite")
             await loop.run_in_executor(self._storage_pool, self._hints.open)
             self.cluster = self._build_cluster(ring_state)
+            self.metrics.registry.register(ClusterCollector(self.cluster))
             self.cluster.start()
             self._components["storage"] = True
             self._tasks.append(asyncio.create_task(self._save_indexes_periodically(), name="index-saver"))

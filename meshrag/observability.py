@@ -79,6 +79,34 @@ class GossipCollector:
         yield GaugeMetricFamily("meshrag_gossip_health_score", "Lifeguard local health (0 = healthy)", value=self._members.health_score)
 
 
+class ClusterCollector:
+    """Replication and repair state at scrape time: transfers, pending hints, ring health."""
+
+    def __init__(self, cluster: Any) -> None:
+        self._cluster = cluster
+
+    def collect(self) -> Any:
+        progress = self._cluster.repairer.progress
+        moved = CounterMetricFamily("meshrag_repair_documents", "Documents moved by anti-entropy and rebalancing", labels=["direction"])
+        moved.add_metric(["in"], progress.docs_in)
+        moved.add_metric(["out"], progress.docs_out)
+        yield moved
+        sent = CounterMetricFamily("meshrag_repair_bytes", "Bytes moved by anti-entropy and rebalancing", labels=["direction"])
+        sent.add_metric(["in"], progress.bytes_in)
+        sent.add_metric(["out"], progress.bytes_out)
+        yield sent
+        yield CounterMetricFamily("meshrag_repair_passes", "Completed anti-entropy passes", value=progress.passes)
+        yield CounterMetricFamily("meshrag_repair_errors", "Failed partition syncs", value=progress.errors)
+        yield CounterMetricFamily("meshrag_partitions_dropped", "Partitions handed off and dropped here", value=progress.dropped)
+        hints = GaugeMetricFamily("meshrag_hints_pending_documents", "Hinted documents waiting for their replica", labels=["target"])
+        for target, pending in sorted(self._cluster.hints.pending().items()):
+            hints.add_metric([self._cluster.name_of(target)], pending.documents)
+        yield hints
+        view = self._cluster.ring_view()
+        yield GaugeMetricFamily("meshrag_partitions_under_replicated", "Partitions with fewer live owners than N, or moving", value=len(view["under_replicated"]))
+        yield GaugeMetricFamily("meshrag_partitions_held", "Partitions stored on this node", value=view["local_partitions"])
+
+
 class JsonFormatter(logging.Formatter):
     """One JSON object per line, with the request id of the task that logged."""
 

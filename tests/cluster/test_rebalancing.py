@@ -64,6 +64,17 @@ def test_a_fourth_node_receives_only_its_share_and_old_owners_drop_it(cluster: L
     print(f"\nn4 joined and was in sync after {took:.1f} s; it received {moved:.1%} of all copies")
     assert 0.15 <= moved <= 0.35
     assert set(cluster.copies(IDS).values()) == {3}
+    assert _metric(n4, 'meshrag_repair_documents_total{direction="in"}') == len(cluster.stored_ids(n4))
+
+
+def _metric(node: LocalNode, series: str) -> float:
+    import urllib.request
+
+    with urllib.request.urlopen(node.url + "/metrics", timeout=10) as response:
+        for line in response.read().decode().splitlines():
+            if line.startswith(series + " "):
+                return float(line.split()[-1])
+    raise AssertionError(f"{series} not in /metrics of {node.name}")
 
 
 @pytest.mark.timeout(600)
