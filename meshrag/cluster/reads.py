@@ -83,24 +83,28 @@ class ReplicaReader:
         pid = partition_for(doc_id, self._ring().partitions)
         return await self.first_answer(pid, session, lambda node: get(node, doc_id))
 
-    async def states(self, doc_ids: Sequence[str], session: Mapping[int, list[str]] | None, states: StatesCall) -> dict[str, DocState]:
-        """States from one replica per partition; a partition no replica answers for reads as empty
-        (the write that follows then re-embeds, which is safe, only slower)."""
-        partitions = self._ring().partitions
-        groups: dict[int, list[str]] = defaultdict(list)
+    async def states_on_replicas(self, doc_ids: Sequence[str], states: StatesCall) -> dict[str, list[DocState]]:
+        """Each document's state on every live write owner of its partition (a replica that
+        does not answer, or does not hold the document, contributes nothing)."""
+        ring = self._ring()
+        groups: dict[str, list[str]] = defaultdict(list)
         for doc_id in doc_ids:
-            groups[partition_for(doc_id, partitions)].append(doc_id)
+            for node in ring.write_owners(partition_for(doc_id, ring.partitions)):
+                if node == self._local_id or self._is_alive(node):
+                    groups[node].append(doc_id)
 
-        async def one(pid: int, ids: list[str]) -> dict[str, DocState]:
+        async def one(node: str, ids: list[str]) -> dict[str, DocState]:
             try:
-                return await self.first_answer(pid, session, lambda node: states(node, ids))
-            except NoReplica:
+                return await states(node, ids)
+            except Exception as exc:
+                log.info("states from %s failed: %s", node[:12], exc)
                 return {}
 
-        found: dict[str, DocState] = {}
-        for part in await asyncio.gather(*(one(pid, ids) for pid, ids in groups.items())):
-            found.update(part)
-        return found
+        found: dict[str, list[DocState]] = defaultdict(list)
+        for part in await asyncio.gather(*(one(node, ids) for node, ids in groups.items())):
+            for doc_id, state in part.items():
+                found[doc_id].append(state)
+        return dict(found)
 
     async def scatter(self, session: Mapping[int, list[str]] | None, search: SearchCall, partitions: Sequence[int] | None = None) -> Gathered:
         """Ask one replica per partition, fail over once per replica, merge the lists."""

@@ -21,6 +21,7 @@ import asyncio
 import logging
 import random
 from concurrent.futures import Executor
+from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence, TypeVar
 
 import numpy as np
@@ -33,13 +34,13 @@ from meshrag.cluster.repair import BUCKETS, RateLimiter, Repairer, bucket_hashes
 from meshrag.cluster.ringstate import RingState
 from meshrag.cluster.rpc import PeerClient, PeerError
 from meshrag.cluster.session import SessionMap, encode_session, merge_sessions
-from meshrag.cluster.writes import ReplicatedWriter, WriteOutcome
+from meshrag.cluster.writes import ReplicatedWriter, WriteOutcome, required_acks
 from meshrag.config import ClusterConfig
 from meshrag.errors import NotFound, ValidationError
 from meshrag.gossip import EventKind, MemberEvent, Memberlist
 from meshrag.gossip.state import MemberState
 from meshrag.ring import Ring, RingStatus
-from meshrag.store.engine import StorageEngine
+from meshrag.store.engine import StorageEngine, partition_for
 from meshrag.store.filters import Filter, dump_filter, parse_filter
 from meshrag.store.hints import HintStore
 from meshrag.store.types import DigestEntry, DocState, DocumentWrite, Hit, StoredDocument
@@ -57,6 +58,12 @@ FETCH_PATH = "/_mesh/repair/fetch"
 RING_PATH = "/_mesh/ring"
 HINTS_PER_ROUND = 16
 LIVE_STATES = (MemberState.ALIVE, MemberState.SUSPECT)
+
+
+@dataclass
+class PriorStates:
+    existing: set[str] = field(default_factory=set)               # live on some replica
+    unchanged: dict[str, DocState] = field(default_factory=dict)  # same content on >= W replicas
 
 
 class ClusterService:
@@ -146,8 +153,26 @@ class ClusterService:
     async def get_local(self, doc_id: str) -> StoredDocument | None:
         return await self._blocking(self.engine.get, doc_id)
 
-    async def states(self, doc_ids: Sequence[str], session: SessionMap) -> dict[str, DocState]:
-        return await self.reader.states(doc_ids, session, self._states_on)
+    async def prior_states(self, doc_ids: Sequence[str], hashes: Sequence[str], consistency: str) -> PriorStates:
+        """What the replicas hold of these documents, to skip re-embedding unchanged ones.
+
+        A document counts as unchanged only if at least W replicas hold the same
+        content: after a write whose outcome was unknown, the retry must reach W
+        replicas, not stop at the one that has it.
+        """
+        per_doc = await self.reader.states_on_replicas(doc_ids, self._states_on)
+        ring = self.ring()
+        prior = PriorStates()
+        for doc_id, digest in zip(doc_ids, hashes):
+            states = per_doc.get(doc_id, [])
+            if any(not state.deleted for state in states):
+                prior.existing.add(doc_id)
+            pid = partition_for(doc_id, ring.partitions)
+            needed = required_acks(consistency, len(ring.current.owners(pid)) or len(ring.write_owners(pid)))
+            same = [state for state in states if not state.deleted and state.content_hash == digest]
+            if len(same) >= needed:
+                prior.unchanged[doc_id] = max(same, key=lambda state: state.version)
+        return prior
 
     async def _states_on(self, node_id: str, doc_ids: list[str]) -> dict[str, DocState]:
         if node_id == self.node_id:

@@ -30,7 +30,7 @@ from meshrag.rag.ranking import merge_top_k, reciprocal_rank_fusion
 from meshrag.rag.requests import AskRequest, IncomingDocument, SearchRequest
 from meshrag.cluster.service import ClusterService
 from meshrag.cluster.session import decode_session, encode_session
-from meshrag.store.types import ChunkWrite, DocState, DocumentWrite, Hit, StoredDocument, WriteResult, WriteStatus
+from meshrag.store.types import ChunkWrite, DocumentWrite, Hit, StoredDocument, WriteResult, WriteStatus
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -104,8 +104,8 @@ class RagPipeline:
         session_map = decode_session(session)
         ids = [doc.doc_id or default_doc_id(doc.text) for doc in documents]
         hashes = [content_hash(doc, self._chunker.fingerprint(), self._embedder.model_name) for doc in documents]
-        states = await self._cluster.states(ids, session_map)
-        changed = [i for i, doc_id in enumerate(ids) if not _is_unchanged(states.get(doc_id), hashes[i])]
+        prior = await self._cluster.prior_states(ids, hashes, consistency)
+        changed = [i for i, doc_id in enumerate(ids) if doc_id not in prior.unchanged]
         writes = await self._prepare_writes([documents[i] for i in changed], [ids[i] for i in changed], [hashes[i] for i in changed])
         token = encode_session(session_map)
         if writes:
@@ -113,13 +113,11 @@ class RagPipeline:
         written = {write.doc_id: write for write in writes}
         results: list[WriteResult] = []
         for doc_id in ids:
-            state = states.get(doc_id)
             if doc_id in written:
-                status = WriteStatus.CREATED if state is None or state.deleted else WriteStatus.UPDATED
+                status = WriteStatus.UPDATED if doc_id in prior.existing else WriteStatus.CREATED
                 results.append(WriteResult(doc_id=doc_id, status=status, version=written[doc_id].version))
             else:
-                assert state is not None
-                results.append(WriteResult(doc_id=doc_id, status=WriteStatus.UNCHANGED, version=state.version))
+                results.append(WriteResult(doc_id=doc_id, status=WriteStatus.UNCHANGED, version=prior.unchanged[doc_id].version))
         for result in results:
             self._metrics.documents_written.labels(status=result.status.value).inc()
         return IngestOutcome(results, token)
@@ -248,7 +246,3 @@ async def _close_quietly(stream: AsyncIterator[str]) -> None:
             await aclose()
         except Exception:  # the stream's own failure was already reported to the caller
             log.debug("generator stream failed while closing", exc_info=True)
-
-
-def _is_unchanged(state: DocState | None, digest: str) -> bool:
-    return state is not None and not state.deleted and state.content_hash == digest

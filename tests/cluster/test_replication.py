@@ -180,11 +180,30 @@ def test_a_node_with_another_embedding_model_refuses_to_join(cluster: LocalClust
 
 def _smaller_model(path: Path) -> Path:
     """A real, different sentence-transformers model: the bundled one plus a 384->128 projection."""
-    from sentence_transformers import SentenceTransformer, models
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.sentence_transformer.modules import Dense
 
     from meshrag.rag.embedder import default_model_path
 
     base = SentenceTransformer(default_model_path(), device="cpu")
-    projected = SentenceTransformer(modules=[*base, models.Dense(in_features=384, out_features=128)], device="cpu")
+    projected = SentenceTransformer(modules=[*base, Dense(in_features=384, out_features=128)], device="cpu")
     projected.save(str(path))
     return path
+
+
+@pytest.mark.timeout(600)
+def test_too_few_acks_is_an_unknown_outcome_naming_who_took_it_and_a_retry_reaches_all(cluster: LocalCluster) -> None:
+    n1, _, n3 = cluster.nodes
+    doc = {"id": "unknown-outcome/1", "text": "written while a replica is down", "vector": _unit(50_000)}
+    n3.kill9()
+    with pytest.raises(MeshClientError) as failure:
+        cluster.client(n1).upsert([doc], consistency="all")
+    assert failure.value.status == 503 and failure.value.code == "write_outcome_unknown"
+    took = failure.value.message.split("took it: ")[1].split(")")[0]
+    assert "2/3 acks" in failure.value.message and sorted(took.split(", ")) == ["n1", "n2"]
+    assert cluster.copies([doc["id"]]) == {doc["id"]: 2}
+
+    n3.start().wait_ready()
+    # The two replicas that have it must not make the retry a no-op: ALL means all three.
+    cluster.client(n1).upsert([doc], consistency="all")
+    assert cluster.copies([doc["id"]]) == {doc["id"]: 3}
