@@ -78,6 +78,14 @@ class LocalCluster:
         live = {n.name for n in self.running()}
         return live <= set(statuses) and all(s in ("normal", "removed") for s in statuses.values())
 
+    def member_state(self, observer: LocalNode, name: str) -> str | None:
+        """How ``observer``'s gossip sees member ``name`` (alive, suspect, dead, left), None if unknown."""
+        try:
+            members = self.client(observer, timeout=5).cluster()["members"]
+        except Exception:
+            return None
+        return next((m["state"] for m in members if m["name"] == name), None)
+
     @staticmethod
     def wait_for(predicate: Callable[[], bool], timeout_s: float, what: str, poll_s: float = 0.5) -> float:
         """Seconds until ``predicate`` held; TimeoutError naming ``what`` otherwise."""

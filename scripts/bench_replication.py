@@ -115,7 +115,7 @@ def run(docs: int, root: Path) -> dict[str, Any]:
         victim = replicated.node("n2")
         victim.kill9()
         observer = replicated.node("n1")
-        LocalCluster.wait_for(lambda: _state(observer, "n2") == "dead", 60, "n2 seen dead")
+        LocalCluster.wait_for(lambda: replicated.member_state(observer, "n2") == "dead", 60, "n2 seen dead")
         before = repair_counters(replicated)
         started = time.perf_counter()
         replicated.client(observer).remove("n2")
@@ -125,14 +125,6 @@ def run(docs: int, root: Path) -> dict[str, Any]:
     finally:
         replicated.stop()
     return report
-
-
-def _state(node: Any, name: str) -> str | None:
-    try:
-        members = MeshClient(node.url, timeout=5).cluster()["members"]
-    except Exception:
-        return None
-    return next((m["state"] for m in members if m["name"] == name), None)
 
 
 def render(report: dict[str, Any]) -> str:

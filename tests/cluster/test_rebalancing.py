@@ -109,7 +109,7 @@ def _snapshot(cluster: LocalCluster) -> dict[str, Any]:
 def test_removing_a_dead_node_restores_three_copies_from_the_survivors(cluster: LocalCluster) -> None:
     n1, n3 = cluster.node("n1"), cluster.node("n3")
     n3.kill9()
-    cluster.wait_for(lambda: _member_state(cluster, n1, "n3") == "dead", 60, "n1 sees n3 dead")
+    cluster.wait_for(lambda: cluster.member_state(n1, "n3") == "dead", 60, "n1 sees n3 dead")
     started = time.monotonic()
     result = _meshrag("remove", "n3", "--node", n1.url)
     assert result.returncode == 0, result.stderr
@@ -133,11 +133,3 @@ def test_decommission_hands_everything_off_and_loses_nothing(cluster: LocalClust
     assert set(cluster.copies(IDS, remaining).values()) == {3}
     client = cluster.client(cluster.node("n1"))
     assert all(client.get_document(doc_id)["id"] == doc_id for doc_id in IDS[::20])
-
-
-def _member_state(cluster: LocalCluster, observer: LocalNode, name: str) -> str | None:
-    try:
-        members = cluster.client(observer, timeout=5).cluster()["members"]
-    except Exception:
-        return None
-    return next((m["state"] for m in members if m["name"] == name), None)

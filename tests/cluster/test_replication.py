@@ -87,7 +87,7 @@ def test_session_reads_see_a_write_at_one_while_a_replica_lags(cluster: LocalClu
     n1, n2, n3 = cluster.nodes
     cluster.pause(n3)
     try:
-        cluster.wait_for(lambda: _state_of(n1, "n3") == "dead", 60, "n1 sees the paused n3 as dead")
+        cluster.wait_for(lambda: cluster.member_state(n1, "n3") == "dead", 60, "n1 sees the paused n3 as dead")
         writes = [cluster.client(n1).upsert([{"id": f"session/{i}", "text": f"session write {i}", "vector": _unit(i)}], consistency="one")
                   for i in range(1000)]
     finally:
@@ -133,14 +133,6 @@ def test_a_replica_that_missed_a_delete_never_brings_it_back(cluster: LocalClust
         assert missing.value.status == 404
     hits = cluster.client(n3).search("experimental investigation of the aerodynamics of a wing", k=50, mode="bm25")["hits"]
     assert not {hit["doc_id"] for hit in hits} & set(victims)
-
-
-def _state_of(observer: Any, name: str) -> str | None:
-    try:
-        members = MeshClient(observer.url, timeout=5).cluster()["members"]
-    except MeshClientError:
-        return None
-    return next((m["state"] for m in members if m["name"] == name), None)
 
 
 def _missing_locally(client: MeshClient, doc_id: str) -> int:
