@@ -184,12 +184,15 @@ class Repairer:
         self.progress.running, self.progress.reason = True, reason
         self.progress.partitions_total, self.progress.partitions_done = len(owned) + len(leftover), 0
         ledger = _PassLedger()
+        errors_before = self.progress.errors
         try:
             await self._sync_owned(ring, owned, held, ledger)
             await self._hand_off(ring, leftover, ledger)
             self._advance_status(ring, owned, held, ledger)
         finally:
             self.progress.running = False
+            if self.progress.errors == errors_before:
+                self.progress.last_error = ""  # a clean pass: the last error is history
             self.progress.passes += 1
             self.progress.last_pass_s = round(time.monotonic() - started, 3)
             self.progress.last_pass_at = time.time()
