@@ -1,7 +1,7 @@
 """Anti-entropy: replicas compare digests and exchange only what differs.
 
 Digests: a partition's documents and tombstones are hashed into BUCKETS
-buckets by id; each bucket's hash covers (id, version, deleted) of its
+buckets by id; each bucket's hash covers (id, version, deleted, content hash) of its
 entries, and the partition's root hash covers the buckets. A pass asks each
 peer for the roots of the partitions both hold (one request per peer), and
 only for a differing root exchanges bucket hashes, then the entries of the
@@ -53,7 +53,7 @@ def bucket_hashes(entries: Sequence[DigestEntry], buckets: int = BUCKETS) -> lis
     filled = [False] * buckets
     for entry in sorted(entries, key=lambda e: e.doc_id):
         b = bucket_of(entry.doc_id, buckets)
-        digests[b].update(f"{entry.doc_id}\x00{entry.version}\x00{int(entry.deleted)}\x01".encode())
+        digests[b].update(f"{entry.doc_id}\x00{entry.version}\x00{int(entry.deleted)}\x00{entry.content_hash}\x01".encode())
         filled[b] = True
     return [d.hexdigest() if used else "" for d, used in zip(digests, filled)]
 
@@ -67,8 +67,9 @@ def differing_buckets(mine: Sequence[str], theirs: Sequence[str]) -> list[int]:
 
 
 def is_newer(a: DigestEntry, b: DigestEntry) -> bool:
-    """Last writer wins; at one version a tombstone beats a document."""
-    return (a.version, a.deleted) > (b.version, b.deleted)
+    """Last writer wins; at one version a tombstone beats a document, and between two
+    documents the larger content hash (the rule partition.py applies on write)."""
+    return (a.version, a.deleted, a.content_hash) > (b.version, b.deleted, b.content_hash)
 
 
 def diff_entries(mine: dict[str, DigestEntry], theirs: dict[str, DigestEntry]) -> tuple[list[str], list[str]]:

@@ -331,7 +331,7 @@ class Partition:
             if doc.version > stored.version:
                 conn.execute("UPDATE documents SET version = ? WHERE doc_id = ?", (doc.version, doc.doc_id))
             return WriteResult(doc.doc_id, WriteStatus.UNCHANGED, max(doc.version, stored.version)), [], []
-        if stored is not None and doc.version <= stored.version:
+        if stored is not None and not _wins(doc.version, doc.content_hash, stored):
             return WriteResult(doc.doc_id, WriteStatus.STALE, stored.version), [], []
         old_keys = self._remove_chunks(conn, doc.doc_id)
         _put_document(conn, doc.doc_id, doc.version, doc.content_hash, doc.text, _metadata_json(doc.metadata), False, now)
@@ -551,6 +551,15 @@ class Partition:
 
 
 # ------------------------------------------------------------------ helpers
+def _wins(version: int, content_hash: str, stored: DocState) -> bool:
+    """Last writer wins. Two coordinators can stamp the same HLC version on different
+    content; the larger content hash then wins on every replica, so they converge.
+    A tombstone wins a tie against a live document (see _tombstone)."""
+    if version != stored.version:
+        return version > stored.version
+    return not stored.deleted and content_hash > stored.content_hash
+
+
 def _doc_state(conn: sqlite3.Connection, doc_id: str) -> DocState | None:
     row = conn.execute("SELECT version, content_hash, deleted FROM documents WHERE doc_id = ?", (doc_id,)).fetchone()
     return None if row is None else DocState(row[0], row[1], bool(row[2]))

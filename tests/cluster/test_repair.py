@@ -259,3 +259,15 @@ def test_progress_is_plain_data() -> None:
     from meshrag.cluster.repair import Progress
 
     assert set(Progress().as_dict()) == {f.name for f in dataclasses.fields(Progress)}
+
+
+async def test_a_version_tie_is_seen_and_settled_the_way_stores_settle_it(replicas: dict[str, Replica]) -> None:
+    a, b = replicas["a"], replicas["b"]
+    [base] = _docs_in(1, 1)
+    mine, theirs = make_doc(base.doc_id, 7, ["one coordinator"]), make_doc(base.doc_id, 7, ["another coordinator"])
+    a.engine.upsert([mine])
+    b.engine.upsert([theirs])
+    assert root_hash(bucket_hashes(a.engine.partition(1).digest_entries())) != root_hash(bucket_hashes(b.engine.partition(1).digest_entries()))
+    await repairer("a", replicas, lambda: make_ring(a=RingStatus.NORMAL, b=RingStatus.NORMAL), []).sync_partition(1, "b")
+    winner = max(mine, theirs, key=lambda doc: doc.content_hash)
+    assert a.engine.get(base.doc_id).text == b.engine.get(base.doc_id).text == winner.text  # type: ignore[union-attr]

@@ -91,9 +91,21 @@ def test_same_content_newer_version_only_moves_the_version(partition: Partition)
 def test_older_or_equal_versions_are_stale_and_ignored(partition: Partition) -> None:
     partition.upsert([make_doc("a", 10, ["current text"])])
     assert partition.upsert([make_doc("a", 9, ["older text"])]) == [_result("a", WriteStatus.STALE, 10)]
-    assert partition.upsert([make_doc("a", 10, ["same version other text"])]) == [_result("a", WriteStatus.STALE, 10)]
     stored = partition.get("a")
     assert stored is not None and stored.version == 10 and stored.text == "current text"
+
+
+def test_a_version_tie_goes_to_the_larger_content_hash_whatever_the_arrival_order(tmp_path: Path) -> None:
+    """Two coordinators may stamp one HLC version on different content; replicas must agree."""
+    first, second = make_doc("a", 10, ["text from one coordinator"]), make_doc("a", 10, ["text from another"])
+    winner = max(first, second, key=lambda doc: doc.content_hash)
+    for order, pid in (((first, second), 1), ((second, first), 2)):
+        part = open_partition(tmp_path, pid=pid)
+        for doc in order:
+            part.upsert([doc])
+        stored = part.get("a")
+        assert stored is not None and stored.text == winner.text
+        part.close()
 
 
 def test_later_write_in_one_batch_wins_over_earlier(partition: Partition) -> None:
