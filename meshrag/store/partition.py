@@ -353,7 +353,9 @@ class Partition:
     def _tombstone(
         self, conn: sqlite3.Connection, doc_id: str, version: int, stored: DocState | None, now: float
     ) -> tuple[WriteResult, list[int], list[int]]:
-        if stored is not None and version <= stored.version:
+        # A tombstone wins a version tie against a live document (repair.is_newer
+        # agrees), so a delete and a write stamped alike settle the same everywhere.
+        if stored is not None and (version < stored.version or (version == stored.version and stored.deleted)):
             return WriteResult(doc_id, WriteStatus.STALE, stored.version), [], []
         old_keys = self._remove_chunks(conn, doc_id)
         _put_document(conn, doc_id, version, "", "", "{}", True, now)

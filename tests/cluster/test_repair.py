@@ -1,98 +1,146 @@
-"""cluster/repair.py: digests (pure), the rate limiter (virtual time) and sync between
-real storage engines through an in-process stand-in for the /_mesh/repair routes."""
+"""cluster/repair.py: digests (pure), the rate limiter (virtual time), and sync, hand-off and
+status changes between real storage engines.
+
+Each node is a real StorageEngine in tmp_path. ``Replica`` is its LocalReplica;
+``Peers`` stands in for the /_mesh/repair routes of the others, in-process, doing
+what cluster/service.py's handle_roots/handle_entries/handle_fetch and _PeerAdapter
+do (Partition.digest_entries and export, bucket_hashes, differing_buckets).
+"""
 
 from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
-import numpy as np
 import pytest
 
-from meshrag.cluster.repair import (
-    RateLimiter, Repairer, bucket_hashes, bucket_of, diff_entries, differing_buckets, is_newer, root_hash,
-)
 from meshrag.cluster.messages import wire_size
+from meshrag.cluster.repair import (
+    BUCKETS, Progress, RateLimiter, Repairer, bucket_hashes, bucket_of, diff_entries, differing_buckets, is_newer, root_hash,
+)
+from meshrag.errors import ValidationError
 from meshrag.ring import Ring, RingEntry, RingStatus, RingTable
 from meshrag.store.engine import StorageEngine, partition_for
 from meshrag.store.types import DigestEntry, DocumentWrite
 from tests.store.conftest import DIM, make_doc
 
 P = 4
+NORMAL, JOINING, LEAVING = RingStatus.NORMAL, RingStatus.JOINING, RingStatus.LEAVING
 
 
-def e(doc_id: str, version: int = 1, deleted: bool = False) -> DigestEntry:
-    return DigestEntry(doc_id, version, deleted, "h")
+def entry(doc_id: str, version: int = 1, deleted: bool = False, content_hash: str = "h") -> DigestEntry:
+    return DigestEntry(doc_id, version, deleted, "" if deleted else content_hash)
 
 
 # ------------------------------------------------------------------ digests
-def test_bucket_hashes_ignore_order_and_a_new_version_changes_one_bucket() -> None:
-    entries = [e(f"d{i}") for i in range(50)]
+def test_bucket_hashes_do_not_depend_on_entry_order() -> None:
+    entries = [entry(f"d{i}") for i in range(50)]
     assert bucket_hashes(entries) == bucket_hashes(list(reversed(entries)))
-    changed = [e("d7", 2) if x.doc_id == "d7" else x for x in entries]
+    assert len(bucket_hashes(entries)) == BUCKETS
+
+
+def test_a_changed_version_changes_exactly_its_bucket_and_the_root() -> None:
+    entries = [entry(f"d{i}") for i in range(50)]
+    changed = [entry("d7", 2) if e.doc_id == "d7" else e for e in entries]
     assert differing_buckets(bucket_hashes(entries), bucket_hashes(changed)) == [bucket_of("d7")]
     assert root_hash(bucket_hashes(entries)) != root_hash(bucket_hashes(changed))
+    assert root_hash(bucket_hashes(entries)) == root_hash(bucket_hashes(list(reversed(entries))))
 
 
-def test_an_empty_partition_has_empty_buckets() -> None:
-    assert set(bucket_hashes([])) == {""}
+def test_an_empty_partition_has_only_empty_buckets() -> None:
+    assert bucket_hashes([]) == [""] * BUCKETS
+    assert root_hash(bucket_hashes([])) != root_hash(bucket_hashes([entry("d1")]))
+
+
+def test_differing_buckets_lists_the_positions_that_differ() -> None:
+    assert differing_buckets(["x", "y", "", "z"], ["x", "Y", "", ""]) == [1, 3]
+    assert differing_buckets(["x", "y"], ["x", "y"]) == []
 
 
 def test_newer_version_wins_and_a_tombstone_wins_a_tie() -> None:
-    assert is_newer(e("a", 2), e("a", 1)) and not is_newer(e("a", 1), e("a", 2))
-    assert is_newer(e("a", 3, deleted=True), e("a", 3)) and not is_newer(e("a", 3), e("a", 3, deleted=True))
+    assert is_newer(entry("a", 2), entry("a", 1)) and not is_newer(entry("a", 1), entry("a", 2))
+    assert is_newer(entry("a", 3, deleted=True), entry("a", 3))
+    assert not is_newer(entry("a", 3), entry("a", 3, deleted=True))
+    assert not is_newer(entry("a", 3), entry("a", 3)), "an equal entry is not newer"
+
+
+def test_between_two_live_documents_of_one_version_the_larger_content_hash_wins() -> None:
+    assert is_newer(entry("a", 3, content_hash="b"), entry("a", 3, content_hash="a"))
+    assert not is_newer(entry("a", 3, content_hash="a"), entry("a", 3, content_hash="b"))
 
 
 def test_diff_pulls_what_is_newer_there_and_pushes_what_is_newer_here() -> None:
-    mine = {x.doc_id: x for x in [e("both"), e("mine-newer", 5), e("only-mine"), e("theirs-newer", 1)]}
-    theirs = {x.doc_id: x for x in [e("both"), e("mine-newer", 4), e("only-theirs"), e("theirs-newer", 2)]}
+    mine = {e.doc_id: e for e in [entry("both"), entry("mine-newer", 5), entry("only-mine"), entry("theirs-newer", 1)]}
+    theirs = {e.doc_id: e for e in [entry("both"), entry("mine-newer", 4), entry("only-theirs"), entry("theirs-newer", 2)]}
     assert diff_entries(mine, theirs) == (["only-theirs", "theirs-newer"], ["mine-newer", "only-mine"])
 
 
 # ------------------------------------------------------------------ rate limiter
 class FakeTime:
+    """A clock that moves only when the limiter sleeps; every requested sleep is recorded."""
+
     def __init__(self) -> None:
         self.now = 0.0
         self.slept: list[float] = []
+
+    def clock(self) -> float:
+        return self.now
 
     async def sleep(self, seconds: float) -> None:
         self.slept.append(seconds)
         self.now += seconds
 
 
-async def test_the_limiter_allows_one_second_of_burst_then_paces() -> None:
-    clock = FakeTime()
-    limiter = RateLimiter(1000, now=lambda: clock.now, sleep=clock.sleep)
+async def test_the_limiter_allows_one_second_of_burst_then_paces_to_the_rate() -> None:
+    time = FakeTime()
+    limiter = RateLimiter(1000, now=time.clock, sleep=time.sleep)
     await limiter.take(1000)
-    assert clock.slept == []
+    assert time.slept == []
     await limiter.take(500)
-    assert clock.slept == [pytest.approx(0.5)]
+    assert time.slept == [pytest.approx(0.5)]
     for _ in range(10):
         await limiter.take(1000)
-    assert clock.now == pytest.approx(10.5)  # 11 500 bytes at 1000/s after a 1000-byte burst
+    assert time.now == pytest.approx(10.5)  # 11 500 bytes at 1000/s, the first 1000 free
+
+
+async def test_idle_time_saves_up_no_more_than_one_second_of_burst() -> None:
+    time = FakeTime()
+    limiter = RateLimiter(1000, now=time.clock, sleep=time.sleep)
+    time.now = 60.0  # a minute idle
+    await limiter.take(1000)
+    assert time.slept == []
+    await limiter.take(2000)
+    assert time.slept == [pytest.approx(2.0)]
 
 
 async def test_rate_zero_means_unlimited() -> None:
-    clock = FakeTime()
-    limiter = RateLimiter(0, now=lambda: clock.now, sleep=clock.sleep)
-    await limiter.take(10**9)
-    assert clock.slept == []
+    time = FakeTime()
+    limiter = RateLimiter(0, now=time.clock, sleep=time.sleep)
+    for _ in range(3):
+        await limiter.take(10**9)
+    assert time.slept == []
 
 
-# ------------------------------------------------------------------ sync between real engines
+# ------------------------------------------------------------------ in-process replicas
 class Replica:
-    """A node's engine, seen as LocalReplica (its own side) and as the target of peer calls."""
+    """One node's engine as repair.py's LocalReplica (service.py's _LocalAdapter)."""
 
     def __init__(self, root: Path, name: str) -> None:
         self.engine = StorageEngine(root / name, P, DIM)
         self.engine.open()
-        self.fetched = 0
-        self.received = 0
+        self.fetched: list[str] = []   # ids other nodes fetched from here
+        self.received: list[str] = []  # ids other nodes pushed here
 
-    def _entries(self, pid: int) -> list[DigestEntry]:
+    def digest(self, pid: int) -> list[DigestEntry]:
         try:
             return self.engine.partition(pid).digest_entries()
+        except KeyError:
+            return []
+
+    def exported(self, pid: int, doc_ids: list[str]) -> list[DocumentWrite]:
+        try:
+            return self.engine.partition(pid).export(doc_ids)
         except KeyError:
             return []
 
@@ -100,38 +148,44 @@ class Replica:
         return self.engine.local_partitions()
 
     async def entries(self, pid: int) -> list[DigestEntry]:
-        return self._entries(pid)
+        return self.digest(pid)
 
     async def export(self, pid: int, doc_ids: list[str]) -> list[DocumentWrite]:
-        return self.engine.partition(pid).export(doc_ids)
+        return self.exported(pid, doc_ids)
 
     async def apply(self, docs: list[DocumentWrite]) -> None:
-        self.engine.upsert(docs)
+        if docs:
+            self.engine.upsert(docs)
 
     async def drop(self, pid: int) -> None:
         self.engine.drop_partition(pid)
 
 
 class Peers:
-    """The /_mesh/repair routes of other replicas, called in-process."""
+    """The other nodes' repair routes (service.py's handle_* behind _PeerAdapter), in-process."""
 
     def __init__(self, replicas: dict[str, Replica]) -> None:
         self.replicas = replicas
+        self.root_calls = 0
 
     async def roots(self, node: str, pids: list[int]) -> dict[int, str]:
-        return {pid: root_hash(bucket_hashes(self.replicas[node]._entries(pid))) for pid in pids}
+        self.root_calls += 1
+        return {pid: root_hash(bucket_hashes(self.replicas[node].digest(pid))) for pid in pids}
 
     async def entries(self, node: str, pid: int, hashes: list[str]) -> tuple[list[int], list[DigestEntry]]:
-        theirs = self.replicas[node]._entries(pid)
+        if len(hashes) != BUCKETS:
+            raise ValidationError(f"hashes must list {BUCKETS} buckets", field="hashes")
+        theirs = self.replicas[node].digest(pid)
         differing = differing_buckets(bucket_hashes(theirs), hashes)
-        return differing, [x for x in theirs if bucket_of(x.doc_id) in set(differing)]
+        wanted = set(differing)
+        return differing, [e for e in theirs if bucket_of(e.doc_id) in wanted]
 
     async def fetch(self, node: str, pid: int, doc_ids: list[str]) -> list[DocumentWrite]:
-        self.replicas[node].fetched += len(doc_ids)
-        return self.replicas[node].engine.partition(pid).export(doc_ids)
+        self.replicas[node].fetched.extend(doc_ids)
+        return self.replicas[node].exported(pid, doc_ids)
 
     async def push(self, node: str, docs: list[DocumentWrite]) -> None:
-        self.replicas[node].received += len(docs)
+        self.replicas[node].received.extend(d.doc_id for d in docs)
         self.replicas[node].engine.upsert(docs)
 
 
@@ -139,135 +193,204 @@ def make_ring(**statuses: RingStatus) -> Ring:
     return Ring(RingTable(RingEntry(n, n, "z", s, 1) for n, s in statuses.items()), P, 2)
 
 
-def repairer(node: str, replicas: dict[str, Replica], ring: Callable[[], Ring], statuses: list[RingStatus],
-             alive: Callable[[str], bool] = lambda n: True) -> Repairer:
-    return Repairer(node, ring, alive, replicas[node], Peers(replicas), RateLimiter(0), wire_size, statuses.append)
+def two_normal() -> Ring:
+    return make_ring(a=NORMAL, b=NORMAL)
+
+
+def repairer(
+    node: str,
+    replicas: dict[str, Replica],
+    ring: Callable[[], Ring] = two_normal,
+    statuses: list[RingStatus] | None = None,
+    alive: Callable[[str], bool] = lambda n: True,
+    limiter: RateLimiter | None = None,
+) -> Repairer:
+    on_status = statuses.append if statuses is not None else lambda status: None
+    return Repairer(node, ring, alive, replicas[node], Peers(replicas), limiter or RateLimiter(0), wire_size, on_status)
 
 
 @pytest.fixture
-def replicas(tmp_path: Path) -> dict[str, Replica]:
-    return {name: Replica(tmp_path, name) for name in ("a", "b", "c")}
+def replicas(tmp_path: Path) -> Iterator[dict[str, Replica]]:
+    made = {name: Replica(tmp_path, name) for name in ("a", "b", "c")}
+    yield made
+    for replica in made.values():
+        replica.engine.close()
 
 
-def _docs_in(pid: int, count: int, prefix: str = "d") -> list[DocumentWrite]:
-    docs = [make_doc(f"{prefix}{i}") for i in range(count * P * 3)]
-    return [d for d in docs if partition_for(d.doc_id, P) == pid][:count]
+def docs_in(pid: int, count: int, prefix: str = "d") -> list[DocumentWrite]:
+    """``count`` documents that all land in partition ``pid``."""
+    candidates = (make_doc(f"{prefix}{i}") for i in range(count * P * 10))
+    chosen = [d for d in candidates if partition_for(d.doc_id, P) == pid][:count]
+    assert len(chosen) == count
+    return chosen
 
 
+def vector_bytes(doc: DocumentWrite) -> list[bytes]:
+    return [chunk.vector.tobytes() for chunk in doc.chunks]
+
+
+# ------------------------------------------------------------------ sync_partition
 async def test_divergent_replicas_converge_moving_only_the_differences(replicas: dict[str, Replica]) -> None:
     a, b = replicas["a"], replicas["b"]
-    docs = _docs_in(1, 30)
-    a.engine.upsert(docs)
-    b.engine.upsert(docs[:25])
-    b.engine.upsert([make_doc(docs[0].doc_id, 2, ["newer text on b"])])
-    b.engine.upsert(_docs_in(1, 3, prefix="only-b"))
-    result = await repairer("a", replicas, lambda: make_ring(a=RingStatus.NORMAL, b=RingStatus.NORMAL), []).sync_partition(1, "b")
+    shared = docs_in(1, 30)
+    newer_on_b = make_doc(shared[0].doc_id, 2, ["newer text on b"])
+    only_b = docs_in(1, 3, prefix="only-b")
+    a.engine.upsert(shared)
+    b.engine.upsert(shared[:25] + [newer_on_b] + only_b)
+    result = await repairer("a", replicas).sync_partition(1, "b")
+    assert sorted(b.fetched) == sorted([newer_on_b.doc_id] + [d.doc_id for d in only_b])
+    assert sorted(b.received) == sorted(d.doc_id for d in shared[25:])
     assert (result.pulled, result.pushed) == (4, 5)
-    assert a.engine.partition(1).digest_entries() == b.engine.partition(1).digest_entries()
-    for doc in docs[1:]:  # vectors moved as they were: nothing re-embedded
-        [mine] = a.engine.partition(1).export([doc.doc_id])
-        [theirs] = b.engine.partition(1).export([doc.doc_id])
-        assert all(np.array_equal(x.vector, y.vector) for x, y in zip(mine.chunks, theirs.chunks))
+    assert result.bytes_in == sum(map(wire_size, [newer_on_b, *only_b])) and result.bytes_out > 0
+    assert a.digest(1) == b.digest(1)
+    for doc in [newer_on_b, *only_b, *shared[1:]]:  # vectors arrive as written: nothing re-embedded
+        for replica in (a, b):
+            [held] = replica.exported(1, [doc.doc_id])
+            assert vector_bytes(held) == vector_bytes(doc)
 
 
 async def test_a_tombstone_beats_the_older_live_copy_in_both_directions(replicas: dict[str, Replica]) -> None:
     a, b = replicas["a"], replicas["b"]
-    [doc] = _docs_in(2, 1)
+    [doc] = docs_in(2, 1)
     a.engine.upsert([doc])
     b.engine.upsert([doc])
     b.engine.delete(doc.doc_id, doc.version + 1)
-    ring = lambda: make_ring(a=RingStatus.NORMAL, b=RingStatus.NORMAL)  # noqa: E731
-    await repairer("a", replicas, ring, []).sync_partition(2, "b")  # a pulls the tombstone
-    await repairer("b", replicas, ring, []).sync_partition(2, "a")  # b must not pull the old doc back
+    await repairer("a", replicas).sync_partition(2, "b")  # a pulls the tombstone
+    await repairer("b", replicas).sync_partition(2, "a")  # b must not pull the old document back
     for replica in (a, b):
-        stored = replica.engine.get(doc.doc_id)
-        assert stored is not None and stored.deleted
+        held = replica.engine.get(doc.doc_id)
+        assert held is not None and held.deleted and held.chunks == ()
+    assert a.digest(2) == b.digest(2)
+
+
+async def test_a_tombstone_beats_a_live_document_of_the_same_version(replicas: dict[str, Replica]) -> None:
+    a, b = replicas["a"], replicas["b"]
+    [doc] = docs_in(2, 1)
+    a.engine.upsert([doc])
+    b.engine.delete(doc.doc_id, doc.version)
+    await repairer("a", replicas).sync_partition(2, "b")
+    await repairer("b", replicas).sync_partition(2, "a")
+    held = a.engine.get(doc.doc_id)
+    assert held is not None and held.deleted
+    assert a.digest(2) == b.digest(2)
 
 
 async def test_push_never_pulls(replicas: dict[str, Replica]) -> None:
     a, b = replicas["a"], replicas["b"]
-    a.engine.upsert(_docs_in(0, 5))
-    b.engine.upsert(_docs_in(0, 4, prefix="b-only"))
-    result = await repairer("a", replicas, lambda: make_ring(a=RingStatus.NORMAL, b=RingStatus.NORMAL), []).sync_partition(0, "b", "push")
+    mine = docs_in(0, 5)
+    a.engine.upsert(mine)
+    b.engine.upsert(docs_in(0, 4, prefix="b-only"))
+    result = await repairer("a", replicas).sync_partition(0, "b", "push")
     assert (result.pulled, result.pushed) == (0, 5)
-    assert len(a.engine.partition(0).digest_entries()) == 5
+    assert b.fetched == []
+    assert sorted(e.doc_id for e in a.digest(0)) == sorted(d.doc_id for d in mine)
+    assert len(b.digest(0)) == 9
+
+
+async def test_a_version_tie_between_live_documents_settles_as_the_stores_settle_it(replicas: dict[str, Replica]) -> None:
+    a, b = replicas["a"], replicas["b"]
+    [base] = docs_in(1, 1)
+    mine, theirs = make_doc(base.doc_id, 7, ["one coordinator"]), make_doc(base.doc_id, 7, ["another coordinator"])
+    a.engine.upsert([mine])
+    b.engine.upsert([theirs])
+    await repairer("a", replicas).sync_partition(1, "b")
+    winner = max(mine, theirs, key=lambda doc: doc.content_hash)
+    for replica in (a, b):
+        held = replica.engine.get(base.doc_id)
+        assert held is not None and held.text == winner.text
+    assert a.digest(1) == b.digest(1)
+
+
+async def test_transfers_are_paced_by_the_limiter(replicas: dict[str, Replica]) -> None:
+    a, b = replicas["a"], replicas["b"]
+    a.engine.upsert(docs_in(1, 6))
+    b.engine.upsert(docs_in(1, 6, prefix="b"))
+    time = FakeTime()
+    rate = 1000
+    limiter = RateLimiter(rate, now=time.clock, sleep=time.sleep)
+    result = await repairer("a", replicas, limiter=limiter).sync_partition(1, "b")
+    moved = result.bytes_in + result.bytes_out
+    assert moved > 2 * rate
+    assert sum(time.slept) == pytest.approx((moved - rate) / rate)  # one second of burst, then the rate
+
+
+# ------------------------------------------------------------------ passes
+async def test_in_sync_replicas_exchange_roots_only(replicas: dict[str, Replica]) -> None:
+    docs = docs_in(1, 10)
+    for name in ("a", "b"):
+        replicas[name].engine.upsert(docs)
+    progress = await repairer("a", replicas).run_pass("periodic")
+    assert (progress.docs_in, progress.docs_out, progress.errors) == (0, 0, 0)
+    assert replicas["b"].fetched == [] and replicas["b"].received == []
 
 
 async def test_a_partition_no_longer_owned_is_handed_off_then_dropped(replicas: dict[str, Replica]) -> None:
-    ring = make_ring(a=RingStatus.NORMAL, b=RingStatus.NORMAL)  # N=2, P=4: c owns nothing
+    ring = two_normal()  # N=2: c owns nothing
     c = replicas["c"]
-    c.engine.upsert(_docs_in(3, 6))
-    await repairer("c", replicas, lambda: ring, []).run_pass("test")
+    docs = docs_in(3, 6)
+    c.engine.upsert(docs)
+    progress = await repairer("c", replicas, lambda: ring).run_pass("ring changed")
     assert 3 not in c.engine.local_partitions()
-    for owner in ("a", "b"):
-        assert len(replicas[owner].engine.partition(3).digest_entries()) == 6
+    assert progress.dropped == 1
+    for owner in ring.write_owners(3):
+        assert sorted(e.doc_id for e in replicas[owner].digest(3)) == sorted(d.doc_id for d in docs)
 
 
 async def test_nothing_is_dropped_while_an_owner_is_dead(replicas: dict[str, Replica]) -> None:
-    ring = make_ring(a=RingStatus.NORMAL, b=RingStatus.NORMAL)
+    ring = two_normal()
     c = replicas["c"]
-    c.engine.upsert(_docs_in(3, 6))
-    progress = await repairer("c", replicas, lambda: ring, [], alive=lambda n: n != "b").run_pass("test")
+    c.engine.upsert(docs_in(3, 6))
+    progress = await repairer("c", replicas, lambda: ring, alive=lambda n: n != "b").run_pass("ring changed")
     assert 3 in c.engine.local_partitions()
+    assert len(c.digest(3)) == 6
     assert progress.dropped == 0
+    assert len(replicas["a"].digest(3)) == 6, "the live owner still got its copy"
 
 
-async def test_a_joining_node_turns_normal_after_pulling_everything(replicas: dict[str, Replica]) -> None:
-    ring = make_ring(a=RingStatus.NORMAL, b=RingStatus.NORMAL, c=RingStatus.JOINING)
+async def test_a_joining_node_turns_normal_after_pulling_from_a_current_owner(replicas: dict[str, Replica]) -> None:
+    ring = make_ring(a=NORMAL, b=NORMAL, c=JOINING)
     for pid in range(P):
-        docs = _docs_in(pid, 4)
+        docs = docs_in(pid, 4)
         replicas["a"].engine.upsert(docs)
         replicas["b"].engine.upsert(docs)
     statuses: list[RingStatus] = []
     await repairer("c", replicas, lambda: ring, statuses).run_pass("bootstrap")
-    assert statuses == [RingStatus.NORMAL]
+    assert statuses == [NORMAL]
+    assert ring.partitions_of("c"), "c must be a target owner of something"
     for pid in ring.partitions_of("c"):
-        assert replicas["c"].engine.partition(pid).digest_entries() == replicas["a"].engine.partition(pid).digest_entries()
+        assert replicas["c"].digest(pid) == replicas["a"].digest(pid)
 
 
 async def test_a_joining_node_whose_sources_are_dead_stays_joining(replicas: dict[str, Replica]) -> None:
-    ring = make_ring(a=RingStatus.NORMAL, b=RingStatus.NORMAL, c=RingStatus.JOINING)
-    replicas["a"].engine.upsert(_docs_in(0, 2))
+    ring = make_ring(a=NORMAL, b=NORMAL, c=JOINING)
+    replicas["a"].engine.upsert(docs_in(0, 2))
     statuses: list[RingStatus] = []
     await repairer("c", replicas, lambda: ring, statuses, alive=lambda n: n == "c").run_pass("bootstrap")
     assert statuses == []
 
 
-async def test_a_leaving_node_is_removed_after_handing_everything_off(replicas: dict[str, Replica]) -> None:
-    ring = make_ring(a=RingStatus.NORMAL, b=RingStatus.NORMAL, c=RingStatus.LEAVING)
-    for pid in ring.partitions_of("c", "current"):
-        replicas["c"].engine.upsert(_docs_in(pid, 3))
+async def test_a_leaving_node_reports_removed_after_handing_everything_off(replicas: dict[str, Replica]) -> None:
+    ring = make_ring(a=NORMAL, b=NORMAL, c=LEAVING)
+    held = ring.partitions_of("c", "current")
+    assert held, "c must hold something to hand off"
+    for pid in held:
+        replicas["c"].engine.upsert(docs_in(pid, 3))
     statuses: list[RingStatus] = []
     await repairer("c", replicas, lambda: ring, statuses).run_pass("decommission")
     assert statuses == [RingStatus.REMOVED]
-    for pid in ring.partitions_of("c", "current"):
-        wanted = replicas["c"].engine.partition(pid).digest_entries()
+    for pid in held:
         for owner in ring.target.owners(pid):
-            assert replicas[owner].engine.partition(pid).digest_entries() == wanted
+            assert replicas[owner].digest(pid) == replicas["c"].digest(pid)
 
 
-async def test_in_sync_replicas_exchange_roots_only(replicas: dict[str, Replica]) -> None:
-    docs = _docs_in(1, 10)
-    for name in ("a", "b"):
-        replicas[name].engine.upsert(docs)
-    ring = make_ring(a=RingStatus.NORMAL, b=RingStatus.NORMAL)
-    progress = await repairer("a", replicas, lambda: ring, []).run_pass("periodic")
-    assert (progress.docs_in, progress.docs_out, replicas["b"].fetched, replicas["b"].received) == (0, 0, 0, 0)
+async def test_a_leaving_node_with_a_dead_new_owner_is_not_removed(replicas: dict[str, Replica]) -> None:
+    ring = make_ring(a=NORMAL, b=NORMAL, c=LEAVING)
+    for pid in ring.partitions_of("c", "current"):
+        replicas["c"].engine.upsert(docs_in(pid, 3))
+    statuses: list[RingStatus] = []
+    await repairer("c", replicas, lambda: ring, statuses, alive=lambda n: n != "a").run_pass("decommission")
+    assert statuses == []
 
 
 def test_progress_is_plain_data() -> None:
-    from meshrag.cluster.repair import Progress
-
     assert set(Progress().as_dict()) == {f.name for f in dataclasses.fields(Progress)}
-
-
-async def test_a_version_tie_is_seen_and_settled_the_way_stores_settle_it(replicas: dict[str, Replica]) -> None:
-    a, b = replicas["a"], replicas["b"]
-    [base] = _docs_in(1, 1)
-    mine, theirs = make_doc(base.doc_id, 7, ["one coordinator"]), make_doc(base.doc_id, 7, ["another coordinator"])
-    a.engine.upsert([mine])
-    b.engine.upsert([theirs])
-    assert root_hash(bucket_hashes(a.engine.partition(1).digest_entries())) != root_hash(bucket_hashes(b.engine.partition(1).digest_entries()))
-    await repairer("a", replicas, lambda: make_ring(a=RingStatus.NORMAL, b=RingStatus.NORMAL), []).sync_partition(1, "b")
-    winner = max(mine, theirs, key=lambda doc: doc.content_hash)
-    assert a.engine.get(base.doc_id).text == b.engine.get(base.doc_id).text == winner.text  # type: ignore[union-attr]
