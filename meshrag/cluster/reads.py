@@ -128,7 +128,7 @@ class ReplicaReader:
                     pending.extend(pid for pid in pids if candidates[pid])
                     missing.extend(pid for pid in pids if not candidates[pid])
                     continue
-                used[node] = pids
+                used.setdefault(node, []).extend(pids)
                 answered.extend(pids)
                 for kind, hits in result.items():
                     lists[kind].extend(hits)

@@ -1,13 +1,19 @@
-"""cluster/reads.py: replica order, failover, per-replica states and scatter-gather."""
+"""cluster/reads.py: replica order, get failover, per-replica states and scatter-gather.
+
+The peer calls are in-process async functions that answer, fail or record what
+they were asked; the ring is a real Ring of 3-4 NORMAL nodes (P=8, N=3).
+"""
 
 from __future__ import annotations
+
+from collections import defaultdict
 
 import pytest
 
 from meshrag.cluster.reads import NoReplica, ReplicaReader
 from meshrag.ring import Ring, RingEntry, RingStatus, RingTable
 from meshrag.store.engine import partition_for
-from meshrag.store.types import DocState, Hit
+from meshrag.store.types import DocState, Hit, StoredDocument
 
 P = 8
 
@@ -16,7 +22,7 @@ def make_ring(*nodes: str, replicas: int = 3) -> Ring:
     return Ring(RingTable(RingEntry(n, n, "z", RingStatus.NORMAL, 1) for n in nodes), P, replicas)
 
 
-def reader(local: str, ring: Ring, dead: set[str] = frozenset()) -> ReplicaReader:  # type: ignore[assignment]
+def reader(local: str, ring: Ring, dead: frozenset[str] = frozenset()) -> ReplicaReader:
     return ReplicaReader(local, lambda: ring, lambda node: node not in dead)
 
 
@@ -24,80 +30,130 @@ def hit(pid: int, node: str) -> Hit:
     return Hit(f"{node}-{pid}", f"doc-{pid}", 1.0, "text", {}, 1, pid)
 
 
-def test_this_node_comes_first_then_ring_order() -> None:
+def stored(doc_id: str, node: str) -> StoredDocument:
+    return StoredDocument(doc_id, 1, node, f"{doc_id} as held by {node}", {}, False, (), partition_for(doc_id, P))
+
+
+def pid_owned_by(ring: Ring, node: str) -> int:
+    return next(pid for pid in range(P) if node in ring.read_owners(pid))
+
+
+# ------------------------------------------------------------------ replica order
+def test_this_node_comes_first_then_the_other_owners_in_ring_order() -> None:
     ring = make_ring("a", "b", "c", "d")
     for pid in range(P):
         owners = ring.read_owners(pid)
-        order = reader("c", ring).replicas_for(pid)
-        assert order == (["c"] + [n for n in owners if n != "c"] if "c" in owners else owners)
+        expected = ["c"] + [n for n in owners if n != "c"] if "c" in owners else owners
+        assert reader("c", ring).replicas_for(pid) == expected
 
 
-def test_session_replicas_come_first_and_dead_ones_are_skipped() -> None:
+def test_session_replicas_come_before_this_node() -> None:
     ring = make_ring("a", "b", "c", "d")
-    pid = 0
-    owners = ring.read_owners(pid)
-    order = reader("a", ring, dead={owners[0]}).replicas_for(pid, {pid: [owners[-1]]})
-    assert order[0] == owners[-1]
-    assert owners[0] not in order
+    pid = pid_owned_by(ring, "a")
+    other = next(n for n in ring.read_owners(pid) if n != "a")
+    order = reader("a", ring).replicas_for(pid, {pid: [other]})
+    assert order[:2] == [other, "a"]
+    assert sorted(order) == sorted(ring.read_owners(pid)), "every owner once"
 
 
-async def test_get_fails_over_to_the_next_replica() -> None:
+def test_dead_replicas_are_skipped_even_when_the_session_names_them() -> None:
+    ring = make_ring("a", "b", "c", "d")
+    pid = pid_owned_by(ring, "a")
+    dead = next(n for n in ring.read_owners(pid) if n != "a")
+    order = reader("a", ring, dead=frozenset({dead})).replicas_for(pid, {pid: [dead]})
+    assert dead not in order
+    assert order == ["a"] + [n for n in ring.read_owners(pid) if n not in ("a", dead)]
+
+
+def test_session_names_outside_the_ring_are_ignored() -> None:
+    ring = make_ring("a", "b", "c", "d")
+    assert reader("a", ring).replicas_for(0, {0: ["stranger"]}) == reader("a", ring).replicas_for(0)
+
+
+# ------------------------------------------------------------------ get
+async def test_get_fails_over_to_the_next_replica_when_the_first_raises() -> None:
     ring = make_ring("a", "b", "c")
     asked: list[str] = []
 
-    async def get(node: str, doc_id: str) -> object:
+    async def get(node: str, doc_id: str) -> StoredDocument | None:
         asked.append(node)
         if node == "a":
-            raise ConnectionError("a is down")
-        return f"{doc_id} from {node}"
+            raise ConnectionError("a's store is broken")
+        return stored(doc_id, node)
 
-    assert await reader("a", ring).get("x", None, get) == f"x from {asked[1]}"  # type: ignore[arg-type]
-    assert asked[0] == "a" and len(asked) == 2
+    found = await reader("a", ring).get("x", None, get)
+    expected_order = reader("a", ring).replicas_for(partition_for("x", P))
+    assert asked == expected_order[:2]
+    assert found is not None and found.content_hash == expected_order[1]
 
 
-async def test_no_replica_answering_is_no_replica() -> None:
-    async def get(node: str, doc_id: str) -> object:
+async def test_no_replica_answering_raises_no_replica_listing_those_tried() -> None:
+    ring = make_ring("a", "b", "c", "d")
+
+    async def get(node: str, doc_id: str) -> StoredDocument | None:
         raise ConnectionError(node)
 
     with pytest.raises(NoReplica) as failure:
-        await reader("a", make_ring("a", "b", "c")).get("x", None, get)  # type: ignore[arg-type]
-    assert sorted(failure.value.tried) == ["a", "b", "c"]
+        await reader("a", ring).get("x", None, get)
+    pid = partition_for("x", P)
+    assert failure.value.pid == pid
+    assert failure.value.tried == reader("a", ring).replicas_for(pid)
 
 
-async def test_states_come_from_every_live_owner() -> None:
+# ------------------------------------------------------------------ states
+async def test_states_ask_each_live_write_owner_once_for_the_ids_of_its_partitions() -> None:
     ring = make_ring("a", "b", "c", "d")
-    ids = [f"doc{i}" for i in range(12)]
+    ids = [f"doc{i}" for i in range(24)]
+    calls: dict[str, list[list[str]]] = defaultdict(list)
 
     async def states(node: str, doc_ids: list[str]) -> dict[str, DocState]:
-        if node == "d":
-            raise ConnectionError("d is down")
+        calls[node].append(doc_ids)
+        if node == "c":
+            raise ConnectionError("c fails")
         return {doc_id: DocState(1, node, False) for doc_id in doc_ids}
 
-    found = await reader("a", ring).states_on_replicas(ids, states)
+    found = await reader("a", ring, dead=frozenset({"d"})).states_on_replicas(ids, states)
+    assert set(calls) == {"a", "b", "c"}, "the dead node is not asked"
+    for node, node_calls in calls.items():
+        assert len(node_calls) == 1, f"{node} asked more than once"
+        assert sorted(node_calls[0]) == sorted(i for i in ids if node in ring.write_owners(partition_for(i, P)))
     for doc_id in ids:
-        owners = set(ring.write_owners(partition_for(doc_id, P))) - {"d"}
-        assert {state.content_hash for state in found[doc_id]} == owners
+        answered_by = set(ring.write_owners(partition_for(doc_id, P))) - {"c", "d"}
+        assert {state.content_hash for state in found.get(doc_id, [])} == answered_by
 
 
-async def test_scatter_asks_each_node_once_and_fails_over_its_partitions() -> None:
+# ------------------------------------------------------------------ scatter
+async def test_scatter_sends_one_call_per_node_and_fails_over_a_failed_nodes_partitions() -> None:
     ring = make_ring("a", "b", "c", "d")
+    search_reader = reader("a", ring)
+    order = {pid: search_reader.replicas_for(pid) for pid in range(P)}
+    failing = next(order[pid][0] for pid in range(P) if order[pid][0] != "a")
+    first_round: dict[str, list[int]] = defaultdict(list)
+    for pid in range(P):
+        first_round[order[pid][0]].append(pid)
     calls: list[tuple[str, list[int]]] = []
 
     async def search(node: str, pids: list[int]) -> dict[str, list[Hit]]:
-        calls.append((node, pids))
-        if node == "b":
-            raise ConnectionError("b fails")
-        return {"dense": [hit(pid, node) for pid in pids]}
+        calls.append((node, sorted(pids)))
+        if node == failing:
+            raise ConnectionError(f"{node} fails")
+        return {"dense": [hit(pid, node) for pid in pids], "bm25": [hit(pid, node) for pid in pids]}
 
-    gathered = await reader("a", ring).scatter(None, search)
-    first_round = calls[: len({node for node, _ in calls})]
-    assert len({node for node, _ in first_round}) == len(first_round), "one request per node per round"
-    assert gathered.coverage == 1.0 and gathered.missing == []
-    assert sorted(h.partition for h in gathered.lists["dense"]) == list(range(P))
-    assert "b" not in gathered.nodes
+    gathered = await search_reader.scatter(None, search)
+    first_calls = len(first_round)
+    assert dict(calls[:first_calls]) == first_round, "one call per node, each for the partitions it is first for"
+    second_round: dict[str, list[int]] = defaultdict(list)
+    for pid in first_round[failing]:
+        second_round[order[pid][1]].append(pid)
+    assert dict(calls[first_calls:]) == second_round
+    assert gathered.coverage == 1.0 and gathered.missing == [] and gathered.answered == list(range(P))
+    for kind in ("dense", "bm25"):
+        assert sorted(h.partition for h in gathered.lists[kind]) == list(range(P))
+    assert not [h for h in gathered.lists["dense"] if h.chunk_id.startswith(f"{failing}-")]
+    assert failing not in gathered.nodes
 
 
-async def test_partitions_with_no_live_replica_are_reported_missing() -> None:
+async def test_partitions_with_no_replica_left_are_reported_missing() -> None:
     ring = make_ring("a", "b", "c", replicas=1)
 
     async def search(node: str, pids: list[int]) -> dict[str, list[Hit]]:
@@ -105,7 +161,44 @@ async def test_partitions_with_no_live_replica_are_reported_missing() -> None:
             raise ConnectionError("c fails")
         return {"dense": [hit(pid, node) for pid in pids]}
 
-    gathered = await reader("a", ring, dead={"b"}).scatter(None, search)
+    gathered = await reader("a", ring, dead=frozenset({"b"})).scatter(None, search)
     lost = sorted(pid for pid in range(P) if ring.read_owners(pid)[0] in ("b", "c"))
-    assert lost and gathered.missing == lost
-    assert gathered.coverage == round((P - len(lost)) / P, 4)
+    assert lost and len(lost) < P, "the ring must spread partitions over a, b and c"
+    assert gathered.missing == lost
+    assert gathered.answered == sorted(set(range(P)) - set(lost))
+    assert gathered.coverage == round((P - len(lost)) / P, 4) < 1.0
+    assert sorted(h.partition for h in gathered.lists["dense"]) == gathered.answered
+
+
+async def test_scatter_over_chosen_partitions_asks_only_for_those() -> None:
+    ring = make_ring("a", "b", "c", "d")
+    asked: list[int] = []
+
+    async def search(node: str, pids: list[int]) -> dict[str, list[Hit]]:
+        asked.extend(pids)
+        return {"dense": [hit(pid, node) for pid in pids]}
+
+    gathered = await reader("a", ring).scatter(None, search, partitions=[1, 5])
+    assert sorted(asked) == [1, 5]
+    assert gathered.answered == [1, 5] and gathered.coverage == 1.0
+
+
+async def test_gathered_nodes_lists_every_partition_each_node_answered() -> None:
+    ring = make_ring("a", "b", "c", "d")
+    search_reader = reader("outside", ring)  # not an owner: ring order decides, no local preference
+    order = {pid: search_reader.replicas_for(pid) for pid in range(P)}
+    firsts = {order[pid][0] for pid in range(P)}
+    failing = next(
+        node for node in sorted(firsts)
+        if {order[pid][1] for pid in range(P) if order[pid][0] == node} & (firsts - {node})
+    )
+    answered: dict[str, set[int]] = defaultdict(set)
+
+    async def search(node: str, pids: list[int]) -> dict[str, list[Hit]]:
+        if node == failing:
+            raise ConnectionError(f"{node} fails")
+        answered[node].update(pids)
+        return {"dense": [hit(pid, node) for pid in pids]}
+
+    gathered = await search_reader.scatter(None, search)
+    assert {node: set(pids) for node, pids in gathered.nodes.items()} == dict(answered)
