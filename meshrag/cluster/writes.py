@@ -21,7 +21,7 @@ import asyncio
 import logging
 from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import Awaitable, Callable, Sequence
+from typing import Awaitable, Callable, Mapping, Sequence
 
 from meshrag.errors import MeshragError, ValidationError
 from meshrag.ring import Ring
@@ -69,6 +69,7 @@ class _Plan:
     by_node: dict[str, list[DocumentWrite]]
     partitions_of_node: dict[str, set[int]]
     needed: dict[int, int]
+    voters: dict[int, set[str]]  # replicas whose acks count toward W: the current owners
 
 
 class ReplicatedWriter:
@@ -101,7 +102,7 @@ class ReplicatedWriter:
             asyncio.create_task(self._replicate(node_id, node_docs, plan, outcome, done))
             for node_id, node_docs in plan.by_node.items()
         ]
-        finished = asyncio.gather(*tasks)
+        finished = asyncio.gather(*tasks, return_exceptions=True)
         # Replication goes on after the answer (and after a client that hung up).
         self._finish_in_background(finished)
         waiter = asyncio.create_task(done.wait())
@@ -119,18 +120,21 @@ class ReplicatedWriter:
         by_node: dict[str, list[DocumentWrite]] = defaultdict(list)
         partitions_of_node: dict[str, set[int]] = defaultdict(set)
         needed: dict[int, int] = {}
+        voters: dict[int, set[str]] = {}
         for doc in docs:
             pid = partition_for(doc.doc_id, ring.partitions)
             owners = ring.write_owners(pid)
             if not owners:
                 raise MeshragError("the ring has no members yet; the node is still joining", field=None)
             if pid not in needed:
-                replicas = len(ring.current.owners(pid)) or len(owners)
-                needed[pid] = required_acks(consistency, replicas)
+                # A node still receiving the partition takes the write but does not
+                # vote: W of N means W of the replicas that serve reads now.
+                voters[pid] = set(ring.current.owners(pid) or owners)
+                needed[pid] = required_acks(consistency, len(voters[pid]))
             for node_id in owners:
                 by_node[node_id].append(doc)
                 partitions_of_node[node_id].add(pid)
-        return _Plan(by_node, partitions_of_node, needed)
+        return _Plan(by_node, partitions_of_node, needed, voters)
 
     async def _replicate(self, node_id: str, docs: list[DocumentWrite], plan: _Plan, outcome: WriteOutcome, done: asyncio.Event) -> None:
         try:
@@ -155,13 +159,20 @@ class ReplicatedWriter:
             done.set()
 
     async def _hint(self, node_id: str, docs: list[DocumentWrite], outcome: WriteOutcome, why: str) -> None:
+        try:
+            await self._store_hint(node_id, docs)
+        except Exception as exc:
+            # The write still stands on the replicas that took it; anti-entropy
+            # brings this replica its copy, only later than a hint would.
+            log.error("replica %s missed a write of %d documents (%s) and its hint failed: %s",
+                      self._name_of(node_id), len(docs), why, exc)
+            return
         log.info("replica %s missed a write of %d documents (%s); hinted", self._name_of(node_id), len(docs), why)
-        await self._store_hint(node_id, docs)
         outcome.hinted[node_id] = outcome.hinted.get(node_id, 0) + len(docs)
 
     @staticmethod
     def _satisfied(plan: _Plan, outcome: WriteOutcome) -> bool:
-        return all(len(outcome.acked.get(pid, ())) >= need for pid, need in plan.needed.items())
+        return all(_votes(plan, outcome.acked, pid) >= need for pid, need in plan.needed.items())
 
     def _finish_in_background(self, finished: "asyncio.Future[list[None]]") -> None:
         async def wait() -> None:
@@ -172,11 +183,11 @@ class ReplicatedWriter:
         task.add_done_callback(self._background.discard)
 
     def _unknown_message(self, plan: _Plan, acked: dict[int, list[str]]) -> str:
-        short = [pid for pid, need in sorted(plan.needed.items()) if len(acked.get(pid, ())) < need]
+        short = [pid for pid, need in sorted(plan.needed.items()) if _votes(plan, acked, pid) < need]
         parts = []
         for pid in short[:8]:
             took = ", ".join(self._name_of(n) for n in acked.get(pid, [])) or "none"
-            parts.append(f"partition {pid}: {len(acked.get(pid, []))}/{plan.needed[pid]} acks (took it: {took})")
+            parts.append(f"partition {pid}: {_votes(plan, acked, pid)}/{plan.needed[pid]} acks (took it: {took})")
         more = f" and {len(short) - 8} more partitions" if len(short) > 8 else ""
         return (
             "write outcome unknown: too few replicas acknowledged in time; " + "; ".join(parts) + more
@@ -187,3 +198,7 @@ class ReplicatedWriter:
         """Wait for background replication (tests, shutdown)."""
         while self._background:
             await asyncio.gather(*list(self._background), return_exceptions=True)
+
+
+def _votes(plan: _Plan, acked: Mapping[int, Sequence[str]], pid: int) -> int:
+    return sum(1 for node_id in acked.get(pid, ()) if node_id in plan.voters[pid])
