@@ -24,7 +24,7 @@ from meshrag import __version__
 from meshrag.api.errors import error_middleware, metrics_middleware
 from meshrag.api.internal import InternalApi
 from meshrag.api.public import PublicApi
-from meshrag.clock import HybridLogicalClock, SystemClock
+from meshrag.clock import HybridLogicalClock, SystemClock, pack_hlc
 from meshrag.cluster.ringstate import ClusterSettings, RingState
 from meshrag.cluster.rpc import PeerClient, PeerError
 from meshrag.cluster.service import RING_PATH, ClusterService
@@ -221,6 +221,7 @@ class Node:
             self.cluster.start()
             self._components["storage"] = True
             self._tasks.append(asyncio.create_task(self._save_indexes_periodically(), name="index-saver"))
+            self._tasks.append(asyncio.create_task(self._purge_tombstones_periodically(), name="tombstone-purge"))
             if "generator" in self._components:
                 self._generator = await loop.run_in_executor(None, self._load_generator)
                 self._components["generator"] = True
@@ -346,6 +347,20 @@ class Node:
             if self._engine is not None:
                 await loop.run_in_executor(self._storage_pool, self._engine.save_indexes)
                 self._refresh_gauges()
+
+    async def _purge_tombstones_periodically(self) -> None:
+        """Forget tombstones older than storage.tombstone_grace_s. A replica that was
+        down for longer than the grace period must be removed and rejoin empty, or it
+        could bring back what was deleted (Cassandra's gc_grace rule)."""
+        loop = asyncio.get_running_loop()
+        grace = self.config.storage.tombstone_grace_s
+        while True:
+            if self._engine is not None:
+                horizon = pack_hlc(int((self._clock.wall() - grace) * 1000), 0)
+                purged = await loop.run_in_executor(self._storage_pool, self._engine.purge_tombstones, horizon)
+                if purged:
+                    log.info("purged %d tombstones older than %.0f s", purged, grace)
+            await asyncio.sleep(min(grace / 4, 3600.0))
 
     def _refresh_gauges(self) -> None:
         if self._engine is not None:
