@@ -14,7 +14,6 @@ import signal
 import socket
 import time
 import urllib.request
-from pathlib import Path
 from typing import Callable, Iterator
 
 import pytest

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 import sqlite3
 import threading
 import time
@@ -38,6 +37,19 @@ import numpy as np
 
 from meshrag.errors import ConfigError
 from meshrag.store.filters import Filter, to_sql
+from meshrag.store.schema import (
+    CHUNKS_WITH_DOCS,
+    DB_FILE,
+    HIT_COLUMNS,
+    SCHEMA,
+    ChunkVectors,
+    doc_state,
+    fts_query,
+    insert_chunk,
+    log_seq,
+    metadata_json,
+    put_document,
+)
 from meshrag.store.types import ChunkInfo, ChunkWrite, DigestEntry, DocState, DocumentWrite, Hit, StoredDocument, WriteResult, WriteStatus
 
 # IndexSettings and unit_query_vector are re-exported: node.py and engine.py import them from here.
@@ -53,102 +65,8 @@ from meshrag.store.vector_index import (
 
 log = logging.getLogger(__name__)
 
-DB_FILE = "store.sqlite"
-MAX_QUERY_TERMS = 64
-_READ_BATCH = 4096
-_QUERY_TERM = re.compile(r"[^\W_]+")  # the same word characters FTS5's unicode61 keeps
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS documents (
-    doc_id       TEXT PRIMARY KEY,
-    version      INTEGER NOT NULL,
-    content_hash TEXT NOT NULL,
-    text         TEXT NOT NULL,
-    metadata     TEXT NOT NULL,              -- JSON object
-    deleted      INTEGER NOT NULL DEFAULT 0, -- 1: tombstone (text emptied, no chunks)
-    updated_at   REAL NOT NULL               -- wall seconds of the local write
-);
-CREATE TABLE IF NOT EXISTS chunks (
-    key        INTEGER PRIMARY KEY AUTOINCREMENT, -- the usearch key; never reused
-    chunk_id   TEXT NOT NULL UNIQUE,
-    doc_id     TEXT NOT NULL,
-    seq        INTEGER NOT NULL,
-    text       TEXT NOT NULL,
-    start_char INTEGER NOT NULL,
-    end_char   INTEGER NOT NULL,
-    vector     BLOB NOT NULL                      -- float32[dim]
-);
-CREATE INDEX IF NOT EXISTS chunks_by_doc ON chunks(doc_id, seq);
-CREATE VIRTUAL TABLE IF NOT EXISTS chunks_fts USING fts5(
-    text, content='chunks', content_rowid='key',
-    tokenize='porter unicode61 remove_diacritics 2'
-);
--- AUTOINCREMENT: seqs keep growing after the log is trimmed empty.
-CREATE TABLE IF NOT EXISTS index_log (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,
-    op  TEXT NOT NULL CHECK (op IN ('add', 'remove')),
-    key INTEGER NOT NULL
-);
-CREATE TABLE IF NOT EXISTS partition_meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
--- Triggers keep FTS and the index log in the transaction that changes chunks.
-CREATE TRIGGER IF NOT EXISTS chunks_added AFTER INSERT ON chunks BEGIN
-    INSERT INTO chunks_fts(rowid, text) VALUES (new.key, new.text);
-    INSERT INTO index_log(op, key) VALUES ('add', new.key);
-END;
-CREATE TRIGGER IF NOT EXISTS chunks_removed AFTER DELETE ON chunks BEGIN
-    INSERT INTO chunks_fts(chunks_fts, rowid, text) VALUES ('delete', old.key, old.text);
-    INSERT INTO index_log(op, key) VALUES ('remove', old.key);
-END;
-"""
-
-_HIT_COLUMNS = "c.key, c.chunk_id, c.doc_id, c.text, d.metadata, d.version"
-_CHUNKS_WITH_DOCS = "chunks c JOIN documents d ON d.doc_id = c.doc_id"
-
-
-def fts_query(text: str) -> str:
-    """Arbitrary user text as a safe FTS5 query: each word quoted, OR-ed; '' if none."""
-    terms: list[str] = []
-    for term in _QUERY_TERM.findall(text.lower()):
-        if term not in terms:
-            terms.append(term)
-        if len(terms) == MAX_QUERY_TERMS:
-            break
-    return " OR ".join(f'"{term}"' for term in terms)
-
-
-
-class ChunkVectors:
-    """The partition's SQLite as the vector index's source of truth (a ``VectorSource``).
-
-    Reads through the connection it is given; the partition passes its writer,
-    under its write lock, so the view cannot shift while the index reads it.
-    """
-
-    def __init__(self, conn: sqlite3.Connection) -> None:
-        self._conn = conn
-
-    def keys_logged_after(self, seq: int) -> list[int]:
-        return [key for (key,) in self._conn.execute("SELECT key FROM index_log WHERE seq > ? ORDER BY seq", (seq,))]
-
-    def log_trimmed_through(self) -> int | None:
-        row = self._conn.execute("SELECT value FROM partition_meta WHERE name = 'log_trimmed_through'").fetchone()
-        return None if row is None else int(row[0])
-
-    def vectors_of(self, keys: Sequence[int]) -> dict[int, bytes]:
-        present: dict[int, bytes] = {}
-        for start in range(0, len(keys), _READ_BATCH):
-            batch = json.dumps(list(keys[start : start + _READ_BATCH]))
-            rows = self._conn.execute("SELECT key, vector FROM chunks WHERE key IN (SELECT value FROM json_each(?))", (batch,))
-            present.update(rows)
-        return present
-
-    def all_keys(self) -> np.ndarray:
-        return np.fromiter((key for (key,) in self._conn.execute("SELECT key FROM chunks")), dtype=np.uint64)
-
-    def all_vectors(self) -> Iterator[list[tuple[int, bytes]]]:
-        cursor = self._conn.execute("SELECT key, vector FROM chunks ORDER BY key")
-        while rows := cursor.fetchmany(_READ_BATCH):
-            yield rows
+# DB_FILE, ChunkVectors and fts_query are re-exported for engine.py and the tests.
+__all__ = ["DB_FILE", "ChunkVectors", "IndexSettings", "Partition", "fts_query", "unit_query_vector"]
 
 
 class Partition:
@@ -199,7 +117,7 @@ class Partition:
         self._writer = self._connect()
         self._writer.execute("PRAGMA journal_mode=WAL")
         self._writer.execute(f"PRAGMA journal_size_limit={4 << 20}")  # WAL shrinks back after checkpoints
-        self._writer.executescript(_SCHEMA)
+        self._writer.executescript(SCHEMA)
         self._check_dim()
         index = VectorIndex(self.path, self.dim, self.settings, name=f"partition {self.pid}")
         self.recovery = index.recover(self._chunk_vectors(), fresh)
@@ -322,7 +240,7 @@ class Partition:
     def _upsert_one(
         self, conn: sqlite3.Connection, doc: DocumentWrite, vectors: list[np.ndarray], now: float
     ) -> tuple[WriteResult, list[int], list[int]]:
-        stored = _doc_state(conn, doc.doc_id)
+        stored = doc_state(conn, doc.doc_id)
         if doc.deleted:
             return self._tombstone(conn, doc.doc_id, doc.version, stored, now)
         if stored is not None and not stored.deleted and stored.content_hash == doc.content_hash:
@@ -334,9 +252,9 @@ class Partition:
         if stored is not None and not _wins(doc.version, doc.content_hash, stored):
             return WriteResult(doc.doc_id, WriteStatus.STALE, stored.version), [], []
         old_keys = self._remove_chunks(conn, doc.doc_id)
-        _put_document(conn, doc.doc_id, doc.version, doc.content_hash, doc.text, _metadata_json(doc.metadata), False, now)
+        put_document(conn, doc.doc_id, doc.version, doc.content_hash, doc.text, metadata_json(doc.metadata), False, now)
         new_keys = [
-            _insert_chunk(conn, doc.doc_id, chunk.chunk_id, chunk.seq, chunk.text, chunk.start, chunk.end, vector)
+            insert_chunk(conn, doc.doc_id, chunk.chunk_id, chunk.seq, chunk.text, chunk.start, chunk.end, vector)
             for chunk, vector in zip(doc.chunks, vectors)
         ]
         status = WriteStatus.CREATED if stored is None or stored.deleted else WriteStatus.UPDATED
@@ -346,7 +264,7 @@ class Partition:
         """Tombstone a document, known or not, so an older write arriving late cannot resurrect it."""
         with self._write_lock:
             with self._transaction() as conn:
-                result, old_keys, _ = self._tombstone(conn, doc_id, version, _doc_state(conn, doc_id), time.time())
+                result, old_keys, _ = self._tombstone(conn, doc_id, version, doc_state(conn, doc_id), time.time())
             self._apply_to_index(old_keys, [], [])
         return result
 
@@ -358,7 +276,7 @@ class Partition:
         if stored is not None and (version < stored.version or (version == stored.version and stored.deleted)):
             return WriteResult(doc_id, WriteStatus.STALE, stored.version), [], []
         old_keys = self._remove_chunks(conn, doc_id)
-        _put_document(conn, doc_id, version, "", "", "{}", True, now)
+        put_document(conn, doc_id, version, "", "", "{}", True, now)
         return WriteResult(doc_id, WriteStatus.DELETED, version), old_keys, []
 
     def purge_tombstones(self, older_than_version: int) -> int:
@@ -470,7 +388,7 @@ class Partition:
         where = to_sql(flt, "d.metadata")
         limit = self.settings.exact_search_threshold
         with self._read_snapshot() as conn:
-            sql = f"SELECT c.key, c.vector FROM {_CHUNKS_WITH_DOCS} WHERE {where[0]} LIMIT ?"
+            sql = f"SELECT c.key, c.vector FROM {CHUNKS_WITH_DOCS} WHERE {where[0]} LIMIT ?"
             rows = conn.execute(sql, (*where[1], limit + 1)).fetchall()
         if len(rows) <= limit:
             return self._hits(exact_top_k(query, k, rows, self.dim), None)
@@ -487,7 +405,7 @@ class Partition:
             return []
         where, params = to_sql(flt, "d.metadata") if flt is not None else ("1", [])
         sql = (
-            f"SELECT {_HIT_COLUMNS}, bm25(chunks_fts) AS rank FROM chunks_fts "
+            f"SELECT {HIT_COLUMNS}, bm25(chunks_fts) AS rank FROM chunks_fts "
             "JOIN chunks c ON c.key = chunks_fts.rowid JOIN documents d ON d.doc_id = c.doc_id "
             f"WHERE chunks_fts MATCH ? AND {where} ORDER BY rank, c.chunk_id LIMIT ?"
         )
@@ -501,7 +419,7 @@ class Partition:
             return []
         sql_filter, params = where if where is not None else ("1", [])
         sql = (
-            f"SELECT {_HIT_COLUMNS} FROM {_CHUNKS_WITH_DOCS} "
+            f"SELECT {HIT_COLUMNS} FROM {CHUNKS_WITH_DOCS} "
             f"WHERE c.key IN (SELECT value FROM json_each(?)) AND {sql_filter}"
         )
         with self._reader() as conn:
@@ -525,7 +443,7 @@ class Partition:
             index = self._require_index()
             if not force and index.pending == 0 and index.sidecar_path.exists():
                 return False
-            seq = _log_seq(conn)
+            seq = log_seq(conn)
             index.save(seq)
             with self._transaction():
                 conn.execute("DELETE FROM index_log WHERE seq <= ?", (seq,))
@@ -560,51 +478,6 @@ def _wins(version: int, content_hash: str, stored: DocState) -> bool:
     if version != stored.version:
         return version > stored.version
     return not stored.deleted and content_hash > stored.content_hash
-
-
-def _doc_state(conn: sqlite3.Connection, doc_id: str) -> DocState | None:
-    row = conn.execute("SELECT version, content_hash, deleted FROM documents WHERE doc_id = ?", (doc_id,)).fetchone()
-    return None if row is None else DocState(row[0], row[1], bool(row[2]))
-
-
-def _put_document(
-    conn: sqlite3.Connection,
-    doc_id: str,
-    version: int,
-    content_hash: str,
-    text: str,
-    metadata: str,
-    deleted: bool,
-    now: float,
-) -> None:
-    conn.execute(
-        "INSERT INTO documents(doc_id, version, content_hash, text, metadata, deleted, updated_at) "
-        "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT(doc_id) DO UPDATE SET version = excluded.version, "
-        "content_hash = excluded.content_hash, text = excluded.text, metadata = excluded.metadata, "
-        "deleted = excluded.deleted, updated_at = excluded.updated_at",
-        (doc_id, version, content_hash, text, metadata, int(deleted), now),
-    )
-
-
-def _insert_chunk(
-    conn: sqlite3.Connection, doc_id: str, chunk_id: str, seq: int, text: str, start: int, end: int, vector: np.ndarray
-) -> int:
-    cursor = conn.execute(
-        "INSERT INTO chunks(chunk_id, doc_id, seq, text, start_char, end_char, vector) VALUES (?, ?, ?, ?, ?, ?, ?)",
-        (chunk_id, doc_id, seq, text, start, end, vector.tobytes()),
-    )
-    assert cursor.lastrowid is not None
-    return cursor.lastrowid
-
-
-def _metadata_json(metadata: dict[str, Any]) -> str:
-    """Strict JSON (no NaN): SQLite's json functions, which filters use, reject anything else."""
-    return json.dumps(metadata, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
-
-
-def _log_seq(conn: sqlite3.Connection) -> int:
-    row = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'index_log'").fetchone()
-    return 0 if row is None else int(row[0])
 
 
 def _bytes_on_disk(directory: Path) -> int:
