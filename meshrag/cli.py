@@ -163,7 +163,7 @@ def render_status(view: dict[str, Any]) -> str:
     summary = [
         f"Node {node['name']} ({node['id']}) at {node['address']}, zone {node['zone']}, generation {node['generation']}",
         f"Ready: {'yes' if node['ready'] else 'no'}  " + "  ".join(f"{k}={'ok' if v else 'loading'}" for k, v in node["components"].items()),
-        f"Ring: {ring.get('partitions')} partitions, {ring.get('replicas')} replicas; this node is {ring.get('status') or '-'} and holds {ring.get('local_partitions', 0)}"
+        f"Ring: {ring.get('partitions')} partitions, {ring.get('replicas')} replicas; this node is {ring.get('status') or '-'} and has data in {ring.get('local_partitions', 0)} partitions"
         f"  |  documents {storage.get('documents', 0)}, chunks {storage.get('chunks', 0)}, tombstones {storage.get('tombstones', 0)}",
         "",
     ]

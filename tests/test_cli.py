@@ -111,6 +111,32 @@ def test_render_status_lists_members() -> None:
     assert "abcdef012345" in text and "alive" in text and "documents 4" in text
 
 
+
+def test_render_status_shows_the_ring_hints_and_repair_progress() -> None:
+    ring = {
+        "partitions": 16, "replicas": 2, "status": "normal", "local_partitions": 8,
+        "nodes": [
+            {"name": "n1", "id": "aaaaaaaaaaaaaaaa", "zone": "z1", "status": "normal", "alive": True, "partitions": 11, "target_partitions": 11},
+            {"name": "n2", "id": "bbbbbbbbbbbbbbbb", "zone": "z2", "status": "leaving", "alive": False, "partitions": 10, "target_partitions": 0},
+        ],
+        "under_replicated": [3, 9],
+        "pending_hints": {"n2": {"hints": 4, "documents": 37, "bytes": 9000}},
+        "repair": {"running": True, "partitions_done": 5, "partitions_total": 11, "passes": 2, "docs_in": 120,
+                   "docs_out": 7, "bytes_in": 1_500_000, "bytes_out": 500_000, "dropped": 1, "last_error": "roots from bbbb: timeout"},
+    }
+    view = {
+        "node": {"name": "n1", "id": "aaaa", "address": "127.0.0.1:7070", "zone": "z1", "generation": 1, "ready": True, "components": {}},
+        "members": [], "ring": ring, "storage": {},
+    }
+    lines = render_status(view).splitlines()
+    assert "16 partitions, 2 replicas; this node is normal and has data in 8 partitions" in lines[2]
+    assert next(line for line in lines if line.startswith("n2 ")).split() == ["n2", "bbbbbbbbbbbb", "z2", "leaving", "NO", "10", "0"]
+    assert "Under-replicated partitions: 2 (3, 9)" in lines
+    assert "Pending hints: n2 37 docs (4 hints)" in lines
+    repair = next(line for line in lines if line.startswith("Repair:"))
+    assert repair == ("Repair: running, partitions 5/11, passes 2, docs in/out 120/7, 2.0 MB moved, dropped 1, "
+                      "last error: roots from bbbb: timeout")
+
 def test_ingest_reports_bad_jsonl_line_and_skipped_files(node: LocalNode, tmp_path: Path) -> None:
     (tmp_path / "good.txt").write_text("A perfectly fine document about harbours.")
     (tmp_path / "image.png").write_bytes(b"\x89PNG")
