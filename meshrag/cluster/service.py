@@ -362,8 +362,9 @@ class ClusterService:
         now = self.members.clock.wall()
         for node_id, entry in ring.entries.items():
             member = self.members.member(node_id)
-            dead = member is not None and member.state in (MemberState.DEAD, MemberState.LEFT)
-            if entry.status in (RingStatus.NORMAL, RingStatus.LEAVING) and dead and now - member.since > limit:
+            if member is None or member.state not in (MemberState.DEAD, MemberState.LEFT):
+                continue
+            if entry.status in (RingStatus.NORMAL, RingStatus.LEAVING) and now - member.since > limit:
                 log.warning("auto-removing %s: dead for %.0f s", entry.name, now - member.since)
                 self.ring_state.set_status(node_id, RingStatus.REMOVED, self.hlc.now())
 
