@@ -21,7 +21,7 @@ import asyncio
 import logging
 from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import Awaitable, Callable, Mapping, Sequence
+from typing import Any, Awaitable, Callable, Mapping, Sequence
 
 from meshrag.errors import MeshragError, ValidationError
 from meshrag.ring import Ring
@@ -106,8 +106,9 @@ class ReplicatedWriter:
         # Replication goes on after the answer (and after a client that hung up).
         self._finish_in_background(finished)
         waiter = asyncio.create_task(done.wait())
+        either: list[asyncio.Future[Any]] = [waiter, finished]
         try:
-            await asyncio.wait([waiter, finished], return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
         finally:
             waiter.cancel()
         acked = {pid: list(nodes) for pid, nodes in outcome.acked.items()}
@@ -174,7 +175,7 @@ class ReplicatedWriter:
     def _satisfied(plan: _Plan, outcome: WriteOutcome) -> bool:
         return all(_votes(plan, outcome.acked, pid) >= need for pid, need in plan.needed.items())
 
-    def _finish_in_background(self, finished: "asyncio.Future[list[None]]") -> None:
+    def _finish_in_background(self, finished: "asyncio.Future[Any]") -> None:
         async def wait() -> None:
             await asyncio.gather(finished, return_exceptions=True)
 
