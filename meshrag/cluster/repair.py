@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable, Protocol, Sequence
 
 from meshrag.ring import Ring, RingStatus
-from meshrag.store.types import DigestEntry, DocumentWrite
+from meshrag.store.types import DigestEntry, DocumentWrite, write_order
 
 log = logging.getLogger(__name__)
 
@@ -67,9 +67,8 @@ def differing_buckets(mine: Sequence[str], theirs: Sequence[str]) -> list[int]:
 
 
 def is_newer(a: DigestEntry, b: DigestEntry) -> bool:
-    """Last writer wins; at one version a tombstone beats a document, and between two
-    documents the larger content hash (the rule partition.py applies on write)."""
-    return (a.version, a.deleted, a.content_hash) > (b.version, b.deleted, b.content_hash)
+    """``a`` replaces ``b`` on a replica that holds ``b`` (store.types.write_order)."""
+    return write_order(a.version, a.deleted, a.content_hash) > write_order(b.version, b.deleted, b.content_hash)
 
 
 def diff_entries(mine: dict[str, DigestEntry], theirs: dict[str, DigestEntry]) -> tuple[list[str], list[str]]:

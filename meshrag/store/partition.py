@@ -50,7 +50,7 @@ from meshrag.store.schema import (
     metadata_json,
     put_document,
 )
-from meshrag.store.types import ChunkInfo, ChunkWrite, DigestEntry, DocState, DocumentWrite, Hit, StoredDocument, WriteResult, WriteStatus
+from meshrag.store.types import ChunkInfo, ChunkWrite, DigestEntry, DocState, DocumentWrite, Hit, StoredDocument, WriteResult, WriteStatus, write_order
 
 # IndexSettings and unit_query_vector are re-exported: node.py and engine.py import them from here.
 from meshrag.store.vector_index import (
@@ -249,7 +249,7 @@ class Partition:
             if doc.version > stored.version:
                 conn.execute("UPDATE documents SET version = ? WHERE doc_id = ?", (doc.version, doc.doc_id))
             return WriteResult(doc.doc_id, WriteStatus.UNCHANGED, max(doc.version, stored.version)), [], []
-        if stored is not None and not _wins(doc.version, doc.content_hash, stored):
+        if stored is not None and not _wins(doc.version, False, doc.content_hash, stored):
             return WriteResult(doc.doc_id, WriteStatus.STALE, stored.version), [], []
         old_keys = self._remove_chunks(conn, doc.doc_id)
         put_document(conn, doc.doc_id, doc.version, doc.content_hash, doc.text, metadata_json(doc.metadata), False, now)
@@ -271,9 +271,7 @@ class Partition:
     def _tombstone(
         self, conn: sqlite3.Connection, doc_id: str, version: int, stored: DocState | None, now: float
     ) -> tuple[WriteResult, list[int], list[int]]:
-        # A tombstone wins a version tie against a live document (repair.is_newer
-        # agrees), so a delete and a write stamped alike settle the same everywhere.
-        if stored is not None and (version < stored.version or (version == stored.version and stored.deleted)):
+        if stored is not None and not _wins(version, True, "", stored):
             return WriteResult(doc_id, WriteStatus.STALE, stored.version), [], []
         old_keys = self._remove_chunks(conn, doc_id)
         put_document(conn, doc_id, version, "", "", "{}", True, now)
@@ -471,13 +469,9 @@ class Partition:
 
 
 # ------------------------------------------------------------------ helpers
-def _wins(version: int, content_hash: str, stored: DocState) -> bool:
-    """Last writer wins. Two coordinators can stamp the same HLC version on different
-    content; the larger content hash then wins on every replica, so they converge.
-    A tombstone wins a tie against a live document (see _tombstone)."""
-    if version != stored.version:
-        return version > stored.version
-    return not stored.deleted and content_hash > stored.content_hash
+def _wins(version: int, deleted: bool, content_hash: str, stored: DocState) -> bool:
+    """Whether a write replaces what is stored: the order repair compares by too."""
+    return write_order(version, deleted, content_hash) > write_order(stored.version, stored.deleted, stored.content_hash)
 
 
 def _bytes_on_disk(directory: Path) -> int:

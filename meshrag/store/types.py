@@ -65,6 +65,14 @@ class StoredDocument:
     partition: int
 
 
+def write_order(version: int, deleted: bool, content_hash: str) -> tuple[int, bool, str]:
+    """The one last-writer-wins order that stores (on write) and repair (on compare) apply:
+    the newer version wins; at one version a tombstone beats a document, and between two
+    documents the larger content hash (two coordinators can stamp one HLC version on
+    different content), so every replica settles a tie the same way."""
+    return (version, deleted, "" if deleted else content_hash)
+
+
 @dataclass(frozen=True, slots=True)
 class DocState:
     """What a coordinator needs to decide whether a write is new, stale or a no-op."""

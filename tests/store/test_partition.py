@@ -141,6 +141,17 @@ def test_deleting_an_unknown_id_leaves_a_tombstone_that_beats_late_writes(partit
     assert partition.doc_states(["ghost"])["ghost"].deleted
 
 
+
+def test_at_one_version_a_tombstone_beats_a_document_in_either_arrival_order(partition: Partition) -> None:
+    partition.upsert([make_doc("first-live", 5)])
+    assert partition.delete("first-live", 5).status is WriteStatus.DELETED
+    partition.delete("first-dead", 5)
+    assert partition.upsert([make_doc("first-dead", 5)])[0].status is WriteStatus.STALE
+    for doc_id in ("first-live", "first-dead"):
+        held = partition.get(doc_id)
+        assert held is not None and held.deleted and held.version == 5
+    assert partition.delete("first-dead", 5).status is WriteStatus.STALE, "a tombstone does not beat its equal"
+
 def test_delete_older_than_stored_is_stale(partition: Partition) -> None:
     partition.upsert([make_doc("a", 7)])
     assert partition.delete("a", 6) == _result("a", WriteStatus.STALE, 7)
