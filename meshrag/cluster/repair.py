@@ -202,7 +202,7 @@ class Repairer:
         by_peer: dict[str, list[int]] = defaultdict(list)
         for pid in owned:
             for peer in ring.write_owners(pid):
-                if peer != self._local_id and self._is_alive(peer):
+                if self._syncs_with(ring, pid, peer):
                     by_peer[peer].append(pid)
         roots = {pid: await self._root(pid, held) for pid in owned}
         for peer, pids in by_peer.items():
@@ -217,6 +217,21 @@ class Repairer:
                     continue
                 await self._sync_counted(pid, peer, "both", ledger)
         self.progress.partitions_done += len(owned)
+
+    def _syncs_with(self, ring: Ring, pid: int, peer: str) -> bool:
+        """Whether this node's pass syncs ``pid`` with ``peer``.
+
+        A node receiving a partition pulls it itself from the current owners; if
+        each of them pushed as well, it would arrive N+1 times (measured: 3.5x the
+        documents on a join). Only a leaving node still pushes to it: its own
+        pass must see every new owner in sync before it may turn removed.
+        """
+        if peer == self._local_id or not self._is_alive(peer):
+            return False
+        if peer in ring.pending(pid) and self._local_id not in ring.pending(pid):
+            entry = ring.entries.get(self._local_id)
+            return entry is not None and entry.status is RingStatus.LEAVING
+        return True
 
     async def _hand_off(self, ring: Ring, leftover: list[int], ledger: _PassLedger) -> None:
         """Push partitions this node no longer owns to their owners; drop them once all are in sync."""

@@ -58,13 +58,24 @@ def test_three_nodes_hold_every_document_three_times(cluster: LocalCluster) -> N
 
 @pytest.mark.timeout(600)
 def test_a_fourth_node_receives_only_its_share_and_old_owners_drop_it(cluster: LocalCluster) -> None:
+    old_owners = _live(cluster)
+    pushed_before = sum(_metric(node, _REPAIR_OUT) for node in old_owners)
     n4 = cluster.add("n4")
     took = cluster.wait_for(lambda: _holds_what_the_ring_assigns(cluster), 120, "every node holds exactly its ring share")
-    moved = len(cluster.stored_ids(n4)) / (3 * len(IDS))
+    held = len(cluster.stored_ids(n4))
+    moved = held / (3 * len(IDS))
     print(f"\nn4 joined and was in sync after {took:.1f} s; it received {moved:.1%} of all copies")
     assert 0.15 <= moved <= 0.35
     assert set(cluster.copies(IDS).values()) == {3}
-    assert _metric(n4, 'meshrag_repair_documents_total{direction="in"}') == len(cluster.stored_ids(n4))
+    # n4 pulls what it will own while old owners push what they hand off, so a
+    # document reaches it by either path (rarely both at once): the transfers
+    # counted on both sides account for everything it holds, and little more.
+    transferred = _metric(n4, _REPAIR_IN) + sum(_metric(node, _REPAIR_OUT) for node in old_owners) - pushed_before
+    assert held <= transferred <= 1.1 * held
+
+
+_REPAIR_IN = 'meshrag_repair_documents_total{direction="in"}'
+_REPAIR_OUT = 'meshrag_repair_documents_total{direction="out"}'
 
 
 def _metric(node: LocalNode, series: str) -> float:

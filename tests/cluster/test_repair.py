@@ -361,6 +361,23 @@ async def test_a_joining_node_turns_normal_after_pulling_from_a_current_owner(re
         assert replicas["c"].digest(pid) == replicas["a"].digest(pid)
 
 
+
+async def test_current_owners_leave_a_joining_node_to_pull_each_document_once(replicas: dict[str, Replica]) -> None:
+    ring = make_ring(a=NORMAL, b=NORMAL, c=JOINING)
+    for pid in range(P):
+        docs = docs_in(pid, 4)
+        replicas["a"].engine.upsert(docs)
+        replicas["b"].engine.upsert(docs)
+    for current in ("a", "b"):
+        progress = await repairer(current, replicas, lambda: ring).run_pass("ring changed")
+        assert progress.docs_out == 0, f"{current} pushed to the joining node"
+    assert replicas["c"].received == []
+    progress = await repairer("c", replicas, lambda: ring).run_pass("bootstrap")
+    expected = sorted(e.doc_id for pid in ring.partitions_of("c") for e in replicas["a"].digest(pid))
+    assert expected, "c must be receiving something"
+    assert sorted(replicas["a"].fetched + replicas["b"].fetched) == expected, "each document fetched once"
+    assert progress.docs_in == len(expected)
+
 async def test_a_joining_node_whose_sources_are_dead_stays_joining(replicas: dict[str, Replica]) -> None:
     ring = make_ring(a=NORMAL, b=NORMAL, c=JOINING)
     replicas["a"].engine.upsert(docs_in(0, 2))
