@@ -10,8 +10,9 @@ differing buckets, then the documents themselves with their chunk vectors
 replica that missed a delete cannot bring the document back).
 
 The same pass moves data when the ring changes:
-* partitions this node owns are synced both ways with their other owners
-  (this is how a joining node, or a new owner after `remove`, is filled);
+* partitions this node owns are pulled from their other owners, so each
+  missing document moves once (this is how a joining node, or a new owner
+  after `remove`, is filled; a leaving node also pushes);
 * partitions it holds but no longer owns are pushed to their owners and
   dropped only once every owner is in sync;
 * a joining node turns normal after a pass in which every partition it will
@@ -175,7 +176,10 @@ class Repairer:
         self.progress = Progress()
 
     # ----------------------------------------------------------------- a pass
-    async def run_pass(self, reason: str) -> Progress:
+    async def run_pass(self, reason: str, returned: frozenset[str] = frozenset()) -> Progress:
+        """One pass over every partition this node holds or owns. ``returned``: peers
+        that came back from suspect or dead; this pass also pushes them what they
+        missed, so they catch up without waiting for their own next pass."""
         ring = self._ring()
         started = time.monotonic()
         held = set(await self._local.held())
@@ -186,7 +190,7 @@ class Repairer:
         ledger = _PassLedger()
         errors_before = self.progress.errors
         try:
-            await self._sync_owned(ring, owned, held, ledger)
+            await self._sync_owned(ring, owned, held, ledger, returned)
             await self._hand_off(ring, leftover, ledger)
             self._advance_status(ring, owned, held, ledger)
         finally:
@@ -198,12 +202,19 @@ class Repairer:
             self.progress.last_pass_at = time.time()
         return self.progress
 
-    async def _sync_owned(self, ring: Ring, owned: list[int], held: set[int], ledger: _PassLedger) -> None:
+    async def _sync_owned(self, ring: Ring, owned: list[int], held: set[int], ledger: _PassLedger, returned: frozenset[str]) -> None:
         by_peer: dict[str, list[int]] = defaultdict(list)
         for pid in owned:
             for peer in ring.write_owners(pid):
-                if self._syncs_with(ring, pid, peer):
+                if peer != self._local_id and self._is_alive(peer):
                     by_peer[peer].append(pid)
+        # Every owner pulls what it lacks, so a missing document moves once (when
+        # each side also pushed, a join moved 3.5x, and a restore 1.5x, the documents
+        # the new owner holds). A leaving node pushes as well (its own pass must see
+        # every new owner in sync before it may turn removed), and so does every
+        # owner to a peer that just came back (a thawed node may not start a pass).
+        entry = ring.entries.get(self._local_id)
+        leaving = entry is not None and entry.status is RingStatus.LEAVING
         roots = {pid: await self._root(pid, held) for pid in owned}
         for peer, pids in by_peer.items():
             try:
@@ -215,23 +226,8 @@ class Repairer:
                 if theirs.get(pid) == roots[pid]:
                     ledger.synced[pid].add(peer)
                     continue
-                await self._sync_counted(pid, peer, "both", ledger)
+                await self._sync_counted(pid, peer, "both" if leaving or peer in returned else "pull", ledger)
         self.progress.partitions_done += len(owned)
-
-    def _syncs_with(self, ring: Ring, pid: int, peer: str) -> bool:
-        """Whether this node's pass syncs ``pid`` with ``peer``.
-
-        A node receiving a partition pulls it itself from the current owners; if
-        each of them pushed as well, it would arrive N+1 times (measured: 3.5x the
-        documents on a join). Only a leaving node still pushes to it: its own
-        pass must see every new owner in sync before it may turn removed.
-        """
-        if peer == self._local_id or not self._is_alive(peer):
-            return False
-        if peer in ring.pending(pid) and self._local_id not in ring.pending(pid):
-            entry = ring.entries.get(self._local_id)
-            return entry is not None and entry.status is RingStatus.LEAVING
-        return True
 
     async def _hand_off(self, ring: Ring, leftover: list[int], ledger: _PassLedger) -> None:
         """Push partitions this node no longer owns to their owners; drop them once all are in sync."""
@@ -292,7 +288,8 @@ class Repairer:
         log.info("repair: %s", message)
 
     async def sync_partition(self, pid: int, peer: str, direction: str = "both") -> SyncResult:
-        """Make ``peer`` and this node agree on one partition (``push``: only send)."""
+        """Make ``peer`` and this node agree on one partition (``pull``: only take what
+        is newer there; ``push``: only send what is newer here)."""
         mine_all = await self._local.entries(pid)
         differing, theirs_list = await self._peers.entries(peer, pid, bucket_hashes(mine_all))
         result = SyncResult()
@@ -302,14 +299,17 @@ class Repairer:
         mine = {e.doc_id: e for e in mine_all if bucket_of(e.doc_id) in wanted}
         theirs = {e.doc_id: e for e in theirs_list}
         pull, push = diff_entries(mine, theirs)
-        if direction == "both":
-            for batch in _batches(pull):
-                docs = await self._peers.fetch(peer, pid, batch)
-                size = sum(map(self._size_of, docs))
-                await self._limiter.take(size)
-                await self._local.apply(docs)
-                result.pulled += len(docs)
-                result.bytes_in += size
+        if direction == "pull":
+            push = []
+        elif direction == "push":
+            pull = []
+        for batch in _batches(pull):
+            docs = await self._peers.fetch(peer, pid, batch)
+            size = sum(map(self._size_of, docs))
+            await self._limiter.take(size)
+            await self._local.apply(docs)
+            result.pulled += len(docs)
+            result.bytes_in += size
         for batch in _batches(push):
             docs = await self._local.export(pid, batch)
             size = sum(map(self._size_of, docs))

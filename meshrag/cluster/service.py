@@ -92,6 +92,7 @@ class ClusterService:
         self._executor = executor
         self._rng = rng or random.Random()
         self._repair_wanted = asyncio.Event()
+        self._returned: set[str] = set()  # peers back from suspect/dead since the last pass
         self._hints_wanted = asyncio.Event()
         self._tasks: set[asyncio.Task[Any]] = set()
         self.writer = ReplicatedWriter(node_id, self.ring, self.is_alive, self._apply_local, self._send_docs, self._store_hint, self.name_of)
@@ -308,6 +309,8 @@ class ClusterService:
     def on_member_event(self, event: MemberEvent) -> None:
         if event.kind in (EventKind.ALIVE, EventKind.JOINED, EventKind.UPDATED) and event.member.node_id != self.node_id:
             self._hints_wanted.set()
+            if event.kind is EventKind.ALIVE:
+                self._returned.add(event.member.node_id)
             if event.kind is not EventKind.UPDATED:
                 self._repair_wanted.set()
 
@@ -418,8 +421,9 @@ class ClusterService:
             except asyncio.TimeoutError:
                 reason = "periodic"
             self._repair_wanted.clear()
+            returned, self._returned = frozenset(self._returned), set()
             try:
-                await self.repairer.run_pass(reason)
+                await self.repairer.run_pass(reason, returned)
             except Exception:
                 log.exception("repair pass failed")
                 await asyncio.sleep(1.0)

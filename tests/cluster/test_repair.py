@@ -324,6 +324,29 @@ async def test_in_sync_replicas_exchange_roots_only(replicas: dict[str, Replica]
     assert replicas["b"].fetched == [] and replicas["b"].received == []
 
 
+
+async def test_an_owners_pass_only_pulls_and_the_other_owner_pulls_the_rest(replicas: dict[str, Replica]) -> None:
+    a, b = replicas["a"], replicas["b"]
+    shared, only_a, only_b = docs_in(1, 5), docs_in(1, 3, prefix="a-"), docs_in(1, 2, prefix="b-")
+    a.engine.upsert(shared + only_a)
+    b.engine.upsert(shared + only_b)
+    first = await repairer("a", replicas).run_pass("periodic")
+    assert (first.docs_in, first.docs_out) == (2, 0) and b.received == []
+    second = await repairer("b", replicas).run_pass("periodic")
+    assert (second.docs_in, second.docs_out) == (3, 0) and a.received == []
+    assert a.digest(1) == b.digest(1)
+
+
+async def test_a_peer_that_came_back_is_also_pushed_what_it_missed(replicas: dict[str, Replica]) -> None:
+    a, b = replicas["a"], replicas["b"]
+    shared, missed = docs_in(2, 4), docs_in(2, 3, prefix="missed-")
+    a.engine.upsert(shared + missed)
+    b.engine.upsert(shared)
+    progress = await repairer("a", replicas).run_pass("member came back", returned=frozenset({"b"}))
+    assert progress.docs_out == 3
+    assert sorted(b.received) == sorted(d.doc_id for d in missed)
+    assert a.digest(2) == b.digest(2)
+
 async def test_a_partition_no_longer_owned_is_handed_off_then_dropped(replicas: dict[str, Replica]) -> None:
     ring = two_normal()  # N=2: c owns nothing
     c = replicas["c"]
