@@ -28,11 +28,17 @@ class Clock(Protocol):
 
 
 class SystemClock:
+    """The host's clocks. ``wall_offset_s`` shifts the wall clock (node.clock_offset_s,
+    for tests that reproduce skew between nodes); the monotonic clock is never shifted."""
+
+    def __init__(self, wall_offset_s: float = 0.0) -> None:
+        self.wall_offset_s = wall_offset_s
+
     def now(self) -> float:
         return time.monotonic()
 
     def wall(self) -> float:
-        return time.time()
+        return time.time() + self.wall_offset_s
 
 
 class VirtualClock:

@@ -78,6 +78,9 @@ class NodeConfig:
     zone: str = field(default="default", metadata=_check(bool, "a non-empty zone name"))
     secret: str = field(default="", metadata=_check(lambda v: v == "" or len(v) >= 16, "'' or a shared secret of at least 16 characters"))
     dev: bool = False
+    # For testing only: shifts this node's wall clock (versions, tombstone purge, gossip
+    # timestamps) by this many seconds, to reproduce clock skew between nodes.
+    clock_offset_s: float = field(default=0.0, metadata=_check(lambda v: abs(v) <= 86400 * 365, "seconds, |offset| <= one year (testing only)"))
 
 
 @dataclass
@@ -90,6 +93,10 @@ class ClusterConfig:
     repair_interval_s: float = field(default=60.0, metadata=_check(_positive, "seconds > 0"))
     repair_max_bytes_per_s: float = field(default=64 * 1024 * 1024, metadata=_check(_non_negative, "bytes/s >= 0 (0 = unlimited)"))
     auto_remove_after_s: float = field(default=0.0, metadata=_check(_non_negative, "seconds >= 0 (0 = never)"))
+    max_clock_drift_s: float = field(default=60.0, metadata=_check(_positive, "seconds > 0"))
+    max_hint_window_s: float = field(default=3 * 3600.0, metadata=_check(_non_negative, "seconds >= 0 (0 = no hints)"))
+    max_hint_bytes: int = field(default=256 * 1024 * 1024, metadata=_check(_non_negative, "bytes >= 0 per target node"))
+    max_message_bytes: int = field(default=64 * 1024 * 1024, metadata=_check(lambda v: v >= 1024 * 1024, "bytes >= 1 MiB"))
 
 
 @dataclass
@@ -254,6 +261,14 @@ def _validate(config: Config, origins: Mapping[str, str]) -> None:
 
 
 def _validate_relations(config: Config) -> None:
+    hint_window = config.cluster.max_hint_window_s
+    if config.storage.tombstone_grace_s <= hint_window:
+        # A hint older than the grace period could carry a write the tombstone must beat.
+        raise ConfigError(
+            f"storage.tombstone_grace_s = {config.storage.tombstone_grace_s}: must exceed "
+            f"cluster.max_hint_window_s = {hint_window} (a hint may be replayed that late)",
+            field="storage.tombstone_grace_s",
+        )
     if config.chunking.overlap_tokens >= config.chunking.max_tokens:
         raise ConfigError(
             f"chunking.overlap_tokens = {config.chunking.overlap_tokens}: must be smaller than "

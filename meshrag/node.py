@@ -57,7 +57,7 @@ class Node:
         self._peers: PeerClient | None = None
         self._http_session: aiohttp.ClientSession | None = None
         self._udp: asyncio.DatagramTransport | None = None
-        self._clock = SystemClock()
+        self._clock = SystemClock(config.node.clock_offset_s)
         self._hlc = HybridLogicalClock(self._clock)
         self._started_at = time.time()
         self._storage_pool = ThreadPoolExecutor(config.storage.threads, thread_name_prefix="storage")
@@ -125,10 +125,12 @@ class Node:
     async def _start_http(self) -> None:
         app = web.Application(
             middlewares=[metrics_middleware(self.metrics), error_middleware],
-            client_max_size=self.config.api.max_body_bytes,
+            # The larger of the two limits; each route checks its own (public: api.max_body_bytes,
+            # /_mesh/: cluster.max_message_bytes, since replication carries vectors).
+            client_max_size=max(self.config.api.max_body_bytes, self.config.cluster.max_message_bytes),
         )
         app.add_routes(PublicApi(self).routes())
-        app.add_routes(InternalApi(self, self.config.gossip_settings(), self.config.node.secret, self.config.api.max_body_bytes).routes())
+        app.add_routes(InternalApi(self, self.config.gossip_settings(), self.config.node.secret, self.config.cluster.max_message_bytes).routes())
         # handler_cancellation: a client that disconnects cancels its handler,
         # which is how an abandoned /v1/ask stops its generation.
         self._runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
@@ -349,14 +351,17 @@ class Node:
                 self._refresh_gauges()
 
     async def _purge_tombstones_periodically(self) -> None:
-        """Forget tombstones older than storage.tombstone_grace_s. A replica that was
-        down for longer than the grace period must be removed and rejoin empty, or it
-        could bring back what was deleted (Cassandra's gc_grace rule)."""
+        """Forget tombstones older than storage.tombstone_grace_s plus cluster.max_clock_drift_s.
+        A replica that was down for longer than the grace period must be removed and rejoin
+        empty, or it could bring back what was deleted (Cassandra's gc_grace rule). The drift
+        margin keeps a node whose clock runs ahead (by up to the drift bound) from purging a
+        tombstone before grace has passed on the others' clocks."""
         loop = asyncio.get_running_loop()
         grace = self.config.storage.tombstone_grace_s
+        margin = grace + self.config.cluster.max_clock_drift_s
         while True:
             if self._engine is not None:
-                horizon = pack_hlc(int((self._clock.wall() - grace) * 1000), 0)
+                horizon = pack_hlc(int((self._clock.wall() - margin) * 1000), 0)
                 purged = await loop.run_in_executor(self._storage_pool, self._engine.purge_tombstones, horizon)
                 if purged:
                     log.info("purged %d tombstones older than %.0f s", purged, grace)

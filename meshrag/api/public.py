@@ -70,6 +70,8 @@ async def read_body(request: web.Request, max_bytes: int) -> Any:
     if request.content_length is not None and request.content_length > max_bytes:
         raise PayloadTooLarge(f"body of {request.content_length} bytes exceeds the limit of {max_bytes}", field="body")
     data = await request.read()
+    if len(data) > max_bytes:  # a chunked body announces no length
+        raise PayloadTooLarge(f"body of {len(data)} bytes exceeds the limit of {max_bytes}", field="body")
     return decode_body(data, content_type)
 
 
