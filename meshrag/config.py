@@ -9,6 +9,7 @@ from and what is allowed, never later at request time.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import ipaddress
 import os
 import socket
@@ -21,6 +22,14 @@ from meshrag.errors import ConfigError
 from meshrag.gossip.settings import GossipSettings
 
 ENV_PREFIX = "MESHRAG_"
+# MESHRAG_* variables that are not settings, though MESHRAG_NODE looks like the start of
+# one: read by cli.py (NODE, the default --node URL), setup_check.py (DATA_DIR),
+# scripts/setup.sh (EXTRAS, VENV), scripts/demo.sh (DEMO_PORT, DEMO_DATA) and
+# load_config (CONFIG). Any other MESHRAG_<SECTION>_... of a known section must name a setting.
+ENV_NOT_SETTINGS = frozenset({
+    "MESHRAG_CONFIG", "MESHRAG_NODE", "MESHRAG_DATA_DIR", "MESHRAG_EXTRAS", "MESHRAG_VENV",
+    "MESHRAG_DEMO_PORT", "MESHRAG_DEMO_DATA",
+})
 DEFAULT_CONFIG_PATH = Path("conf/meshrag.toml")
 ROLES = ("storage", "coordinator", "generator")
 # vllm and OpenAI-compatible URLs arrive with the generation issue.
@@ -231,7 +240,21 @@ def _coerce(raw: Any, target: Any, from_text: bool) -> Any:
 
 def _field_type(section_cls: type, name: str) -> Any:
     annotation = {f.name: f.type for f in dataclasses.fields(section_cls)}[name]
-    return {"str": str, "int": int, "float": float, "bool": bool}.get(annotation, list)
+    # Annotations are strings here (from __future__ import annotations).
+    return {"str": str, "int": int, "float": float, "bool": bool}.get(str(annotation), list)
+
+
+def _known_keys(config: Config) -> list[str]:
+    return [f"{name}.{f.name}" for name, section in sections(config).items() for f in dataclasses.fields(section)]
+
+
+def _closest(name: str, candidates: list[str]) -> str:
+    """The candidate most like ``name``, however unlike: an error should always point somewhere."""
+    return difflib.get_close_matches(name, candidates, n=1, cutoff=0.0)[0]
+
+
+def _env_name(key: str) -> str:
+    return f"{ENV_PREFIX}{key.replace('.', '_')}".upper()
 
 
 def _set_value(config: Config, key: str, raw: Any, source: str, from_text: bool) -> None:
@@ -239,7 +262,8 @@ def _set_value(config: Config, key: str, raw: Any, source: str, from_text: bool)
     section = sections(config).get(section_name)
     known = {f.name: f for f in dataclasses.fields(section)} if section is not None else {}
     if name not in known:
-        raise ConfigError(f"unknown configuration key {key!r} (from {source})", field=key)
+        suggestion = _closest(key, _known_keys(config))
+        raise ConfigError(f"unknown configuration key {key!r} (from {source}); did you mean {suggestion!r}?", field=key)
     try:
         value = _coerce(raw, _field_type(type(section), name), from_text)
     except ValueError as exc:
@@ -299,14 +323,35 @@ def _flatten_file(path: Path) -> dict[str, Any]:
 
 
 def _env_values(environ: Mapping[str, str], config: Config) -> dict[str, str]:
-    """MESHRAG_<SECTION>_<KEY>, e.g. MESHRAG_EMBEDDER_THREADS=2."""
+    """MESHRAG_<SECTION>_<KEY>, e.g. MESHRAG_EMBEDDER_THREADS=2.
+
+    A variable of a known section that names no setting is an error: silently
+    ignoring a misspelt one would leave the node running on a value nobody chose.
+    """
+    by_env_name = {_env_name(key): key for key in _known_keys(config)}
     found: dict[str, str] = {}
-    for section_name, section in sections(config).items():
-        for f in dataclasses.fields(section):
-            env_name = f"{ENV_PREFIX}{section_name}_{f.name}".upper()
-            if env_name in environ:
-                found[f"{section_name}.{f.name}"] = environ[env_name]
+    for env_name, value in environ.items():
+        if env_name in by_env_name:
+            found[by_env_name[env_name]] = value
+        elif env_name not in ENV_NOT_SETTINGS and _names_a_section(env_name, config):
+            raise _unknown_env_name(env_name, by_env_name)
     return found
+
+
+def _names_a_section(env_name: str, config: Config) -> bool:
+    """MESHRAG_<SECTION>_... of a known section (section names have no '_', keys may)."""
+    if not env_name.startswith(ENV_PREFIX):
+        return False
+    return env_name[len(ENV_PREFIX):].partition("_")[0].lower() in sections(config)
+
+
+def _unknown_env_name(env_name: str, by_env_name: Mapping[str, str]) -> ConfigError:
+    section, _, name = env_name[len(ENV_PREFIX):].lower().partition("_")
+    suggestion = _closest(env_name.upper(), list(by_env_name))
+    return ConfigError(
+        f"environment variable {env_name} names no setting; did you mean {suggestion} ({by_env_name[suggestion]})?",
+        field=f"{section}.{name}",
+    )
 
 
 def load_config(
@@ -325,7 +370,7 @@ def load_config(
             _set_value(config, key, value, str(path), from_text=False)
             origins[key] = str(path)
     for key, value in _env_values(environ, config).items():
-        env_name = f"{ENV_PREFIX}{key.replace('.', '_')}".upper()
+        env_name = _env_name(key)
         _set_value(config, key, value, env_name, from_text=True)
         origins[key] = env_name
     for key, value in (overrides or {}).items():

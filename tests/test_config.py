@@ -8,8 +8,11 @@ from pathlib import Path
 
 import pytest
 
+from meshrag.api.schema import MAX_ID_CHARS, MAX_METADATA_DEPTH, MAX_METADATA_KEYS
 from meshrag.config import Config, as_dict, load_config, sections
 from meshrag.errors import ConfigError
+from meshrag.store.filters import MAX_DEPTH, MAX_FIELD_CHARS, MAX_LIST_ITEMS
+from meshrag.wire import MAX_BODY_DEPTH
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -64,6 +67,58 @@ def test_unknown_key_in_file_is_rejected(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as err:
         load_config(conf, environ={})
     assert err.value.field == "embedder.thraeds"
+
+
+@pytest.mark.parametrize(
+    ("text", "field", "closest"),
+    [
+        ("[embedder]\nmax_bacth = 2\n", "embedder.max_bacth", "embedder.max_batch"),
+        ("[embeder]\nthreads = 2\n", "embeder.threads", "embedder.threads"),  # a misspelt section
+    ],
+)
+def test_unknown_key_in_file_names_the_closest_known_key(tmp_path: Path, text: str, field: str, closest: str) -> None:
+    conf = tmp_path / "m.toml"
+    conf.write_text(text)
+    with pytest.raises(ConfigError) as err:
+        load_config(conf, environ={})
+    assert err.value.field == field and f"did you mean {closest!r}" in err.value.message
+
+
+@pytest.mark.parametrize(
+    ("env_name", "field", "closest"),
+    [
+        ("MESHRAG_EMBEDDER_THRAEDS", "embedder.thraeds", "MESHRAG_EMBEDDER_THREADS"),
+        ("MESHRAG_CLUSTER_REPLICA", "cluster.replica", "MESHRAG_CLUSTER_REPLICAS"),
+        ("MESHRAG_API_MAXK", "api.maxk", "MESHRAG_API_MAX_K"),
+        ("MESHRAG_GOSSIP_PROBE_INTERVAL", "gossip.probe_interval", "MESHRAG_GOSSIP_PROBE_INTERVAL_S"),
+        ("MESHRAG_node_zone", "node.zone", "MESHRAG_NODE_ZONE"),
+    ],
+)
+def test_misspelt_env_variable_of_a_known_section_names_the_closest_key(env_name: str, field: str, closest: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        load_config(environ={env_name: "2"})
+    assert err.value.field == field
+    assert env_name in err.value.message and f"did you mean {closest}" in err.value.message
+
+
+def test_env_variables_that_are_not_settings_stay_allowed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    env = {
+        "MESHRAG_CONFIG": str(REPO / "conf/meshrag.toml"),
+        "MESHRAG_NODE": "http://127.0.0.1:7071",  # the CLI's default --node, though it looks like a node.* setting
+        **{name: "x" for name in ("MESHRAG_DATA_DIR", "MESHRAG_EXTRAS", "MESHRAG_VENV", "MESHRAG_DEMO_PORT", "MESHRAG_DEMO_DATA")},
+        "MESHRAG_SOMETHING_ELSE": "x",  # not a known section: not ours to judge
+    }
+    assert load_config(environ=env) == Config()
+
+
+def test_shipped_conf_documents_the_fixed_request_limits() -> None:
+    comments = " ".join(line for line in (REPO / "conf" / "meshrag.toml").read_text().splitlines() if line.startswith("#"))
+    for documented in (f"at most {MAX_BODY_DEPTH} objects/arrays deep", f"at most {MAX_METADATA_DEPTH} levels below the metadata",
+                       f"{MAX_METADATA_KEYS} keys per object", f"at most {MAX_DEPTH} levels of $and/$or",
+                       f"{MAX_LIST_ITEMS} entries per", f"1..{MAX_FIELD_CHARS} characters", f"1..{MAX_ID_CHARS} characters",
+                       "signed 64-bit", "lone UTF-16 surrogates"):
+        assert documented in comments, documented
 
 
 def test_list_flags_split_on_commas() -> None:

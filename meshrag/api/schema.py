@@ -3,6 +3,9 @@
 Every rejection names the exact field at fault (``documents[3].text``) so a
 client with a batch of 500 documents knows which one to fix. Nothing here
 touches storage: a request is fully validated before any of it is applied.
+Whatever is accepted must be something every replica can store, index and
+send on (wire.py says what that is), so one node never holds a document its
+peers cannot take.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from meshrag.config import ApiConfig, GenerationConfig
 from meshrag.errors import ValidationError
 from meshrag.rag.requests import AskRequest, IncomingDocument, SearchRequest, UpsertRequest
 from meshrag.store.filters import Filter, parse_filter
+from meshrag.wire import INT64_MAX, INT64_MIN, check_text, is_int64, printable
 
 CONSISTENCY_LEVELS = ("one", "quorum", "all")
 SEARCH_MODES = ("dense", "bm25", "hybrid")
@@ -24,6 +28,7 @@ MAX_ID_CHARS = 512
 MAX_METADATA_DEPTH = 8
 MAX_METADATA_KEYS = 256
 _ID_FORBIDDEN = re.compile(r"[\x00-\x1f\x7f]")
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
 def _require_object(value: Any, path: str) -> Mapping[str, Any]:
@@ -35,12 +40,17 @@ def _require_object(value: Any, path: str) -> Mapping[str, Any]:
 def _reject_unknown(obj: Mapping[str, Any], allowed: frozenset[str], prefix: str) -> None:
     for key in obj:
         if key not in allowed:
-            where = f"{prefix}.{key}" if prefix else str(key)
+            where = f"{prefix}.{printable(key)}" if prefix else printable(key)
             raise ValidationError(f"unknown field {key!r}; allowed: {', '.join(sorted(allowed))}", field=where)
 
 
 def _type_name(value: Any) -> str:
     return {dict: "object", list: "array", str: "string", bool: "boolean", type(None): "null"}.get(type(value), type(value).__name__)
+
+
+def _quoted(value: Any) -> str:
+    """A client's value inside an error message: short, and never a deep or huge repr."""
+    return repr(value[:64]) if isinstance(value, str) else _type_name(value)
 
 
 def _string(obj: Mapping[str, Any], key: str, path: str, *, required: bool, max_chars: int) -> str | None:
@@ -51,6 +61,7 @@ def _string(obj: Mapping[str, Any], key: str, path: str, *, required: bool, max_
         return None
     if not isinstance(value, str):
         raise ValidationError(f"{path} must be a string, got {_type_name(value)}", field=path)
+    check_text(value, path)
     if not value.strip():
         raise ValidationError(f"{path} must not be empty", field=path)
     if len(value) > max_chars:
@@ -70,7 +81,7 @@ def _integer(obj: Mapping[str, Any], key: str, path: str, default: int, low: int
 def _choice(obj: Mapping[str, Any], key: str, path: str, default: str, choices: tuple[str, ...]) -> str:
     value = obj.get(key, default)
     if not isinstance(value, str) or value.lower() not in choices:
-        raise ValidationError(f"{path} = {value!r}; allowed: {', '.join(choices)}", field=path)
+        raise ValidationError(f"{path} = {_quoted(value)}; allowed: {', '.join(choices)}", field=path)
     return value.lower()
 
 
@@ -78,6 +89,8 @@ def _session(obj: Mapping[str, Any]) -> str | None:
     value = obj.get("session")
     if value is not None and not isinstance(value, str):
         raise ValidationError(f"session must be a string token, got {_type_name(value)}", field="session")
+    if value is not None:
+        check_text(value, "session")
     return value
 
 
@@ -90,14 +103,25 @@ def _vector(value: Any, path: str, dim: int) -> np.ndarray:
         raise ValidationError(f"{path} must be an array of {dim} numbers, got {_type_name(value)}", field=path)
     if len(items) != dim:
         raise ValidationError(f"{path} has {len(items)} dimensions; this cluster's vectors have {dim}", field=path)
-    if not all(isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) for x in items):
-        raise ValidationError(f"{path} must hold finite numbers only", field=path)
-    vector = np.asarray(items, dtype=np.float32)
+    if not all(_is_float32(x) for x in items):
+        raise ValidationError(f"{path} must hold finite numbers within float32 range only", field=path)
+    # The norm is taken in float64: squaring large float32 components would overflow to inf.
+    vector = np.asarray(items, dtype=np.float32).astype(np.float64)
     norm = float(np.linalg.norm(vector))
     if norm == 0.0:
         raise ValidationError(f"{path} is the zero vector; cosine similarity is undefined for it", field=path)
     # Stored vectors are unit length so that dot product = cosine everywhere.
-    return vector / norm
+    return (vector / norm).astype(np.float32)
+
+
+def _is_float32(value: Any) -> bool:
+    """A finite number that stays finite as float32 (vectors are stored and indexed as float32)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    try:
+        return abs(float(value)) <= _FLOAT32_MAX
+    except OverflowError:  # an integer beyond float range
+        return False
 
 
 def _check_metadata(value: Any, path: str, depth: int = 0) -> None:
@@ -109,10 +133,22 @@ def _check_metadata(value: Any, path: str, depth: int = 0) -> None:
         for key, item in value.items():
             if not isinstance(key, str) or not key:
                 raise ValidationError(f"{path} keys must be non-empty strings", field=path)
-            _check_metadata(item, f"{path}.{key}", depth + 1)
+            key_path = f"{path}.{printable(key)}"
+            check_text(key, key_path)
+            _check_metadata(item, key_path, depth + 1)
     elif isinstance(value, list):
         for index, item in enumerate(value):
             _check_metadata(item, f"{path}[{index}]", depth + 1)
+    else:
+        _check_metadata_scalar(value, path)
+
+
+def _check_metadata_scalar(value: Any, path: str) -> None:
+    if isinstance(value, str):
+        check_text(value, path)
+    elif isinstance(value, int) and not is_int64(value):
+        # msgpack and SQLite carry signed 64-bit; a larger one would be stored here but never replicated.
+        raise ValidationError(f"{path}: integers must lie in {INT64_MIN}..{INT64_MAX}", field=path)
     elif isinstance(value, float) and not math.isfinite(value):
         raise ValidationError(f"{path} must be a finite number", field=path)
     elif not isinstance(value, (str, int, float, bool, type(None))):

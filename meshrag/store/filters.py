@@ -18,6 +18,11 @@ Semantics, identical in :func:`to_sql` and :func:`matches` (a test checks this):
   what ISO-8601 dates need); a field of another type never matches a range;
 * a field holding an array or object matches no scalar condition (no
   "any element" semantics), and dotted paths only descend through objects.
+
+A filter is forwarded to peers and bound into SQLite, so values obey what
+every node can carry (meshrag/wire.py): signed 64-bit integers, strings that
+encode as UTF-8 without NUL. ``MAX_DEPTH`` is a cluster-wide constant, not a
+setting: a peer re-parses the filter a coordinator accepted.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from dataclasses import dataclass
 from typing import Any, Union
 
 from meshrag.errors import ValidationError
+from meshrag.wire import check_text, is_int64, printable
 
 Scalar = Union[str, int, float, bool, None]
 FieldPath = tuple[str, ...]
@@ -37,7 +43,6 @@ MAX_LIST_ITEMS = 1024
 MAX_FIELD_CHARS = 256
 _SEGMENT = re.compile(r"[A-Za-z0-9_-]+")
 _COLUMN = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)?")
-_INT64 = (-(2**63), 2**63 - 1)
 RANGE_OPS = {"$gt": ">", "$gte": ">=", "$lt": "<", "$lte": "<="}
 FIELD_OPS = ("$eq", "$ne", "$in", "$nin", *RANGE_OPS)
 _SCALAR_HELP = "a string, a finite number, true, false or null"
@@ -94,7 +99,7 @@ def _parse_object(obj: Any, path: str, depth: int) -> Filter:
         raise ValidationError(f"{path} must be an object such as {{\"field\": value}}, got {_type_name(obj)}", field=path)
     clauses: list[Filter] = []
     for key, value in obj.items():
-        key_path = f"{path}.{key}"
+        key_path = f"{path}.{printable(key)}"
         if key in ("$and", "$or"):
             clauses.append(_parse_logical(key, value, key_path, depth))
         elif isinstance(key, str) and key.startswith("$"):
@@ -134,7 +139,7 @@ def _parse_field(field: FieldPath, value: Any, path: str) -> Filter:
         return Eq(field, _scalar(value, path))
     if not value:
         raise ValidationError(f"{path} needs at least one operator ({', '.join(FIELD_OPS)})", field=path)
-    conditions = [_parse_operator(field, op, operand, f"{path}.{op}") for op, operand in value.items()]
+    conditions = [_parse_operator(field, op, operand, f"{path}.{printable(op)}") for op, operand in value.items()]
     return conditions[0] if len(conditions) == 1 else And(tuple(conditions))
 
 
@@ -148,15 +153,18 @@ def _parse_operator(field: FieldPath, op: Any, operand: Any, path: str) -> Filte
         return members if op == "$in" else Not(members)
     if op in RANGE_OPS:
         return Range(field, op, _range_operand(operand, path))
-    hint = "" if str(op).startswith("$") else f"; for a nested field write the dotted path (\"{'.'.join(field)}.{op}\")"
+    hint = "" if str(op).startswith("$") else f"; for a nested field write the dotted path (\"{'.'.join(field)}.{printable(op)}\")"
     raise ValidationError(f"{path}: unknown operator {op!r}; allowed: {', '.join(FIELD_OPS)}{hint}", field=path)
 
 
 def _scalar(value: Any, path: str) -> Scalar:
-    if value is None or isinstance(value, (str, bool)):
+    if value is None or isinstance(value, bool):
+        return value
+    if isinstance(value, str):
+        check_text(value, path)
         return value
     if isinstance(value, int):
-        if not _INT64[0] <= value <= _INT64[1]:
+        if not is_int64(value):
             raise ValidationError(f"{path}: integer out of the 64-bit range", field=path)
         return value
     if isinstance(value, float):

@@ -119,6 +119,62 @@ def test_bad_input_gets_4xx_with_field(node: LocalNode, path: str, raw: bytes, s
     assert body["error"]["code"] == code and body["error"]["field"] == field and body["error"]["message"]
 
 
+def _doc(**fields: Any) -> bytes:
+    """A JSON upsert of one document; escapes such as \ud800 stay escapes on the wire."""
+    return json.dumps({"documents": [{"text": "hostile", **fields}]}).encode()
+
+
+def _packed(**fields: Any) -> bytes:
+    return msgpack.packb({"documents": [{"text": "hostile", **fields}]}, use_bin_type=True)
+
+
+def _deep(depth: int, opening: bytes, closing: bytes, inner: bytes) -> bytes:
+    return opening * depth + inner + closing * depth
+
+
+MSGPACK = "application/msgpack"
+JSON = "application/json"
+
+
+@pytest.mark.parametrize(
+    "path,raw,content_type,field",
+    [
+        # Deeper than Python's recursion limit: the JSON decoder itself gives up.
+        ("/v1/documents", b'{"documents": [{"text": "x", "metadata": {"a": ' + _deep(5000, b"[", b"]", b"1") + b"}}]}", JSON, "body"),
+        ("/v1/search", b'{"query": "x", "filter": ' + _deep(5000, b'{"$and": [', b"]}", b'{"a": 1}') + b"}", JSON, "body"),
+        # msgpack decodes up to 1024 levels; an error message quoting the value must not recurse into it.
+        ("/v1/search", b"\x82" + msgpack.packb("query") + msgpack.packb("x") + msgpack.packb("mode") + _deep(1000, b"\x91", b"", b"\x01"),
+         MSGPACK, "body"),
+        ("/v1/documents", _doc(id="id-\ud800"), JSON, "documents[0].id"),
+        ("/v1/documents", _doc(text="lone \udfff surrogate"), JSON, "documents[0].text"),
+        ("/v1/documents", _doc(metadata={"\ud800key": 1}), JSON, "documents[0].metadata.\\ud800key"),
+        ("/v1/documents", _doc(metadata={"tags": ["ok", "\ud83d"]}), JSON, "documents[0].metadata.tags[1]"),
+        ("/v1/documents", _doc(metadata={"n": 2**64}), JSON, "documents[0].metadata.n"),
+        ("/v1/documents", _doc(metadata={"n": -(2**63) - 1}), JSON, "documents[0].metadata.n"),
+        ("/v1/documents", _packed(metadata={"n": 2**64 - 1}), MSGPACK, "documents[0].metadata.n"),
+        ("/v1/documents", b'{"documents": [{"text": "x", "metadata": {"n": ' + b"9" * 5000 + b"}}]}", JSON, "body"),
+        ("/v1/documents", _packed(metadata={"b": b"\x00raw"}), MSGPACK, "documents[0].metadata.b"),
+        ("/v1/documents", _packed(metadata={"e": msgpack.ExtType(42, b"x")}), MSGPACK, "documents[0].metadata.e"),
+        ("/v1/documents", _packed(vector=msgpack.ExtType(1, b"")), MSGPACK, "body"),
+        ("/v1/documents", _doc(vector=[1e39] + [0.0] * 383), JSON, "documents[0].vector"),
+        ("/v1/search", json.dumps({"query": "x\ud800"}).encode(), JSON, "query"),
+        ("/v1/search", json.dumps({"query": "x", "filter": {"tag": {"$in": ["a", "\udc00"]}}}).encode(), JSON, "filter.tag.$in[1]"),
+        ("/v1/ask", json.dumps({"query": "x", "session": "\ud800"}).encode(), JSON, "session"),
+    ],
+)
+def test_hostile_bodies_get_400_naming_the_field(node: LocalNode, path: str, raw: bytes, content_type: str, field: str) -> None:
+    status, body, _ = call(node, "POST", path, raw=raw, content_type=content_type)
+    assert status == 400, body
+    assert body["error"]["code"] == "invalid_request" and body["error"]["field"] == field and body["error"]["message"]
+
+
+def test_signed_64_bit_bounds_in_metadata_are_stored_exactly(node: LocalNode) -> None:
+    metadata = {"low": -(2**63), "high": 2**63 - 1}
+    upsert(node, {"id": "int64-bounds", "text": "The widest integers every replica can carry.", "metadata": metadata})
+    status, doc, _ = call(node, "GET", "/v1/documents/int64-bounds")
+    assert status == 200 and doc["metadata"] == metadata
+
+
 def test_wrong_content_type_unknown_route_and_wrong_method(node: LocalNode) -> None:
     status, body, _ = call(node, "POST", "/v1/search", raw=b"query=x", content_type="application/x-www-form-urlencoded")
     assert status == 415 and body["error"]["code"] == "unsupported_media_type"

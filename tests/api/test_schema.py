@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import msgpack
 import numpy as np
 import pytest
 
@@ -81,6 +82,75 @@ def test_search_rejections_name_the_field(body: Any, field: str) -> None:
 def test_search_defaults() -> None:
     request = parse_search({"query": "wing flutter"}, LIMITS, DIM)
     assert (request.k, request.mode, request.filter, request.vector) == (LIMITS.default_k, "dense", None, None)
+
+
+@pytest.mark.parametrize(
+    "document,field",
+    [
+        ({"id": "a\ud800", "text": "x"}, "documents[0].id"),
+        ({"text": "lone \udfff surrogate"}, "documents[0].text"),
+        ({"text": "nul \x00 inside"}, "documents[0].text"),
+        ({"text": "x", "metadata": {"\ud800k": 1}}, "documents[0].metadata.\\ud800k"),
+        ({"text": "x", "metadata": {"a": ["ok", {"b": "\ud83d"}]}}, "documents[0].metadata.a[1].b"),
+        ({"text": "x", "metadata": {"n": 2**64}}, "documents[0].metadata.n"),
+        ({"text": "x", "metadata": {"n": 2**63}}, "documents[0].metadata.n"),  # msgpack's uint64, not SQLite's
+        ({"text": "x", "metadata": {"n": -(2**63) - 1}}, "documents[0].metadata.n"),
+        ({"text": "x", "metadata": {"deep": [[[2**70]]]}}, "documents[0].metadata.deep[0][0][0]"),
+        ({"text": "x", "metadata": {"b": b"raw"}}, "documents[0].metadata.b"),
+        ({"text": "x", "metadata": {"e": msgpack.ExtType(5, b"x")}}, "documents[0].metadata.e"),
+        ({"text": "x", "vector": [10**400, 0, 0, 1]}, "documents[0].vector"),
+        ({"text": "x", "vector": [1e39, 0, 0, 1]}, "documents[0].vector"),  # inf once stored as float32
+    ],
+)
+def test_upsert_refuses_what_a_replica_could_not_store_or_send(document: dict[str, Any], field: str) -> None:
+    error = _upsert_error({"documents": [document]})
+    assert error.field == field
+    (error.field + error.message).encode("utf-8")  # the 400 itself can be rendered
+
+
+def test_signed_64_bit_bounds_in_metadata_are_accepted() -> None:
+    metadata = {"low": -(2**63), "high": 2**63 - 1, "nested": [{"x": 0}]}
+    assert parse_upsert({"documents": [{"text": "x", "metadata": metadata}]}, LIMITS, DIM).documents[0].metadata == metadata
+
+
+def test_large_float32_vector_components_normalise_to_a_unit_vector() -> None:
+    [document] = parse_upsert({"documents": [{"text": "x", "vector": [3e38, 0, 0, 3e38]}]}, LIMITS, DIM).documents
+    assert document.vector is not None and document.vector.dtype == np.float32
+    np.testing.assert_allclose(document.vector, [0.70710677, 0, 0, 0.70710677], rtol=1e-6)
+
+
+def test_unknown_field_with_an_unencodable_name_gets_a_renderable_field_path() -> None:
+    error = _upsert_error({"documents": [{"text": "x", "\ud800": 1}]})
+    assert error.field == "documents[0].\\ud800"
+
+
+def _deep_list(depth: int) -> list[Any]:
+    value: list[Any] = []
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+@pytest.mark.parametrize(
+    "body,field",
+    [
+        ({"query": "x\ud800"}, "query"),
+        ({"query": "x", "filter": {"tag": "\udc00"}}, "filter.tag"),
+        ({"query": "x", "session": "tok\ud800"}, "session"),
+        ({"query": "x", "consistency": _deep_list(5000)}, "consistency"),  # the error message must not repr it
+        ({"query": "x", "mode": _deep_list(5000)}, "mode"),
+    ],
+)
+def test_search_refuses_unencodable_text_and_names_the_field(body: Any, field: str) -> None:
+    with pytest.raises(ValidationError) as err:
+        parse_search(body, LIMITS, DIM)
+    assert err.value.field == field
+
+
+def test_ask_refuses_a_lone_surrogate_in_the_query() -> None:
+    with pytest.raises(ValidationError) as err:
+        parse_ask({"query": "what is \ud800?"}, LIMITS, GenerationConfig())
+    assert err.value.field == "query"
 
 
 def test_ask_bounds_max_tokens_by_generation_config() -> None:

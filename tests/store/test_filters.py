@@ -84,6 +84,29 @@ def test_invalid_filters_name_the_field_at_fault(filter_obj: Any, field: str, sa
     assert says in caught.value.message
 
 
+@pytest.mark.parametrize(
+    ("filter_obj", "field", "says"),
+    [
+        ({"a": "x\ud800"}, "filter.a", "lone surrogate"),
+        ({"a": {"$in": ["ok", "\udfff"]}}, "filter.a.$in[1]", "lone surrogate"),
+        ({"a": {"$gte": "\ud800"}}, "filter.a.$gte", "lone surrogate"),
+        ({"$or": [{"a": {"$ne": "n\x00ul"}}]}, "filter.$or[0].a.$ne", "NUL"),
+        ({"a": {"$\ud800": 1}}, "filter.a.$\\ud800", "unknown operator"),
+        ({"\ud800": 1}, "filter.\\ud800", "not allowed"),
+        ({"$\ud800": 1}, "filter.$\\ud800", "unknown operator"),
+        ({"a": {"b\ud800": 1}}, "filter.a.b\\ud800", "dotted path"),
+        ({"a": -(2**63) - 1}, "filter.a", "64-bit"),
+    ],
+)
+def test_values_and_names_no_replica_could_carry_are_rejected_with_a_renderable_field(
+    filter_obj: Any, field: str, says: str
+) -> None:
+    with pytest.raises(ValidationError) as caught:
+        parse_filter(filter_obj)
+    assert caught.value.field == field and says in caught.value.message
+    (caught.value.field + caught.value.message).encode("utf-8")  # the 400 itself can be rendered
+
+
 def test_custom_root_path_prefixes_error_fields() -> None:
     with pytest.raises(ValidationError) as caught:
         parse_filter({"a": {"$gt": [1]}}, path="body.filter")
