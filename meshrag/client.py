@@ -130,10 +130,13 @@ class MeshClient:
             body["session"] = session
         return self._call("POST", "/v1/documents", body)
 
-    def get_document(self, doc_id: str, *, local: bool = False, session: str | None = None) -> dict[str, Any]:
+    def get_document(self, doc_id: str, *, local: bool = False, session: str | None = None,
+                     consistency: str | None = None) -> dict[str, Any]:
         query = {"local": "true"} if local else {}
         if session:
             query["session"] = session
+        if consistency:
+            query["consistency"] = consistency
         suffix = "?" + urllib.parse.urlencode(query) if query else ""
         return self._call("GET", self._document_path(doc_id) + suffix)
 

@@ -68,11 +68,29 @@ def unpack_hlc(timestamp: int) -> tuple[int, int]:
     return timestamp >> LOGICAL_BITS, timestamp & LOGICAL_MASK
 
 
-class HybridLogicalClock:
-    """Issues strictly increasing HLC timestamps; thread-safe."""
+class ClockDrift(Exception):
+    """A timestamp further ahead of this node's wall clock than the drift bound allows."""
 
-    def __init__(self, clock: Clock) -> None:
+    def __init__(self, timestamp: int, ahead_s: float, bound_s: float) -> None:
+        super().__init__(
+            f"version {timestamp} is {ahead_s:.1f} s ahead of this node's clock "
+            f"(cluster.max_clock_drift_s = {bound_s:g}); the clock of the node that stamped it is wrong"
+        )
+        self.timestamp = timestamp
+        self.ahead_s = ahead_s
+
+
+class HybridLogicalClock:
+    """Issues strictly increasing HLC timestamps; thread-safe.
+
+    ``max_drift_s`` bounds trust in other nodes: a remote timestamp further
+    ahead of our wall clock than that is refused (``ClockDrift``), so one node
+    with a clock hours ahead cannot drag every version in the cluster forward.
+    """
+
+    def __init__(self, clock: Clock, max_drift_s: float = float("inf")) -> None:
         self._clock = clock
+        self.max_drift_s = max_drift_s
         self._last = 0
         self._lock = threading.Lock()
 
@@ -90,8 +108,20 @@ class HybridLogicalClock:
                 self._last = pack_hlc(last_physical + 1, 0)
             return self._last
 
+    def ahead_s(self, remote: int) -> float:
+        """How far a timestamp is ahead of this node's wall clock (negative: behind)."""
+        return hlc_to_wall(remote) - self._clock.wall()
+
+    def check(self, remote: int) -> None:
+        """Raise ``ClockDrift`` if ``remote`` is beyond the drift bound."""
+        ahead = self.ahead_s(remote)
+        if ahead > self.max_drift_s:
+            raise ClockDrift(remote, ahead, self.max_drift_s)
+
     def observe(self, remote: int) -> None:
-        """Fold in a timestamp seen from another node so later ones sort after it."""
+        """Fold in a timestamp seen from another node so later ones sort after it;
+        ``ClockDrift`` (and nothing folded in) if it is beyond the drift bound."""
+        self.check(remote)
         with self._lock:
             if remote > self._last:
                 self._last = remote

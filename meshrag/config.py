@@ -22,6 +22,9 @@ from meshrag.errors import ConfigError
 from meshrag.gossip.settings import GossipSettings
 
 ENV_PREFIX = "MESHRAG_"
+# Upper bound of a replicated document's bytes per character of its text: UTF-8 (up to 4),
+# chunk texts with overlap (x1.2 more), vectors (4 bytes x 384 dims per ~800 characters).
+MESSAGE_BYTES_PER_TEXT_CHAR = 20
 # MESHRAG_* variables that are not settings, though MESHRAG_NODE looks like the start of
 # one: read by cli.py (NODE, the default --node URL), setup_check.py (DATA_DIR),
 # scripts/setup.sh (EXTRAS, VENV), scripts/demo.sh (DEMO_PORT, DEMO_DATA) and
@@ -285,6 +288,14 @@ def _validate(config: Config, origins: Mapping[str, str]) -> None:
 
 
 def _validate_relations(config: Config) -> None:
+    one_document = MESSAGE_BYTES_PER_TEXT_CHAR * config.api.max_text_chars
+    if config.cluster.max_message_bytes < one_document:
+        # Batches are split to fit a message, but one document cannot be split.
+        raise ConfigError(
+            f"cluster.max_message_bytes = {config.cluster.max_message_bytes}: must hold one document of "
+            f"api.max_text_chars = {config.api.max_text_chars} with its chunks and vectors "
+            f"(at least {one_document} bytes)", field="cluster.max_message_bytes",
+        )
     hint_window = config.cluster.max_hint_window_s
     if config.storage.tombstone_grace_s <= hint_window:
         # A hint older than the grace period could carry a write the tombstone must beat.

@@ -66,3 +66,18 @@ class ConfigError(MeshragError):
     """A configuration value is invalid; raised at start, never at request time."""
 
     code = "config_error"
+
+
+class NotOwner(MeshragError):
+    """A node asked to store a partition it neither owns nor is handing off (its ring
+    differs from the sender's): the sender refreshes its ring and re-plans."""
+
+    status = 409
+    code = "not_owner"
+
+
+class VersionAhead(MeshragError):
+    """A version stamped further ahead of this node's clock than cluster.max_clock_drift_s."""
+
+    status = 400
+    code = "clock_drift"

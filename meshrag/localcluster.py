@@ -36,21 +36,24 @@ class LocalCluster:
         self.extra_args = list(extra_args)
         self.nodes: list[LocalNode] = []
 
-    def add(self, name: str | None = None, wait: bool = True) -> LocalNode:
+    def add(self, name: str | None = None, wait: bool = True, env: dict[str, str] | None = None) -> LocalNode:
+        """Start one more node; ``env`` adds to the cluster's environment for this node only."""
         name = name or f"n{len(self.nodes) + 1}"
         args = [*self.extra_args, "--partitions", str(self.partitions), "--replicas", str(self.replicas)]
         if self.nodes:
             args += ["--join", f"127.0.0.1:{self.nodes[0].port}"]
-        node = LocalNode(self.root / name, name=name, extra_args=args, env=self.env).start()
+        node = LocalNode(self.root / name, name=name, extra_args=args, env={**self.env, **(env or {})}).start()
         self.nodes.append(node)
         if wait:
             node.wait_ready()
         return node
 
-    def start(self, size: int) -> "LocalCluster":
-        self.add()
-        for _ in range(size - 1):
-            self.add(wait=False)
+    def start(self, size: int, node_env: dict[str, dict[str, str]] | None = None) -> "LocalCluster":
+        """``size`` nodes n1..nK; ``node_env`` gives some of them extra environment by name."""
+        extra = node_env or {}
+        self.add(env=extra.get("n1"))
+        for i in range(2, size + 1):
+            self.add(wait=False, env=extra.get(f"n{i}"))
         for node in self.nodes:
             node.wait_ready()
         self.wait_for(lambda: all(self.ring_settled(n) for n in self.running()), 120, "every node normal in every ring")

@@ -26,13 +26,15 @@ from meshrag.api.internal import InternalApi
 from meshrag.api.public import PublicApi
 from meshrag.clock import HybridLogicalClock, SystemClock, pack_hlc
 from meshrag.cluster.ringstate import ClusterSettings, RingState
-from meshrag.cluster.rpc import PeerClient, PeerError
+from meshrag.cluster.rpc import BodyCodec, PeerClient, PeerError
 from meshrag.cluster.service import RING_PATH, ClusterService
 from meshrag.config import Config, as_dict, parse_host_port
 from meshrag.generation.base import GeneratorBackend
 from meshrag.gossip import AsyncioTransport, GossipDatagramProtocol, MemberEvent, Memberlist
 from meshrag.identity import NodeIdentity, load_or_create
-from meshrag.observability import ClusterCollector, GossipCollector, Metrics, configure_logging, start_monitor
+from meshrag.observability import (
+    ClusterCollector, GossipCollector, LoopLagMonitor, Metrics, StorageSnapshot, configure_logging, start_monitor,
+)
 from meshrag.rag.chunking import Chunker, ChunkingSettings
 from meshrag.rag.embedder import Embedder, default_model_path
 from meshrag.rag.pipeline import RagPipeline
@@ -58,9 +60,15 @@ class Node:
         self._http_session: aiohttp.ClientSession | None = None
         self._udp: asyncio.DatagramTransport | None = None
         self._clock = SystemClock(config.node.clock_offset_s)
-        self._hlc = HybridLogicalClock(self._clock)
+        self._hlc = HybridLogicalClock(self._clock, config.cluster.max_clock_drift_s)
         self._started_at = time.time()
         self._storage_pool = ThreadPoolExecutor(config.storage.threads, thread_name_prefix="storage")
+        # Small CPU and file steps kept off the event loop (gossip shares it): packing and
+        # unpacking large /_mesh/ bodies, writing cluster.json. Its own thread, so they never
+        # queue behind a long SQLite write in the storage pool.
+        self._offload_pool = ThreadPoolExecutor(1, thread_name_prefix="offload")
+        self._codec = BodyCodec(self._offload_pool)
+        self._storage_snapshot = StorageSnapshot()
         self._engine: StorageEngine | None = None
         self._embedder: Embedder | None = None
         self._generator: GeneratorBackend | None = None
@@ -96,11 +104,13 @@ class Node:
             "components": self.readiness(),
         }
         members = sorted((m.as_dict() for m in self.members.members()), key=lambda m: m["name"]) if self.members else []
+        loop = asyncio.get_running_loop()
+        storage = await loop.run_in_executor(self._storage_pool, self._engine.stats) if self._engine else None  # SQLite
         return {
             "node": node,
             "members": members,
             "ring": await self._ring_view(),
-            "storage": self._engine.stats() if self._engine else None,
+            "storage": storage,
             "generator": self._generator.stats() if self._generator and self._components.get("generator") else None,
             "embedder": {"model": self._embedder.model_name, "dim": self._embedder.dim} if self._embedder and self._components["embedder"] else None,
             "config": as_dict(self.config),
@@ -115,6 +125,8 @@ class Node:
     async def start(self) -> None:
         configure_logging(self.config.observability.log_level, self.config.observability.log_format, self.config.node_name)
         self.identity = load_or_create(self.config.data_path, self.config.node_name)
+        lag = LoopLagMonitor(self.metrics.loop_lag.observe)
+        self._tasks.append(asyncio.create_task(lag.run(), name="loop-lag"))
         await self._start_http()
         await self._start_gossip()
         if self.config.observability.monitor:
@@ -130,7 +142,9 @@ class Node:
             client_max_size=max(self.config.api.max_body_bytes, self.config.cluster.max_message_bytes),
         )
         app.add_routes(PublicApi(self).routes())
-        app.add_routes(InternalApi(self, self.config.gossip_settings(), self.config.node.secret, self.config.cluster.max_message_bytes).routes())
+        app.add_routes(InternalApi(
+            self, self.config.gossip_settings(), self.config.node.secret, self.config.cluster.max_message_bytes, self._codec,
+        ).routes())
         # handler_cancellation: a client that disconnects cancels its handler,
         # which is how an abandoned /v1/ask stops its generation.
         self._runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
@@ -146,7 +160,7 @@ class Node:
         protocol = GossipDatagramProtocol(self._on_datagram)
         self._udp, _ = await loop.create_datagram_endpoint(lambda: protocol, sock=_gossip_socket(host, port))
         self._http_session = aiohttp.ClientSession()
-        self._peers = PeerClient(self._http_session, self.config.node.secret, self.config.cluster.replica_timeout_s)
+        self._peers = PeerClient(self._http_session, self.config.node.secret, self.config.cluster.replica_timeout_s, self._codec)
         self.members = Memberlist(
             self.identity,
             self.config.advertise_address,
@@ -216,10 +230,10 @@ class Node:
             ring_state = await self._cluster_membership(embedder.model_name, embedder.dim)
             assert ring_state.settings is not None
             self._engine = await loop.run_in_executor(self._storage_pool, self._open_engine, ring_state.settings.partitions, embedder.dim)
-            self._hints = HintStore(self.config.data_path / "hints.sqlite")
+            self._hints = HintStore(self.config.data_path / "hints.sqlite", self.config.cluster.max_hint_bytes, self._clock.wall)
             await loop.run_in_executor(self._storage_pool, self._hints.open)
             self.cluster = self._build_cluster(ring_state)
-            self.metrics.registry.register(ClusterCollector(self.cluster))
+            self.metrics.registry.register(ClusterCollector(self.cluster, self._storage_snapshot))
             self.cluster.start()
             self._components["storage"] = True
             self._tasks.append(asyncio.create_task(self._save_indexes_periodically(), name="index-saver"))
@@ -229,7 +243,8 @@ class Node:
                 self._components["generator"] = True
             self.pipeline = self._build_pipeline(embedder)
             self._tasks.append(asyncio.create_task(self._advertise_metadata_changes(), name="metadata"))
-            self._refresh_gauges()
+            await self._refresh_storage_metrics()
+            self._tasks.append(asyncio.create_task(self._refresh_storage_metrics_periodically(), name="storage-metrics"))
             log.info("node ready: %s", self.readiness())
         except Exception as exc:  # a node that cannot load must say why and stop
             log.exception("node failed to load its components")
@@ -244,7 +259,8 @@ class Node:
         """Create the cluster, or adopt the one the seeds belong to (refusing another model),
         and put this node in its ring: normal when it creates it, joining otherwise."""
         assert self.identity is not None
-        ring_state = RingState(self.config.data_path, self.identity.node_id)
+        loop = asyncio.get_running_loop()
+        ring_state = RingState(self.config.data_path, self.identity.node_id, lambda fn: loop.run_in_executor(self._offload_pool, fn))
         if not ring_state.load():
             seeds = [s for s in self.config.node.join if s != self.config.advertise_address]
             if seeds:
@@ -264,6 +280,7 @@ class Node:
             status = RingStatus.JOINING if others_hold_data else RingStatus.NORMAL
             ring_state.add_self(self.config.node_name, self.config.node.zone, status, self._hlc.now())
             await self._announce_ring(ring_state)
+        await ring_state.flush()  # on disk before this node serves as a member
         return ring_state
 
     async def _fetch_cluster(self, seeds: list[str]) -> tuple[ClusterSettings, list[RingEntry]]:
@@ -348,7 +365,6 @@ class Node:
             await asyncio.sleep(self.config.storage.index_save_interval_s)
             if self._engine is not None:
                 await loop.run_in_executor(self._storage_pool, self._engine.save_indexes)
-                self._refresh_gauges()
 
     async def _purge_tombstones_periodically(self) -> None:
         """Forget tombstones older than storage.tombstone_grace_s plus cluster.max_clock_drift_s.
@@ -367,19 +383,37 @@ class Node:
                     log.info("purged %d tombstones older than %.0f s", purged, grace)
             await asyncio.sleep(min(grace / 4, 3600.0))
 
-    def _refresh_gauges(self) -> None:
+    async def _refresh_storage_metrics_periodically(self) -> None:
+        while True:
+            await asyncio.sleep(STORAGE_METRICS_REFRESH_S)
+            try:
+                await self._refresh_storage_metrics()
+            except Exception:
+                log.exception("could not refresh the storage metrics")
+
+    async def _refresh_storage_metrics(self) -> None:
+        """Read what /metrics exports from SQLite, in the storage executor: a scrape renders
+        on the event loop and must not query SQLite there."""
+        loop = asyncio.get_running_loop()
         if self._engine is not None:
-            stats = self._engine.stats()
+            stats = await loop.run_in_executor(self._storage_pool, self._engine.stats)
             self.metrics.stored_documents.set(stats.get("documents", 0))
             self.metrics.stored_chunks.set(stats.get("chunks", 0))
+        if self._hints is not None:
+            self._storage_snapshot.pending_hints = await loop.run_in_executor(self._storage_pool, self._hints.pending)
         self.metrics.ready.set(1 if all(self._components.values()) else 0)
 
     async def _leave_cluster(self) -> None:
         """Announce a graceful leave so others show this node as left, not dead."""
         if self.members is None:
             return
-        done = asyncio.get_running_loop().create_future()
-        self.members.leave(lambda: done.done() or done.set_result(None))
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+        def left() -> None:
+            if not done.done():
+                done.set_result(None)
+
+        self.members.leave(left)
         await done
         self.members.stop()
 
@@ -393,6 +427,8 @@ class Node:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         if self._runner is not None:
             await self._runner.cleanup()
+        if self.cluster is not None:  # no request can change the ring any more
+            await self.cluster.ring_state.flush()  # a restart finds the latest ring
         if self._udp is not None:
             self._udp.close()
         if self._http_session is not None:
@@ -406,6 +442,7 @@ class Node:
         if self._hints is not None:
             self._hints.close()
         self._storage_pool.shutdown(wait=True)
+        self._offload_pool.shutdown(wait=True)
         if self._monitor is not None:
             self._monitor.close()
         log.info("node stopped")
@@ -421,6 +458,7 @@ class Node:
 
 
 METADATA_REFRESH_S = 5.0
+STORAGE_METRICS_REFRESH_S = 5.0  # /metrics shows pending hints and stored counts at most this old
 
 # A burst of datagrams (a join storm, a flood of garbage) must wait in the
 # kernel rather than be dropped while the loop is busy; the kernel caps this

@@ -1,18 +1,23 @@
-"""Metrics, structured logs, request ids and the aiomonitor console.
+"""Metrics, structured logs, request ids, event-loop lag and the aiomonitor console.
 
 Each node owns its own Prometheus registry (several nodes may run in one
-test process), exposed at /metrics.
+test process), exposed at /metrics. A scrape renders on the event loop, so
+nothing here reads SQLite: figures that live in SQLite (pending hints, stored
+documents) are read in the storage executor by node.py and handed to the
+collectors as a snapshot (StorageSnapshot).
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 import json
 import logging
 import sys
 import time
 import uuid
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Awaitable, Callable, Mapping
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -20,6 +25,9 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 request_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+# Gossip's probe timeout is 500 ms: lag of tens of milliseconds already eats into it.
+LAG_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
+LAG_INTERVAL_S = 0.05
 
 
 def new_request_id() -> str:
@@ -47,9 +55,52 @@ class Metrics:
         self.stored_documents = Gauge("meshrag_stored_documents", "Live documents held by this node", registry=r)
         self.stored_chunks = Gauge("meshrag_stored_chunks", "Chunks held by this node", registry=r)
         self.ready = Gauge("meshrag_ready", "1 when the node serves every role it has", registry=r)
+        self.loop_lag = Histogram(
+            "meshrag_event_loop_lag_seconds", "How late the event loop woke a short sleep (gossip shares the loop)",
+            buckets=LAG_BUCKETS, registry=r,
+        )
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class LoopLagMonitor:
+    """Measures event-loop lag: sleeps ``interval_s`` and records how much later than asked it
+    woke up. Anything that holds the loop (a long computation, blocking I/O) shows up here, and
+    is time gossip's probes and acks wait, the cause of false suspicions. Clock and sleep are
+    injected, so tests drive it with virtual time; node.py runs it on the real loop."""
+
+    def __init__(
+        self,
+        observe: Callable[[float], None],
+        interval_s: float = LAG_INTERVAL_S,
+        now: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
+        self._observe = observe
+        self._interval_s = interval_s
+        self._now = now
+        self._sleep = sleep
+
+    async def tick(self) -> float:
+        """One measurement: the lag it observed (never negative: timers may fire a little early)."""
+        started = self._now()
+        await self._sleep(self._interval_s)
+        lag = max(0.0, self._now() - started - self._interval_s)
+        self._observe(lag)
+        return lag
+
+    async def run(self) -> None:
+        while True:
+            await self.tick()
+
+
+@dataclass
+class StorageSnapshot:
+    """What /metrics exports from SQLite, as last read in the storage executor (node.py
+    refreshes it every few seconds), so a scrape never reads SQLite on the event loop."""
+
+    pending_hints: Mapping[str, Any] = field(default_factory=dict)  # target node id -> HintStore pending entry
 
 
 class GossipCollector:
@@ -80,10 +131,12 @@ class GossipCollector:
 
 
 class ClusterCollector:
-    """Replication and repair state at scrape time: transfers, pending hints, ring health."""
+    """Replication and repair state at scrape time: transfers, pending hints (from the storage
+    snapshot), ring health."""
 
-    def __init__(self, cluster: Any) -> None:
+    def __init__(self, cluster: Any, storage: StorageSnapshot) -> None:
         self._cluster = cluster
+        self._storage = storage
 
     def collect(self) -> Any:
         progress = self._cluster.repairer.progress
@@ -98,13 +151,32 @@ class ClusterCollector:
         yield CounterMetricFamily("meshrag_repair_passes", "Completed anti-entropy passes", value=progress.passes)
         yield CounterMetricFamily("meshrag_repair_errors", "Failed partition syncs", value=progress.errors)
         yield CounterMetricFamily("meshrag_partitions_dropped", "Partitions handed off and dropped here", value=progress.dropped)
+        yield from self._write_path_counters()
         hints = GaugeMetricFamily("meshrag_hints_pending_documents", "Hinted documents waiting for their replica", labels=["target"])
-        for target, pending in sorted(self._cluster.hints.pending().items()):
+        for target, pending in sorted(self._storage.pending_hints.items()):
             hints.add_metric([self._cluster.name_of(target)], pending.documents)
         yield hints
         view = self._cluster.ring_view()
         yield GaugeMetricFamily("meshrag_partitions_under_replicated", "Partitions with fewer live owners than N, or moving", value=len(view["under_replicated"]))
         yield GaugeMetricFamily("meshrag_partitions_held", "Partitions stored on this node", value=view["local_partitions"])
+
+
+    def _write_path_counters(self) -> Any:
+        """Refusals and drops of the write path (cluster/service.py's stats, the hint store's drops)."""
+        stats = self._cluster.stats
+        drift = CounterMetricFamily("meshrag_clock_drift_rejections", "Versions refused or not observed: stamped beyond "
+                                    "cluster.max_clock_drift_s ahead of this node's clock", labels=["source"])
+        for source, count in sorted(stats.drift_rejections.items()):
+            drift.add_metric([source], count)
+        yield drift
+        yield CounterMetricFamily("meshrag_not_owner_refusals", "Applies refused: partition neither owned nor handed off here",
+                                  value=stats.not_owner_refusals)
+        yield CounterMetricFamily("meshrag_read_repairs", "Replicas brought up to date by a read", value=stats.read_repairs)
+        dropped = CounterMetricFamily("meshrag_hints_dropped_documents", "Hinted documents dropped (repair brings them), by reason",
+                                      labels=["reason"])
+        for reason, count in sorted(self._cluster.hints.dropped.items()):
+            dropped.add_metric([reason], count)
+        yield dropped
 
 
 class JsonFormatter(logging.Formatter):
@@ -152,7 +224,7 @@ class Stopwatch:
 
 def start_monitor(loop: Any, port: int) -> Any:
     """aiomonitor on loopback only: it is a live Python console into the node."""
-    import aiomonitor
+    import aiomonitor  # type: ignore[import-untyped]
 
     monitor = aiomonitor.Monitor(loop, host="127.0.0.1", termui_port=port, webui_port=port + 1, console_port=port + 2)
     monitor.start()

@@ -49,3 +49,34 @@ def test_pack_roundtrip_and_wall_time() -> None:
     stamp = pack_hlc(1_700_000_000_123, 7)
     assert unpack_hlc(stamp) == (1_700_000_000_123, 7)
     assert hlc_to_wall(stamp) == pytest.approx(1_700_000_000.123)
+
+
+# ------------------------------------------------------------------ drift bound
+def test_hlc_refuses_to_observe_a_timestamp_beyond_the_drift_bound() -> None:
+    from meshrag.clock import ClockDrift
+
+    clock = VirtualClock()
+    hlc = HybridLogicalClock(clock, max_drift_s=60.0)
+    far_ahead = pack_hlc(int((clock.wall() + 3600) * 1000), 0)
+    with pytest.raises(ClockDrift, match="3600.0 s ahead"):
+        hlc.observe(far_ahead)
+    assert hlc.now() < far_ahead, "a refused timestamp must not drag the clock forward"
+
+
+def test_hlc_observes_a_timestamp_within_the_drift_bound() -> None:
+    clock = VirtualClock()
+    hlc = HybridLogicalClock(clock, max_drift_s=60.0)
+    ahead = pack_hlc(int((clock.wall() + 30) * 1000), 5)
+    hlc.observe(ahead)
+    assert hlc.now() > ahead
+    assert hlc.ahead_s(ahead) == pytest.approx(30.0, abs=0.01)
+
+
+def test_system_clock_offset_shifts_wall_time_only() -> None:
+    import time
+
+    from meshrag.clock import SystemClock
+
+    shifted = SystemClock(wall_offset_s=-30.0)
+    assert shifted.wall() == pytest.approx(time.time() - 30.0, abs=0.5)
+    assert shifted.now() == pytest.approx(time.monotonic(), abs=0.5)

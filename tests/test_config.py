@@ -150,3 +150,16 @@ def test_public_bind_requires_secret_or_dev() -> None:
 def test_as_dict_redacts_secret() -> None:
     config = load_config(None, {"node.secret": "x" * 20}, environ={})
     assert as_dict(config)["node"]["secret"] == "***"
+
+
+def test_the_mesh_message_limit_must_hold_one_document_of_the_longest_text() -> None:
+    with pytest.raises(ConfigError) as failure:
+        load_config(None, {"cluster.max_message_bytes": 2 * 1024 * 1024, "api.max_text_chars": 1_000_000}, environ={})
+    assert failure.value.field == "cluster.max_message_bytes"
+    assert load_config(None, {"cluster.max_message_bytes": 2 * 1024 * 1024, "api.max_text_chars": 100_000}, environ={})
+
+
+def test_the_tombstone_grace_period_must_outlast_the_hint_window() -> None:
+    with pytest.raises(ConfigError) as failure:
+        load_config(None, {"storage.tombstone_grace_s": 3600.0}, environ={})
+    assert failure.value.field == "storage.tombstone_grace_s"

@@ -1,4 +1,6 @@
-"""observability.py: JSON logs carry request ids; aiomonitor listens on loopback only."""
+"""observability.py: JSON logs carry request ids; aiomonitor listens on loopback only; the
+event-loop lag monitor (virtual time, then a really blocked loop); collectors export SQLite
+figures from the storage snapshot, never reading SQLite at scrape time."""
 
 from __future__ import annotations
 
@@ -6,9 +8,18 @@ import asyncio
 import json
 import logging
 import socket
+import time
+from types import SimpleNamespace
+from typing import Any
 
+import pytest
+
+from meshrag.cluster.repair import Progress
+from meshrag.cluster.service import ClusterStats
 from meshrag.localnode import free_port
-from meshrag.observability import JsonFormatter, Metrics, request_id_var, start_monitor
+from meshrag.observability import (
+    ClusterCollector, JsonFormatter, LoopLagMonitor, Metrics, StorageSnapshot, request_id_var, start_monitor,
+)
 
 
 def test_json_log_lines_carry_the_request_id() -> None:
@@ -42,3 +53,87 @@ async def test_monitor_accepts_connections_on_loopback() -> None:
             raise AssertionError("aiomonitor did not listen")
     finally:
         monitor.close()
+
+
+# ------------------------------------------------------------------ event-loop lag
+class VirtualLoop:
+    """A clock that moves only when the monitor sleeps; each sleep oversleeps by the next stall."""
+
+    def __init__(self, stalls: list[float]) -> None:
+        self.now = 0.0
+        self.stalls = list(stalls)
+        self.asked: list[float] = []
+
+    def clock(self) -> float:
+        return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        self.asked.append(seconds)
+        self.now += seconds + (self.stalls.pop(0) if self.stalls else 0.0)
+
+
+async def test_lag_is_how_much_later_than_asked_the_sleep_woke() -> None:
+    loop = VirtualLoop([0.0, 0.2, 0.003, -0.001])
+    seen: list[float] = []
+    monitor = LoopLagMonitor(seen.append, interval_s=0.05, now=loop.clock, sleep=loop.sleep)
+    for _ in range(4):
+        await monitor.tick()
+    assert loop.asked == [0.05] * 4
+    assert seen == [0.0, pytest.approx(0.2), pytest.approx(0.003), 0.0], "a timer firing early is no lag"
+
+
+async def test_lag_lands_in_the_event_loop_lag_histogram() -> None:
+    metrics = Metrics()
+    loop = VirtualLoop([0.3, 0.0005])
+    monitor = LoopLagMonitor(metrics.loop_lag.observe, interval_s=0.1, now=loop.clock, sleep=loop.sleep)
+    await monitor.tick()
+    await monitor.tick()
+    text = metrics.render().decode()
+    assert 'meshrag_event_loop_lag_seconds_bucket{le="0.25"} 1.0' in text
+    assert 'meshrag_event_loop_lag_seconds_bucket{le="0.5"} 2.0' in text
+    assert "meshrag_event_loop_lag_seconds_count 2.0" in text
+
+
+async def test_a_blocked_real_loop_shows_up_as_lag() -> None:
+    seen: list[float] = []
+    task = asyncio.create_task(LoopLagMonitor(seen.append, interval_s=0.01).run())
+    await asyncio.sleep(0.03)
+    time.sleep(0.1)  # what a long step on the loop does to everything else on it
+    await asyncio.sleep(0.03)
+    task.cancel()
+    assert max(seen) >= 0.07
+
+
+# ------------------------------------------------------------------ collectors
+class UnreadHints:
+    """A hint store whose SQLite a scrape must not read (its in-memory counters it may)."""
+
+    dropped: dict[str, int] = {}
+
+    def pending(self) -> Any:
+        raise AssertionError("a scrape read the hint store (SQLite) on the event loop")
+
+
+class ScrapedCluster:
+    """What ClusterCollector reads of the cluster service."""
+
+    repairer = SimpleNamespace(progress=Progress())
+    stats = ClusterStats()
+    hints = UnreadHints()
+
+    def name_of(self, node_id: str) -> str:
+        return f"name-of-{node_id}"
+
+    def ring_view(self) -> dict[str, Any]:
+        return {"under_replicated": [3], "local_partitions": 2}
+
+
+def test_pending_hints_are_exported_from_the_storage_snapshot() -> None:
+    metrics = Metrics()
+    snapshot = StorageSnapshot()
+    metrics.registry.register(ClusterCollector(ScrapedCluster(), snapshot))
+    assert "meshrag_hints_pending_documents{" not in metrics.render().decode()
+    snapshot.pending_hints = {"n2": SimpleNamespace(documents=7)}
+    text = metrics.render().decode()
+    assert 'meshrag_hints_pending_documents{target="name-of-n2"} 7.0' in text
+    assert "meshrag_partitions_under_replicated 1.0" in text

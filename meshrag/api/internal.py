@@ -14,7 +14,7 @@ from aiohttp import web
 
 from meshrag import wire
 from meshrag.cluster import service as paths
-from meshrag.cluster.rpc import SECRET_HEADER, secret_matches
+from meshrag.cluster.rpc import SECRET_HEADER, BodyCodec, secret_matches
 from meshrag.cluster.service import ClusterService
 from meshrag.errors import MeshragError, PayloadTooLarge, Unavailable, ValidationError
 from meshrag.gossip import PUSH_PULL_CONTENT_TYPE, PUSH_PULL_PATH, Memberlist
@@ -34,11 +34,14 @@ class MeshView(Protocol):
 
 
 class InternalApi:
-    def __init__(self, node: MeshView, settings: GossipSettings, secret: str, max_body_bytes: int) -> None:
+    def __init__(
+        self, node: MeshView, settings: GossipSettings, secret: str, max_body_bytes: int, codec: BodyCodec | None = None
+    ) -> None:
         self._node = node
         self._settings = settings
         self._secret = secret
         self._max_body_bytes = max_body_bytes
+        self._codec = codec or BodyCodec()  # large bodies unpacked and packed off the event loop
 
     def routes(self) -> list[web.RouteDef]:
         mesh: dict[str, Callable[[ClusterService], Handler]] = {
@@ -64,14 +67,14 @@ class InternalApi:
                 raise Unavailable("cluster storage is not started yet", retry_after_s=1)
             if request.content_length is not None and request.content_length > self._max_body_bytes:
                 raise PayloadTooLarge(f"body over {self._max_body_bytes} bytes", field="body")
-            body = wire.unpack(await request.read())
+            body = await self._codec.unpack(await request.read())
             if not isinstance(body, dict):
                 raise ValidationError("body must be a map", field="body")
             try:
                 reply = await pick(cluster)(body)
             except (KeyError, TypeError, ValueError) as exc:
                 raise ValidationError(f"malformed request: {exc!r}", field="body") from None
-            return web.Response(body=wire.pack(reply), content_type=wire.MSGPACK)
+            return web.Response(body=await self._codec.pack(reply), content_type=wire.MSGPACK)
 
         return route
 

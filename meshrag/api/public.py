@@ -12,7 +12,7 @@ from typing import Any, Protocol
 from aiohttp import web
 
 from meshrag.api.errors import json_response
-from meshrag.api.schema import parse_ask, parse_search, parse_upsert
+from meshrag.api.schema import parse_ask, parse_doc_id, parse_search, parse_upsert
 from meshrag.config import Config
 from meshrag.cluster.service import ClusterService
 from meshrag.cluster.writes import CONSISTENCY_LEVELS
@@ -61,6 +61,13 @@ def _flag(request: web.Request, name: str) -> bool:
     if value not in ("true", "false", "1", "0"):
         raise ValidationError(f"{name} must be true or false", field=name)
     return value in ("true", "1")
+
+
+def _consistency(request: web.Request, default: str) -> str:
+    consistency = request.query.get("consistency", default)
+    if consistency not in CONSISTENCY_LEVELS:
+        raise ValidationError(f"consistency must be one of {', '.join(CONSISTENCY_LEVELS)}", field="consistency")
+    return consistency
 
 
 async def read_body(request: web.Request, max_bytes: int) -> Any:
@@ -122,18 +129,20 @@ class PublicApi:
         })
 
     async def get_document(self, request: web.Request) -> web.Response:
-        """?local=true: this node's own copy only; ?session=TOKEN: read your writes."""
+        """?consistency=one|quorum|all (default quorum): replicas read, newest wins, stale
+        ones repaired; ?local=true: this node's own copy only; ?session=TOKEN: read your writes."""
         local = _flag(request, "local")
-        doc = await _pipeline(self._node).get(request.match_info["doc_id"], request.query.get("session"), local)
+        consistency = _consistency(request, "quorum")
+        doc_id = parse_doc_id(request.match_info["doc_id"])
+        doc = await _pipeline(self._node).get(doc_id, request.query.get("session"), local, consistency)
         return json_response(request, document_dict(doc))
 
     async def delete_document(self, request: web.Request) -> web.Response:
-        consistency = request.query.get("consistency", "quorum")
-        if consistency not in CONSISTENCY_LEVELS:
-            raise ValidationError(f"consistency must be one of {', '.join(CONSISTENCY_LEVELS)}", field="consistency")
-        outcome = await _pipeline(self._node).delete(request.match_info["doc_id"], consistency, request.query.get("session"))
+        consistency = _consistency(request, "quorum")
+        doc_id = parse_doc_id(request.match_info["doc_id"])
+        outcome = await _pipeline(self._node).delete(doc_id, consistency, request.query.get("session"))
         [result] = outcome.results
-        return json_response(request, {"id": result.doc_id, "status": "deleted", "version": result.version, "session": outcome.session})
+        return json_response(request, {"id": result.doc_id, "status": result.status.value, "version": result.version, "session": outcome.session})
 
     async def decommission(self, request: web.Request) -> web.Response:
         """Stream this node's partitions to their next owners, then leave the ring."""

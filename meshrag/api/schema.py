@@ -159,8 +159,8 @@ def _document(value: Any, path: str, limits: ApiConfig, dim: int) -> IncomingDoc
     obj = _require_object(value, path)
     _reject_unknown(obj, frozenset({"id", "text", "metadata", "vector"}), path)
     doc_id = _string(obj, "id", f"{path}.id", required=False, max_chars=MAX_ID_CHARS)
-    if doc_id is not None and _ID_FORBIDDEN.search(doc_id):
-        raise ValidationError(f"{path}.id must not contain control characters", field=f"{path}.id")
+    if doc_id is not None:
+        _check_id_characters(doc_id, f"{path}.id")
     text = _string(obj, "text", f"{path}.text", required=True, max_chars=limits.max_text_chars)
     metadata = obj.get("metadata", {})
     if metadata is None:
@@ -171,6 +171,20 @@ def _document(value: Any, path: str, limits: ApiConfig, dim: int) -> IncomingDoc
     vector = _vector(obj["vector"], f"{path}.vector", dim) if obj.get("vector") is not None else None
     assert text is not None
     return IncomingDocument(doc_id=doc_id, text=text, metadata=metadata, vector=vector)
+
+
+def _check_id_characters(doc_id: str, path: str) -> None:
+    if _ID_FORBIDDEN.search(doc_id):
+        raise ValidationError(f"{path} must not contain control characters", field=path)
+
+
+def parse_doc_id(value: str) -> str:
+    """A document id from a URL path (GET, DELETE): the rules an upserted id follows, so a
+    delete cannot leave a tombstone for an id no upsert could have written."""
+    doc_id = _string({"id": value}, "id", "id", required=True, max_chars=MAX_ID_CHARS)
+    assert doc_id is not None
+    _check_id_characters(doc_id, "id")
+    return doc_id
 
 
 def parse_upsert(body: Any, limits: ApiConfig, dim: int) -> UpsertRequest:

@@ -12,7 +12,11 @@ from typing import Any, Mapping
 import numpy as np
 
 from meshrag.errors import ValidationError
-from meshrag.store.types import ChunkWrite, DigestEntry, DocState, DocumentWrite, Hit, StoredDocument, ChunkInfo
+from meshrag.store.types import ChunkInfo, ChunkWrite, DigestEntry, DocState, DocumentWrite, Hit, StoredDocument, WriteResult, WriteStatus
+
+# Share of cluster.max_message_bytes a batch may fill by wire_size's estimate: the
+# estimate leaves out msgpack framing and metadata encoding.
+MESSAGE_FILL = 0.75
 
 
 def doc_to_wire(doc: DocumentWrite) -> dict[str, Any]:
@@ -44,6 +48,51 @@ def docs_from_wire(raw: Any) -> list[DocumentWrite]:
 def wire_size(doc: DocumentWrite) -> int:
     """Approximate bytes a document takes on the wire (for rate limits and progress)."""
     return len(doc.text) + 64 + sum(len(c.text) + 4 * int(np.asarray(c.vector).size) + 48 for c in doc.chunks)
+
+
+def message_budget(max_message_bytes: int) -> int:
+    return int(max_message_bytes * MESSAGE_FILL)
+
+
+def fitting_prefix(docs: list[DocumentWrite], budget: int, at_least_one: bool) -> list[DocumentWrite]:
+    """The longest prefix of ``docs`` within ``budget`` bytes (at least one document if asked:
+    a document larger than a whole message must still move, alone)."""
+    taken: list[DocumentWrite] = []
+    used = 0
+    for doc in docs:
+        size = wire_size(doc)
+        if used + size > budget and (taken or not at_least_one):
+            break
+        taken.append(doc)
+        used += size
+    return taken
+
+
+def split_to_fit(docs: list[DocumentWrite], max_message_bytes: int) -> list[list[DocumentWrite]]:
+    """Consecutive batches of ``docs``, each within one /_mesh/ message (by wire_size)."""
+    budget = message_budget(max_message_bytes)
+    batches: list[list[DocumentWrite]] = []
+    rest = docs
+    while rest:
+        batch = fitting_prefix(rest, budget, at_least_one=True)
+        batches.append(batch)
+        rest = rest[len(batch):]
+    return batches
+
+
+def result_to_wire(result: WriteResult) -> list[Any]:
+    return [result.doc_id, result.status.value, result.version]
+
+
+def results_from_wire(reply: Any, docs: list[DocumentWrite]) -> list[WriteResult]:
+    """A replica's per-document answer to an apply, checked against what was sent."""
+    raw = reply.get("results") if isinstance(reply, Mapping) else None
+    if not isinstance(raw, list) or len(raw) != len(docs):
+        raise ValueError(f"apply reply must list a result for each of the {len(docs)} documents sent")
+    results = [WriteResult(str(item[0]), WriteStatus(item[1]), int(item[2])) for item in raw]
+    if [r.doc_id for r in results] != [d.doc_id for d in docs]:
+        raise ValueError("apply reply names other documents than were sent")
+    return results
 
 
 def state_to_wire(state: DocState) -> list[Any]:

@@ -2,10 +2,19 @@
 
 For each partition the reader tries replicas in order: those named by the
 request's session token first (they hold the session's writes), then the
-current owners; alive ones only, this node first (no network hop). Search
-groups partitions by the replica chosen, sends one request per node, fails
-over a node's partitions to their next replica on error, and reports the
-coverage (fraction of partitions answered) and the missing partitions
+current owners; alive ones only, this node first (no network hop).
+
+A document lookup reads as many replicas as its consistency asks (one,
+quorum, all of the partition's owners) and returns the newest copy by the
+stores' write order; the replicas that answered with an older copy, or none,
+are named so the caller repairs them (read repair). Absence is not evidence:
+when none of those replicas holds the document, the remaining ones are asked
+before the answer is "not found".
+
+Search groups partitions by the replica chosen, sends one request per node,
+fails over a node's partitions to their next replica on error or when the
+node says it does not hold them, and reports the coverage (fraction of
+partitions answered by a node that holds them) and the missing partitions
 instead of failing the whole query.
 
 The local store and the peer calls are injected (node.py wires them).
@@ -19,16 +28,46 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable, Mapping, Sequence
 
+from meshrag.cluster.writes import required_acks
+from meshrag.errors import Unavailable
 from meshrag.ring import Ring
 from meshrag.store.engine import partition_for
-from meshrag.store.types import DocState, Hit, StoredDocument
+from meshrag.store.types import DocState, Hit, StoredDocument, write_order
 
 log = logging.getLogger(__name__)
 
-# (node_id, partitions) -> {"dense": [...], "bm25": [...]} as asked
-SearchCall = Callable[[str, list[int]], Awaitable[dict[str, list[Hit]]]]
+
+@dataclass
+class NodeHits:
+    """One node's answer to a search: hit lists by kind ("dense", "bm25") and the
+    asked partitions it does not hold (their next replica is asked instead)."""
+
+    lists: dict[str, list[Hit]]
+    unheld: list[int] = field(default_factory=list)
+
+
+# (node_id, partitions) -> that node's hits
+SearchCall = Callable[[str, list[int]], Awaitable[NodeHits]]
 GetCall = Callable[[str, str], Awaitable[StoredDocument | None]]
 StatesCall = Callable[[str, list[str]], Awaitable[dict[str, DocState]]]
+
+
+@dataclass
+class ReadOutcome:
+    """The newest copy among the replicas read (None: none holds it) and who lags behind it."""
+
+    doc: StoredDocument | None
+    holder: str | None          # a replica that holds ``doc``
+    stale: list[str]            # replicas that answered with an older copy or none
+    answered: list[str]
+
+
+class ReadUnavailable(Unavailable):
+    code = "read_unavailable"
+
+
+def _order(doc: StoredDocument | None) -> tuple[int, bool, str]:
+    return (-1, False, "") if doc is None else write_order(doc.version, doc.deleted, doc.content_hash)
 
 
 @dataclass
@@ -42,13 +81,6 @@ class Gathered:
     def coverage(self) -> float:
         total = len(self.answered) + len(self.missing)
         return 1.0 if total == 0 else round(len(self.answered) / total, 4)
-
-
-class NoReplica(Exception):
-    def __init__(self, pid: int, tried: list[str]) -> None:
-        super().__init__(f"no replica of partition {pid} answered (tried {len(tried)})")
-        self.pid = pid
-        self.tried = tried
 
 
 class ReplicaReader:
@@ -69,19 +101,34 @@ class ReplicaReader:
             ordered.extend(node for node in alive if node not in ordered)
         return ordered
 
-    async def first_answer(self, pid: int, session: Mapping[int, list[str]] | None, call: Callable[[str], Awaitable[Any]]) -> Any:
-        tried: list[str] = []
-        for node in self.replicas_for(pid, session):
-            tried.append(node)
+    async def get(
+        self, doc_id: str, session: Mapping[int, list[str]] | None, get: GetCall, consistency: str = "quorum",
+    ) -> ReadOutcome:
+        """Read ``consistency`` replicas (failing over), the rest too if none holds it."""
+        ring = self._ring()
+        pid = partition_for(doc_id, ring.partitions)
+        candidates = self.replicas_for(pid, session)
+        needed = min(required_acks(consistency, len(ring.read_owners(pid)) or 1), max(1, len(candidates)))
+        answers: dict[str, StoredDocument | None] = {}
+
+        async def ask(node: str) -> None:
             try:
-                return await call(node)
+                answers[node] = await get(node, doc_id)
             except Exception as exc:
                 log.info("replica %s of partition %d failed: %s", node[:12], pid, exc)
-        raise NoReplica(pid, tried)
 
-    async def get(self, doc_id: str, session: Mapping[int, list[str]] | None, get: GetCall) -> StoredDocument | None:
-        pid = partition_for(doc_id, self._ring().partitions)
-        return await self.first_answer(pid, session, lambda node: get(node, doc_id))
+        remaining = list(candidates)
+        while len(answers) < needed and remaining:
+            wave, remaining = remaining[: needed - len(answers)], remaining[needed - len(answers):]
+            await asyncio.gather(*(ask(node) for node in wave))
+        if len(answers) < needed:
+            raise ReadUnavailable(
+                f"read of {doc_id!r} at {consistency}: {len(answers)} of the {needed} replicas needed answered "
+                f"(partition {pid}, {len(candidates)} alive)", field="consistency", retry_after_s=1,
+            )
+        while all(doc is None for doc in answers.values()) and remaining:
+            await ask(remaining.pop(0))  # absence is not evidence: ask the others one by one
+        return _newest(answers)
 
     async def states_on_replicas(self, doc_ids: Sequence[str], states: StatesCall) -> dict[str, list[DocState]]:
         """Each document's state on every live write owner of its partition (a replica that
@@ -125,11 +172,22 @@ class ReplicaReader:
             for (node, pids), result in zip(by_node.items(), results):
                 if isinstance(result, BaseException):
                     log.info("search on %s failed for %d partitions: %s", node[:12], len(pids), result)
-                    pending.extend(pid for pid in pids if candidates[pid])
-                    missing.extend(pid for pid in pids if not candidates[pid])
-                    continue
-                used.setdefault(node, []).extend(pids)
-                answered.extend(pids)
-                for kind, hits in result.items():
-                    lists[kind].extend(hits)
+                    retry = pids
+                else:
+                    unheld = set(result.unheld)
+                    held = [pid for pid in pids if pid not in unheld]
+                    used.setdefault(node, []).extend(held)
+                    answered.extend(held)
+                    for kind, hits in result.lists.items():
+                        lists[kind].extend(hit for hit in hits if hit.partition not in unheld)
+                    retry = [pid for pid in pids if pid in unheld]
+                pending.extend(pid for pid in retry if candidates[pid])
+                missing.extend(pid for pid in retry if not candidates[pid])
         return Gathered(dict(lists), sorted(answered), sorted(missing), used)
+
+
+def _newest(answers: Mapping[str, StoredDocument | None]) -> ReadOutcome:
+    newest_node = max(answers, key=lambda node: _order(answers[node]), default=None)
+    newest = None if newest_node is None else answers[newest_node]
+    stale = [node for node, doc in answers.items() if newest is not None and _order(doc) < _order(newest)]
+    return ReadOutcome(newest, newest_node if newest is not None else None, stale, list(answers))

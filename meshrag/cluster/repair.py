@@ -1,8 +1,11 @@
 """Anti-entropy: replicas compare digests and exchange only what differs.
 
 Digests: a partition's documents and tombstones are hashed into BUCKETS
-buckets by id; each bucket's hash covers (id, version, deleted, content hash) of its
-entries, and the partition's root hash covers the buckets. A pass asks each
+buckets by id; each bucket's hash is the XOR of its entries' digests of (id,
+version, deleted, content hash), and the partition's root hash covers the
+buckets. Partitions keep their buckets with every write, so reading a root
+costs O(1) and a sync reads only the entries of differing buckets: a pass
+costs what changed, not what is stored. A pass asks each
 peer for the roots of the partitions both hold (one request per peer), and
 only for a differing root exchanges bucket hashes, then the entries of the
 differing buckets, then the documents themselves with their chunk vectors
@@ -31,8 +34,9 @@ import hashlib
 import logging
 import time
 from collections import defaultdict
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
-from typing import Any, Awaitable, Callable, Protocol, Sequence
+from typing import Any, Awaitable, Callable, Iterable, Protocol, Sequence
 
 from meshrag.ring import Ring, RingStatus
 from meshrag.store.types import DigestEntry, DocumentWrite, write_order
@@ -40,6 +44,8 @@ from meshrag.store.types import DigestEntry, DocumentWrite, write_order
 log = logging.getLogger(__name__)
 
 BUCKETS = 64
+DIGEST_BYTES = 16
+EMPTY_HASHES: tuple[str, ...] = ("",) * BUCKETS  # a partition not held here
 BATCH_DOCS = 128
 
 
@@ -48,15 +54,38 @@ def bucket_of(doc_id: str, buckets: int = BUCKETS) -> int:
     return int.from_bytes(hashlib.blake2b(doc_id.encode(), digest_size=4).digest(), "big") % buckets
 
 
-def bucket_hashes(entries: Sequence[DigestEntry], buckets: int = BUCKETS) -> list[str]:
-    """One hash per bucket ('' for an empty one); entries in any order."""
-    digests = [hashlib.blake2b(digest_size=8) for _ in range(buckets)]
-    filled = [False] * buckets
-    for entry in sorted(entries, key=lambda e: e.doc_id):
-        b = bucket_of(entry.doc_id, buckets)
-        digests[b].update(f"{entry.doc_id}\x00{entry.version}\x00{int(entry.deleted)}\x00{entry.content_hash}\x01".encode())
-        filled[b] = True
-    return [d.hexdigest() if used else "" for d, used in zip(digests, filled)]
+def entry_digest(doc_id: str, version: int, deleted: bool, content_hash: str) -> bytes:
+    """DIGEST_BYTES standing for one entry. A bucket folds its entries' digests with XOR, which
+    is order-independent and lets a write update the bucket in O(1) (XOR the old entry out and
+    the new one in): partitions keep their buckets that way, with every write (store/schema.py)."""
+    text = f"{doc_id}\x00{version}\x00{int(deleted)}\x00{content_hash}"
+    return hashlib.blake2b(text.encode(), digest_size=DIGEST_BYTES).digest()
+
+
+def xor_digests(a: bytes, b: bytes) -> bytes:
+    return (int.from_bytes(a, "big") ^ int.from_bytes(b, "big")).to_bytes(DIGEST_BYTES, "big")
+
+
+def bucket_hash(count: int, folded: bytes) -> str:
+    """A bucket as compared on the wire: '' when it holds no entry, else the XOR of their digests
+    (the count tells an empty bucket from one whose digests happen to cancel out)."""
+    return folded.hex() if count else ""
+
+
+def fold_buckets(entries: Iterable[DigestEntry], buckets: int = BUCKETS) -> list[tuple[int, bytes]]:
+    """(entry count, XOR of entry digests) per bucket, computed from scratch."""
+    counts, folded = [0] * buckets, [0] * buckets
+    for e in entries:
+        b = bucket_of(e.doc_id, buckets)
+        counts[b] += 1
+        folded[b] ^= int.from_bytes(entry_digest(e.doc_id, e.version, e.deleted, e.content_hash), "big")
+    return [(count, value.to_bytes(DIGEST_BYTES, "big")) for count, value in zip(counts, folded)]
+
+
+def bucket_hashes(entries: Iterable[DigestEntry], buckets: int = BUCKETS) -> list[str]:
+    """One hash per bucket ('' for an empty one), from scratch; entries in any order. What a
+    partition's incrementally kept buckets must always equal."""
+    return [bucket_hash(count, folded) for count, folded in fold_buckets(entries, buckets)]
 
 
 def root_hash(hashes: Sequence[str]) -> str:
@@ -82,9 +111,12 @@ def diff_entries(mine: dict[str, DigestEntry], theirs: dict[str, DigestEntry]) -
 # ------------------------------------------------------------------ injected parts
 class LocalReplica(Protocol):
     async def held(self) -> list[int]: ...
-    async def entries(self, pid: int) -> list[DigestEntry]: ...
+    async def hashes(self, pid: int) -> list[str]: ...  # BUCKETS bucket hashes, EMPTY_HASHES if not held
+    async def entries(self, pid: int, buckets: list[int]) -> list[DigestEntry]: ...  # of these buckets only
     async def export(self, pid: int, doc_ids: list[str]) -> list[DocumentWrite]: ...
     async def apply(self, docs: list[DocumentWrite]) -> None: ...
+    async def claim(self, pid: int) -> None: ...
+    def fenced(self, pid: int) -> AbstractAsyncContextManager[None]: ...
     async def drop(self, pid: int) -> None: ...
 
 
@@ -192,6 +224,7 @@ class Repairer:
         try:
             await self._sync_owned(ring, owned, held, ledger, returned)
             await self._hand_off(ring, leftover, ledger)
+            await self._claim_owned(ring, owned, ledger)
             self._advance_status(ring, owned, held, ledger)
         finally:
             self.progress.running = False
@@ -237,10 +270,35 @@ class Repairer:
                 if self._is_alive(peer):
                     await self._sync_counted(pid, peer, "push", ledger)
             if owners and all(peer in ledger.synced[pid] for peer in owners):
-                await self._local.drop(pid)
-                self.progress.dropped += 1
-                log.info("partition %d handed off to its %d owners and dropped here", pid, len(owners))
+                await self._drop_fenced(pid, owners)
             self.progress.partitions_done += 1
+
+    async def _drop_fenced(self, pid: int, owners: list[str]) -> None:
+        """The final sync and the drop, under the partition's fence: writes admitted
+        before it are committed and pushed, later ones are refused (409, the writer
+        re-plans), so no write this node acknowledged goes with the dropped copy."""
+        async with self._local.fenced(pid):
+            for peer in owners:
+                try:
+                    await self.sync_partition(pid, peer, "push")
+                except Exception as exc:
+                    self.progress.errors += 1
+                    self.progress.last_error = f"final hand-off of partition {pid} to {peer[:12]}: {exc}"
+                    log.info("repair: %s; partition %d kept", self.progress.last_error, pid)
+                    return
+            await self._local.drop(pid)
+        self.progress.dropped += 1
+        log.info("partition %d handed off to its %d owners and dropped here", pid, len(owners))
+
+    async def _claim_owned(self, ring: Ring, owned: list[int], ledger: _PassLedger) -> None:
+        """Claim the owned partitions this node has caught up on: from then on it holds them
+        (a search of them here is an answer, even if empty; cluster/holdings.py). Caught up:
+        in sync with another current owner, or this node is the only one. Claiming a
+        partition already held costs nothing."""
+        for pid in owned:
+            others = {n for n in ring.current.owners(pid) if n != self._local_id}
+            if ledger.synced[pid] & others or (not others and self._local_id in ring.current.owners(pid)):
+                await self._local.claim(pid)
 
     def _advance_status(self, ring: Ring, owned: list[int], held: set[int], ledger: _PassLedger) -> None:
         entry = ring.entries.get(self._local_id)
@@ -269,8 +327,7 @@ class Repairer:
 
     # ------------------------------------------------------------ one partition
     async def _root(self, pid: int, held: set[int]) -> str:
-        entries = await self._local.entries(pid) if pid in held else []
-        return root_hash(bucket_hashes(entries))
+        return root_hash(await self._local.hashes(pid) if pid in held else EMPTY_HASHES)
 
     async def _sync_counted(self, pid: int, peer: str, direction: str, ledger: _PassLedger) -> None:
         try:
@@ -290,13 +347,11 @@ class Repairer:
     async def sync_partition(self, pid: int, peer: str, direction: str = "both") -> SyncResult:
         """Make ``peer`` and this node agree on one partition (``pull``: only take what
         is newer there; ``push``: only send what is newer here)."""
-        mine_all = await self._local.entries(pid)
-        differing, theirs_list = await self._peers.entries(peer, pid, bucket_hashes(mine_all))
+        differing, theirs_list = await self._peers.entries(peer, pid, await self._local.hashes(pid))
         result = SyncResult()
         if not differing:
             return result
-        wanted = set(differing)
-        mine = {e.doc_id: e for e in mine_all if bucket_of(e.doc_id) in wanted}
+        mine = {e.doc_id: e for e in await self._local.entries(pid, differing)}
         theirs = {e.doc_id: e for e in theirs_list}
         pull, push = diff_entries(mine, theirs)
         if direction == "pull":

@@ -7,13 +7,23 @@ whatever peers send (node.py spreads it over /_mesh/ring), so every node
 converges on the same ring; it is written to ``<data_dir>/cluster.json``
 (atomically, by rename) on every change, so a restarted node knows its ring
 before it hears from anyone.
+
+Changes arrive on the event loop (ring exchanges, repair status changes), so a
+node passes ``run_blocking`` and the file is written in an executor by an
+OrderedFileWriter: one write at a time, the latest state winning. A state not
+yet written when the process is killed is pulled back from the peers within a
+ring-sync interval (the table is last-writer-wins); ``flush`` waits for the
+file to hold the current state (node.py: once it is in the ring, and at stop).
+Without ``run_blocking`` (tools, tests) every change is written at once.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
@@ -48,16 +58,66 @@ class ClusterSettings:
 
 
 Listener = Callable[[Ring], None]
+RunBlocking = Callable[[Callable[[], None]], "asyncio.Future[None]"]
+
+
+def write_atomically(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
+class OrderedFileWriter:
+    """Writes a file's successive contents off the event loop (call it on the loop).
+
+    One write runs at a time, so writes land in the order of the changes; contents submitted
+    while one runs wait, and newer ones replace them (only the latest state matters). Every
+    write is atomic (temp file + rename). No task is created: each write's completion starts
+    the next. A failed write is logged; the next change writes the file again.
+    """
+
+    def __init__(self, path: Path, run_blocking: RunBlocking) -> None:
+        self.path = path
+        self._run = run_blocking
+        self._waiting: str | None = None
+        self._in_flight: asyncio.Future[None] | None = None
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    def submit(self, text: str) -> None:
+        self._waiting = text
+        if self._in_flight is None:
+            self._next()
+
+    async def flush(self) -> None:
+        """Wait until everything submitted so far is written (or failed)."""
+        await self._idle.wait()
+
+    def _next(self) -> None:
+        text, self._waiting = self._waiting, None
+        if text is None:
+            self._in_flight = None
+            self._idle.set()
+            return
+        self._idle.clear()
+        self._in_flight = self._run(partial(write_atomically, self.path, text))
+        self._in_flight.add_done_callback(self._written)
+
+    def _written(self, future: "asyncio.Future[None]") -> None:
+        if not future.cancelled() and future.exception() is not None:
+            log.error("could not write %s: %s", self.path, future.exception())
+        self._next()
 
 
 class RingState:
-    def __init__(self, data_dir: Path, node_id: str) -> None:
+    def __init__(self, data_dir: Path, node_id: str, run_blocking: RunBlocking | None = None) -> None:
         self.path = Path(data_dir) / CLUSTER_FILE
         self.node_id = node_id
         self.settings: ClusterSettings | None = None
         self.table = RingTable()
         self._ring: Ring | None = None
         self._listeners: list[Listener] = []
+        self._writer = OrderedFileWriter(self.path, run_blocking) if run_blocking is not None else None
 
     # ------------------------------------------------------------ persistence
     def load(self) -> bool:
@@ -75,9 +135,18 @@ class RingState:
 
     def _save(self) -> None:
         assert self.settings is not None
-        tmp = self.path.with_name(CLUSTER_FILE + ".tmp")
-        tmp.write_text(json.dumps({"settings": asdict(self.settings), "ring": self.table.to_list()}, indent=1) + "\n")
-        tmp.replace(self.path)
+        # Serialised here, on the caller's thread: the text is a snapshot of this very change
+        # (a few entries: microseconds); only the file write moves off the loop.
+        text = json.dumps({"settings": asdict(self.settings), "ring": self.table.to_list()}, indent=1) + "\n"
+        if self._writer is None:
+            write_atomically(self.path, text)
+        else:
+            self._writer.submit(text)
+
+    async def flush(self) -> None:
+        """Wait until cluster.json holds the current state."""
+        if self._writer is not None:
+            await self._writer.flush()
 
     # ------------------------------------------------------------ changes
     def adopt_settings(self, settings: ClusterSettings) -> None:

@@ -5,19 +5,30 @@ in. Every call has a deadline; every failure becomes a ``PeerError`` naming
 the peer, so callers fail over, hint or report without catching aiohttp's
 zoo of exceptions. Requests carry the cluster secret (checked in constant
 time by api/internal.py).
+
+Bodies go through a BodyCodec, shared with api/internal.py: a large body
+(replicated documents with their vectors, a partition's digest entries: up to
+cluster.max_message_bytes) takes milliseconds to pack or unpack, and gossip
+shares the event loop, so bodies over OFFLOAD_BYTES are packed and unpacked in
+the executor node.py hands in. Small ones stay inline: an executor hop
+(~50 us) costs more than packing a few KiB.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hmac
-from typing import Any
+from concurrent.futures import Executor
+from typing import Any, Sequence
 
 import aiohttp
+import numpy as np
 
 from meshrag import wire
 
 SECRET_HEADER = "X-Meshrag-Secret"
+OFFLOAD_BYTES = 128 * 1024  # ~0.1 ms of packing: below it, the executor hop costs more than it saves
+_SAMPLED_ABOVE = 16  # containers with more items are estimated from their first one
 
 
 class PeerError(Exception):
@@ -33,14 +44,59 @@ def secret_matches(presented: str | None, secret: str) -> bool:
     return not secret or hmac.compare_digest((presented or "").encode(), secret.encode())
 
 
+def estimated_size(value: Any) -> int:
+    """Roughly the bytes ``wire.pack(value)`` makes, far cheaper than packing: a container of
+    many items (documents, hits, entries: bodies are lists of like items) counts as its length
+    times its first item, so this visits a few items per level, not the whole body."""
+    if isinstance(value, (str, bytes)):
+        return len(value) + 5
+    if isinstance(value, np.ndarray):
+        return int(value.nbytes) + 16
+    if isinstance(value, dict):
+        pairs = list(value.items()) if len(value) <= _SAMPLED_ABOVE else [next(iter(value.items()))]
+        return _container(pairs, len(value))
+    if isinstance(value, (list, tuple)):
+        return _container(value if len(value) <= _SAMPLED_ABOVE else value[:1], len(value))
+    return 9  # numbers, booleans, None
+
+
+def _container(sample: Sequence[Any], length: int) -> int:
+    if not sample:
+        return 5
+    return 5 + sum(map(estimated_size, sample)) * length // len(sample)
+
+
+class BodyCodec:
+    """msgpack bodies (wire.pack/unpack); those over ``offload_bytes`` in ``executor``
+    (without one, everything is inline: tools and tests)."""
+
+    def __init__(self, executor: Executor | None = None, offload_bytes: int = OFFLOAD_BYTES) -> None:
+        self._executor = executor
+        self._offload_bytes = offload_bytes
+
+    def offloads(self, size: int) -> bool:
+        return self._executor is not None and size >= self._offload_bytes
+
+    async def pack(self, body: Any) -> bytes:
+        if not self.offloads(estimated_size(body)):
+            return wire.pack(body)
+        return await asyncio.get_running_loop().run_in_executor(self._executor, wire.pack, body)
+
+    async def unpack(self, payload: bytes) -> Any:
+        if not self.offloads(len(payload)):
+            return wire.unpack(payload)
+        return await asyncio.get_running_loop().run_in_executor(self._executor, wire.unpack, payload)
+
+
 class PeerClient:
-    def __init__(self, session: aiohttp.ClientSession, secret: str, timeout_s: float) -> None:
+    def __init__(self, session: aiohttp.ClientSession, secret: str, timeout_s: float, codec: BodyCodec | None = None) -> None:
         self._session = session
         self._secret = secret
         self.timeout_s = timeout_s
+        self._codec = codec or BodyCodec()
 
     async def call(self, address: str, path: str, body: dict[str, Any], timeout_s: float | None = None) -> Any:
-        return await self.call_packed(address, path, wire.pack(body), timeout_s)
+        return await self.call_packed(address, path, await self._codec.pack(body), timeout_s)
 
     async def call_packed(self, address: str, path: str, payload: bytes, timeout_s: float | None = None) -> Any:
         """Send an already-packed body (hints are stored packed)."""
@@ -53,7 +109,7 @@ class PeerClient:
                 payload = await response.read()
                 if response.status != 200:
                     raise PeerError(address, _error_text(payload, response.status), response.status)
-                return wire.unpack(payload)
+                return await self._codec.unpack(payload)
         except PeerError:
             raise
         except asyncio.TimeoutError:

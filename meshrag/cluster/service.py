@@ -21,29 +21,32 @@ import asyncio
 import logging
 import random
 from concurrent.futures import Executor
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence, TypeVar
 
 import numpy as np
 
 from meshrag import wire
-from meshrag.clock import HybridLogicalClock
+from meshrag.clock import ClockDrift, HybridLogicalClock
 from meshrag.cluster import messages as msg
-from meshrag.cluster.reads import Gathered, ReplicaReader
-from meshrag.cluster.repair import BUCKETS, RateLimiter, Repairer, bucket_hashes, bucket_of, differing_buckets, root_hash
+from meshrag.cluster.fence import Fenced, PartitionFence
+from meshrag.cluster.holdings import Holdings
+from meshrag.cluster.reads import Gathered, NodeHits, ReplicaReader
+from meshrag.cluster.repair import BUCKETS, RateLimiter, Repairer, differing_buckets, root_hash
 from meshrag.cluster.ringstate import RingState
 from meshrag.cluster.rpc import PeerClient, PeerError
 from meshrag.cluster.session import SessionMap, encode_session, merge_sessions
-from meshrag.cluster.writes import ReplicatedWriter, WriteOutcome, required_acks
+from meshrag.cluster.writes import NotOwnerReply, Refused, ReplicatedWriter, WriteOutcome, required_acks
 from meshrag.config import ClusterConfig
-from meshrag.errors import NotFound, ValidationError
+from meshrag.errors import NotFound, NotOwner, ValidationError, VersionAhead
 from meshrag.gossip import EventKind, MemberEvent, Memberlist
 from meshrag.gossip.state import MemberState
 from meshrag.ring import Ring, RingStatus
 from meshrag.store.engine import StorageEngine, partition_for
 from meshrag.store.filters import Filter, dump_filter, parse_filter
 from meshrag.store.hints import HintStore
-from meshrag.store.types import DigestEntry, DocState, DocumentWrite, Hit, StoredDocument
+from meshrag.store.types import DigestEntry, DocState, DocumentWrite, Hit, StoredDocument, WriteResult
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -57,7 +60,17 @@ ENTRIES_PATH = "/_mesh/repair/entries"
 FETCH_PATH = "/_mesh/repair/fetch"
 RING_PATH = "/_mesh/ring"
 HINTS_PER_ROUND = 16
+FETCH_STEP = 16  # documents exported at a time while filling a fetch reply
 LIVE_STATES = (MemberState.ALIVE, MemberState.SUSPECT)
+
+
+@dataclass
+class ClusterStats:
+    """Counters the metrics collector exports (observability.ClusterCollector)."""
+
+    drift_rejections: dict[str, int] = field(default_factory=lambda: {"write": 0, "repair": 0, "read": 0})
+    not_owner_refusals: int = 0
+    read_repairs: int = 0
 
 
 @dataclass
@@ -95,7 +108,14 @@ class ClusterService:
         self._returned: set[str] = set()  # peers back from suspect/dead since the last pass
         self._hints_wanted = asyncio.Event()
         self._tasks: set[asyncio.Task[Any]] = set()
-        self.writer = ReplicatedWriter(node_id, self.ring, self.is_alive, self._apply_local, self._send_docs, self._store_hint, self.name_of)
+        self.stats = ClusterStats()
+        self.fence = PartitionFence()
+        self.holdings = Holdings(ring_state.path.parent)
+        self.holdings.load()  # a few bytes, once, before the loops start
+        self.writer = ReplicatedWriter(
+            node_id, self.ring, self.is_alive, self._apply_local, self._send_docs, self._store_hint, self.name_of,
+            refresh_ring=self._refresh_ring_from,
+        )
         self.reader = ReplicaReader(node_id, self.ring, self.is_alive)
         self.repairer = Repairer(
             node_id, self.ring, self.is_alive, local=_LocalAdapter(self), peers=_PeerAdapter(self),
@@ -131,19 +151,122 @@ class ClusterService:
         outcome = await self.writer.write(docs, consistency)
         return outcome, encode_session(merge_sessions(session, outcome.acked))
 
-    async def _apply_local(self, docs: list[DocumentWrite]) -> object:
-        return await self._blocking(self.engine.upsert, docs)
+    async def _apply_local(self, docs: list[DocumentWrite]) -> list[WriteResult]:
+        try:
+            return await self.apply_owned(docs)
+        except NotOwner as exc:
+            raise NotOwnerReply(exc.message) from None
 
-    async def _send_docs(self, node_id: str, docs: list[DocumentWrite]) -> object:
-        return await self.peers.call(self.address_of(node_id), APPLY_PATH, {"documents": [msg.doc_to_wire(d) for d in docs]})
+    async def _send_docs(self, node_id: str, docs: list[DocumentWrite]) -> list[WriteResult]:
+        """Apply on a peer, in as many requests as the /_mesh/ body limit needs; per-document results."""
+        results: list[WriteResult] = []
+        for batch in msg.split_to_fit(docs, self.settings.max_message_bytes):
+            try:
+                reply = await self.peers.call(self.address_of(node_id), APPLY_PATH, {"documents": [msg.doc_to_wire(d) for d in batch]})
+            except PeerError as exc:
+                raise _typed_refusal(exc) from None
+            results.extend(msg.results_from_wire(reply, batch))
+        return results
+
+    async def _refresh_ring_from(self, node_id: str) -> None:
+        reply = await self.peers.call(self.address_of(node_id), RING_PATH, {"ring": self.ring_state.table.to_list()}, timeout_s=5.0)
+        self.merge_ring(reply.get("ring") or [])
+
+    async def apply_owned(self, docs: list[DocumentWrite], source: str = "write") -> list[WriteResult]:
+        """Apply documents of partitions this node owns or is handing off, inside the fence.
+
+        Refused as a whole, before anything is applied: a version beyond the clock-drift
+        bound (VersionAhead), a partition this node neither owns nor holds, or one being
+        handed off right now (NotOwner, 409, with this node's ring version).
+        """
+        self._check_drift(docs, source)
+        ring = self.ring()
+        pids = {partition_for(doc.doc_id, ring.partitions) for doc in docs}
+        try:
+            async with self.fence.writing(pids):
+                # Checked inside the fence: a hand-off cannot drop a partition between
+                # this check and the commit, since it waits for admitted writes.
+                self._check_owned(pids)
+                return await self._blocking(self.engine.upsert, docs)
+        except Fenced as exc:
+            self.stats.not_owner_refusals += 1
+            raise NotOwner(f"{exc}; ring version {self.ring_state.table.fingerprint()}", field="documents") from None
+
+    def _check_drift(self, docs: Sequence[DocumentWrite], source: str) -> None:
+        for index, doc in enumerate(docs):
+            try:
+                self.hlc.observe(doc.version)  # our next versions stay ahead of any we store
+            except ClockDrift as exc:
+                self.stats.drift_rejections[source] += 1
+                log.warning("refused %s of %s: %s", source, doc.doc_id, exc)
+                raise VersionAhead(f"{doc.doc_id}: {exc}", field=f"documents[{index}].version") from None
+
+    def within_drift(self, docs: list[DocumentWrite], source: str) -> list[DocumentWrite]:
+        """The documents whose versions are within the clock-drift bound; the rest counted and logged."""
+        kept = []
+        for doc in docs:
+            try:
+                self.hlc.check(doc.version)
+                kept.append(doc)
+            except ClockDrift as exc:
+                self.stats.drift_rejections[source] += 1
+                log.warning("skipped %s of %s: %s", source, doc.doc_id, exc)
+        return kept
+
+    def _check_owned(self, pids: set[int]) -> None:
+        ring = self.ring()
+        held = set(self.engine.local_partitions())
+        foreign = sorted(pid for pid in pids if not ring.owns(self.node_id, pid) and pid not in held)
+        if foreign:
+            self.stats.not_owner_refusals += 1
+            raise NotOwner(
+                f"this node neither owns nor hands off partitions {foreign[:16]}; "
+                f"ring version {self.ring_state.table.fingerprint()}", field="documents",
+            )
 
     async def _store_hint(self, node_id: str, docs: list[DocumentWrite]) -> None:
-        body = wire.pack({"documents": [msg.doc_to_wire(d) for d in docs]})
-        await self._blocking(self.hints.add, node_id, body, len(docs))
+        if self._down_longer_than_hint_window(node_id):
+            self.hints.count_dropped("window", len(docs))
+            log.info("no hint for %s: down longer than cluster.max_hint_window_s; repair brings its copy", self.name_of(node_id))
+            return
+        def store(batch: list[DocumentWrite]) -> None:  # packing multi-MiB bodies: off the loop too
+            self.hints.add(node_id, wire.pack({"documents": [msg.doc_to_wire(d) for d in batch]}), len(batch))
+
+        for batch in msg.split_to_fit(docs, self.settings.max_message_bytes):
+            await self._blocking(store, batch)
+
+    def _down_longer_than_hint_window(self, node_id: str) -> bool:
+        """Cassandra's rule: no new hints for a replica down longer than the hint window."""
+        member = self.members.member(node_id)
+        if member is None or member.state in LIVE_STATES:
+            return False
+        return self.members.clock.wall() - member.since > self.settings.max_hint_window_s
 
     # ------------------------------------------------------------ reads
-    async def get(self, doc_id: str, session: SessionMap) -> StoredDocument | None:
-        return await self.reader.get(doc_id, session, self._get_on)
+    async def get(self, doc_id: str, session: SessionMap, consistency: str = "quorum") -> StoredDocument | None:
+        """The newest copy among ``consistency`` replicas; the ones behind it are repaired in the background."""
+        outcome = await self.reader.get(doc_id, session, self._get_on, consistency)
+        if outcome.doc is not None and outcome.holder is not None and outcome.stale:
+            self._spawn(self._read_repair(outcome.doc, outcome.holder, outcome.stale))
+        return outcome.doc
+
+    async def _read_repair(self, doc: StoredDocument, holder: str, stale: list[str]) -> None:
+        """Bring replicas that answered an older copy (or none) up to the newest one,
+        with its vectors as stored (nothing is re-embedded)."""
+        try:
+            if holder == self.node_id:
+                copies = await self._export(doc.partition, [doc.doc_id])
+            else:
+                copies = await _PeerAdapter(self).fetch(holder, doc.partition, [doc.doc_id])
+            for node_id in stale:
+                if node_id == self.node_id:
+                    await self.apply_owned(copies, "repair")
+                else:
+                    await self._send_docs(node_id, copies)
+            self.stats.read_repairs += len(stale)
+            log.info("read repair: %s to version %d on %d replicas", doc.doc_id, doc.version, len(stale))
+        except Exception as exc:  # anti-entropy will get there; a read must not fail for it
+            log.info("read repair of %s failed: %s", doc.doc_id, exc)
 
     async def _get_on(self, node_id: str, doc_id: str) -> StoredDocument | None:
         if node_id == self.node_id:
@@ -161,7 +284,7 @@ class ClusterService:
         content: after a write whose outcome was unknown, the retry must reach W
         replicas, not stop at the one that has it.
         """
-        per_doc = await self.reader.states_on_replicas(doc_ids, self._states_on)
+        per_doc = await self.read_versions(doc_ids)
         ring = self.ring()
         prior = PriorStates()
         for doc_id, digest in zip(doc_ids, hashes):
@@ -175,6 +298,21 @@ class ClusterService:
                 prior.unchanged[doc_id] = max(same, key=lambda state: state.version)
         return prior
 
+    async def read_versions(self, doc_ids: Sequence[str]) -> dict[str, list[DocState]]:
+        """Each document's state on its live replicas, every version observed by our clock
+        first, so a write stamped next sorts after what it read even when this node's
+        clock is behind. A version beyond the drift bound is not observed: a write
+        stamped here then loses to it and is reported superseded."""
+        per_doc = await self.reader.states_on_replicas(doc_ids, self._states_on)
+        for doc_id, states in per_doc.items():
+            for state in states:
+                try:
+                    self.hlc.observe(state.version)
+                except ClockDrift as exc:
+                    self.stats.drift_rejections["read"] += 1
+                    log.warning("not observing the version of %s a replica holds: %s", doc_id, exc)
+        return per_doc
+
     async def _states_on(self, node_id: str, doc_ids: list[str]) -> dict[str, DocState]:
         if node_id == self.node_id:
             return await self._blocking(self.engine.doc_states, doc_ids)
@@ -184,33 +322,43 @@ class ClusterService:
     async def search(
         self, kinds: Sequence[str], vector: np.ndarray | None, query: str | None, k: int, flt: Filter | None, session: SessionMap
     ) -> Gathered:
-        async def on(node_id: str, pids: list[int]) -> dict[str, list[Hit]]:
+        async def on(node_id: str, pids: list[int]) -> NodeHits:
             if node_id == self.node_id:
                 return await self._blocking(self.search_local, kinds, vector, query, k, flt, pids)
             body = {"kinds": list(kinds), "vector": vector, "query": query, "k": k, "partitions": pids,
                     "filter": dump_filter(flt) if flt is not None else None}
             reply = await self.peers.call(self.address_of(node_id), SEARCH_PATH, body)
-            return {kind: [msg.hit_from_wire(h) for h in hits] for kind, hits in reply["hits"].items()}
+            lists = {kind: [msg.hit_from_wire(h) for h in hits] for kind, hits in reply["hits"].items()}
+            return NodeHits(lists, [int(pid) for pid in reply.get("unheld", [])])
 
         return await self.reader.scatter(session, on)
 
     def search_local(
         self, kinds: Sequence[str], vector: np.ndarray | None, query: str | None, k: int, flt: Filter | None, pids: list[int]
-    ) -> dict[str, list[Hit]]:
+    ) -> NodeHits:
+        """Search the asked partitions this node holds; the others are named as unheld so
+        the coordinator asks their next replica (an empty answer is not coverage)."""
+        held = self._answering_for(pids)
+        searched = [pid for pid in pids if pid in held]
         lists: dict[str, list[Hit]] = {}
         if "dense" in kinds and vector is not None:
-            lists["dense"] = self.engine.search_dense(vector, k, flt, partitions=pids)
+            lists["dense"] = self.engine.search_dense(vector, k, flt, partitions=searched)
         if "bm25" in kinds and query:
-            lists["bm25"] = self.engine.search_bm25(query, k, flt, partitions=pids)
-        return lists
+            lists["bm25"] = self.engine.search_bm25(query, k, flt, partitions=searched)
+        return NodeHits(lists, sorted(set(pids) - held))
+
+    def _answering_for(self, pids: Sequence[int]) -> set[int]:
+        """Of ``pids``, those this node holds (cluster/holdings.py) or is the only current owner of."""
+        ring = self.ring()
+        return {pid for pid in pids if pid in self.holdings or ring.current.owners(pid) == [self.node_id]}
 
     # ------------------------------------------------------------ requests from peers
     async def handle_apply(self, body: Mapping[str, Any]) -> dict[str, Any]:
+        """Per document: applied (created/updated/deleted), unchanged, or stale with the
+        newer version held here, so the coordinator never reports a write nobody kept."""
         docs = msg.docs_from_wire(body.get("documents"))
-        for doc in docs:
-            self.hlc.observe(doc.version)  # our next versions stay ahead of any we stored
-        results = await self._blocking(self.engine.upsert, docs)
-        return {"applied": len(results)}
+        results = await self.apply_owned(docs, "write")
+        return {"results": [msg.result_to_wire(result) for result in results]}
 
     async def handle_get(self, body: Mapping[str, Any]) -> dict[str, Any]:
         doc = await self.get_local(_text(body, "id"))
@@ -224,44 +372,56 @@ class ClusterService:
     async def handle_search(self, body: Mapping[str, Any]) -> dict[str, Any]:
         flt = parse_filter(body["filter"]) if body.get("filter") is not None else None
         vector = body.get("vector")
-        lists = await self._blocking(
+        found = await self._blocking(
             self.search_local, list(body.get("kinds", [])), None if vector is None else np.asarray(vector, np.float32),
             body.get("query"), int(body.get("k", 10)), flt, [int(p) for p in body.get("partitions", [])],
         )
-        return {"hits": {kind: [msg.hit_to_wire(h) for h in hits] for kind, hits in lists.items()}}
+        return {"hits": {kind: [msg.hit_to_wire(h) for h in hits] for kind, hits in found.lists.items()}, "unheld": found.unheld}
 
     async def handle_roots(self, body: Mapping[str, Any]) -> dict[str, Any]:
-        roots: dict[str, str] = {}  # msgpack map keys are strings on this wire
-        for pid in body.get("partitions", []):
-            roots[str(int(pid))] = root_hash(bucket_hashes(await self._entries(int(pid))))
-        return {"roots": roots}
+        pids = [int(pid) for pid in body.get("partitions", [])]
+
+        def read() -> dict[str, str]:  # msgpack map keys are strings on this wire
+            return {str(pid): root_hash(self.engine.bucket_hashes(pid)) for pid in pids}
+
+        return {"roots": await self._blocking(read)}
 
     async def handle_entries(self, body: Mapping[str, Any]) -> dict[str, Any]:
         pid, theirs = int(body["partition"]), list(body["hashes"])
         if len(theirs) != BUCKETS:
             raise ValidationError(f"hashes must list {BUCKETS} buckets", field="hashes")
-        entries = await self._entries(pid)
-        differing = differing_buckets(bucket_hashes(entries), theirs)
-        wanted = set(differing)
-        chosen = [msg.entry_to_wire(e) for e in entries if bucket_of(e.doc_id) in wanted]
-        return {"buckets": differing, "entries": chosen}
+
+        def read() -> dict[str, Any]:  # only the differing buckets' entries are read
+            differing = differing_buckets(self.engine.bucket_hashes(pid), theirs)
+            entries = self.engine.digest_entries(pid, differing) if differing else []
+            return {"buckets": differing, "entries": [msg.entry_to_wire(e) for e in entries]}
+
+        return await self._blocking(read)
 
     async def handle_fetch(self, body: Mapping[str, Any]) -> dict[str, Any]:
-        docs = await self._export(int(body["partition"]), [str(i) for i in body.get("ids", [])])
-        return {"documents": [msg.doc_to_wire(d) for d in docs]}
+        """The documents asked for, as many as fit one /_mesh/ message; ``more``: the ids
+        left for another request (the puller asks again)."""
+        pid, ids = int(body["partition"]), [str(i) for i in body.get("ids", [])]
+        budget = msg.message_budget(self.settings.max_message_bytes)
+        docs: list[DocumentWrite] = []
+        size, position = 0, 0
+        while position < len(ids):
+            exported = await self._export(pid, ids[position : position + FETCH_STEP])
+            fitting = msg.fitting_prefix(exported, budget - size, at_least_one=not docs)
+            docs.extend(fitting)
+            size += sum(map(msg.wire_size, fitting))
+            if len(fitting) < len(exported):
+                position += _position_after(ids, position, fitting)
+                break
+            position += FETCH_STEP
+        return {"documents": [msg.doc_to_wire(d) for d in docs], "more": ids[position:]}
 
     async def handle_ring(self, body: Mapping[str, Any]) -> dict[str, Any]:
         self.merge_ring(body.get("ring") or [])
         return self.ring_state.to_wire()
 
-    async def _entries(self, pid: int) -> list[DigestEntry]:
-        def read() -> list[DigestEntry]:
-            try:
-                return self.engine.partition(pid).digest_entries()
-            except KeyError:
-                return []
-
-        return await self._blocking(read)
+    async def _entries(self, pid: int, buckets: list[int]) -> list[DigestEntry]:
+        return await self._blocking(self.engine.digest_entries, pid, buckets)
 
     async def _export(self, pid: int, doc_ids: list[str]) -> list[DocumentWrite]:
         def read() -> list[DocumentWrite]:
@@ -384,8 +544,14 @@ class ClusterService:
                 log.exception("hint replay failed")
 
     async def replay_hints(self) -> int:
-        """Deliver hints to every replica that is alive again; returns documents delivered."""
+        """Deliver hints to every replica that is alive again; returns documents delivered.
+        Hints older than cluster.max_hint_window_s are dropped first (repair covers them)."""
         delivered = 0
+        horizon = self.members.clock.wall() - self.settings.max_hint_window_s
+        expired = await self._blocking(self.hints.expire, horizon)
+        if expired:
+            log.warning("dropped %d hinted documents older than the hint window (%.0f s); repair brings them",
+                        expired, self.settings.max_hint_window_s)
         pending = await self._blocking(self.hints.pending)
         for target in pending:
             entry = self.ring_state.table.get(target)
@@ -404,8 +570,14 @@ class ClusterService:
                 try:
                     await self.peers.call_packed(self.address_of(target), APPLY_PATH, hint.body)
                 except PeerError as exc:
-                    log.info("hint replay to %s paused: %s", self.name_of(target), exc)
-                    return delivered
+                    if _typed_refusal(exc) is exc:  # down, slow or failing: try again later
+                        log.info("hint replay to %s paused: %s", self.name_of(target), exc)
+                        return delivered
+                    # Refused for good (4xx): kept, it would block this queue forever.
+                    log.warning("dropped an undeliverable hint of %d documents for %s: %s",
+                                hint.documents, self.name_of(target), exc)
+                    await self._blocking(self.hints.discard, hint, "undeliverable")
+                    continue
                 await self._blocking(self.hints.remove, [hint.hint_id])
                 delivered += hint.documents
         if delivered:
@@ -450,6 +622,22 @@ class ClusterService:
         return {self.name_of(t): {"hints": p.hints, "documents": p.documents, "bytes": p.bytes} for t, p in pending.items()}
 
 
+def _typed_refusal(exc: PeerError) -> Exception:
+    """What a failed apply means for the writer: re-plan (409), give up (other 4xx), or hint."""
+    if exc.status == 409:
+        return NotOwnerReply(exc.reason)
+    if exc.status is not None and 400 <= exc.status < 500:
+        return Refused(exc.reason)
+    return exc
+
+
+def _position_after(ids: list[str], start: int, taken: list[DocumentWrite]) -> int:
+    """How many ids from ``start`` on were answered: taken ones, and absent ones before the last taken."""
+    if not taken:
+        return 0
+    return ids.index(taken[-1].doc_id, start) - start + 1
+
+
 def _text(body: Mapping[str, Any], key: str) -> str:
     value = body.get(key)
     if not isinstance(value, str):
@@ -466,18 +654,41 @@ class _LocalAdapter:
     async def held(self) -> list[int]:
         return self._s.engine.local_partitions()
 
-    async def entries(self, pid: int) -> list[DigestEntry]:
-        return await self._s._entries(pid)
+    async def hashes(self, pid: int) -> list[str]:
+        return await self._s._blocking(self._s.engine.bucket_hashes, pid)
+
+    async def entries(self, pid: int, buckets: list[int]) -> list[DigestEntry]:
+        return await self._s._entries(pid, buckets)
 
     async def export(self, pid: int, doc_ids: list[str]) -> list[DocumentWrite]:
         return await self._s._export(pid, doc_ids)
 
     async def apply(self, docs: list[DocumentWrite]) -> None:
+        """Documents pulled from a peer; any stamped beyond the clock-drift bound are
+        skipped (and counted), the rest applied."""
         if docs:
-            await self._s._blocking(self._s.engine.upsert, docs)
+            await self._s.apply_owned(self._s.within_drift(docs, "repair"), "repair")
+
+    async def claim(self, pid: int) -> None:
+        """This node answers for ``pid`` from now on (created empty if no write reached it yet)."""
+        if pid in self._s.holdings:
+            return
+
+        def create_and_mark() -> None:
+            self._s.engine.partition(pid, True)
+            self._s.holdings.mark(pid)
+
+        await self._s._blocking(create_and_mark)
+
+    def fenced(self, pid: int) -> AbstractAsyncContextManager[None]:
+        return self._s.fence.exclusive(pid)
 
     async def drop(self, pid: int) -> None:
-        await self._s._blocking(self._s.engine.drop_partition, pid)
+        def forget_and_drop() -> None:
+            self._s.holdings.forget(pid)
+            self._s.engine.drop_partition(pid)
+
+        await self._s._blocking(forget_and_drop)
 
 
 class _PeerAdapter:
@@ -495,11 +706,22 @@ class _PeerAdapter:
 
     async def entries(self, node_id: str, pid: int, hashes: list[str]) -> tuple[list[int], list[DigestEntry]]:
         reply = await self._call(node_id, ENTRIES_PATH, {"partition": pid, "hashes": hashes})
-        return [int(b) for b in reply["buckets"]], [msg.entry_from_wire(e) for e in reply["entries"]]
+        # A bootstrap gets every entry of the partition: convert them off the loop.
+        entries = await self._s._blocking(lambda: [msg.entry_from_wire(e) for e in reply["entries"]])
+        return [int(b) for b in reply["buckets"]], entries
 
     async def fetch(self, node_id: str, pid: int, doc_ids: list[str]) -> list[DocumentWrite]:
-        reply = await self._call(node_id, FETCH_PATH, {"partition": pid, "ids": doc_ids})
-        return msg.docs_from_wire(reply["documents"])
+        """All of ``doc_ids`` the peer holds, in as many requests as its message limit needs."""
+        fetched: list[DocumentWrite] = []
+        wanted = list(doc_ids)
+        while wanted:
+            reply = await self._call(node_id, FETCH_PATH, {"partition": pid, "ids": wanted})
+            fetched.extend(msg.docs_from_wire(reply["documents"]))
+            more = [str(i) for i in reply.get("more", [])]
+            if len(more) >= len(wanted):  # no progress: a peer that cannot send one document
+                raise PeerError(node_id[:12], f"fetch of partition {pid} made no progress")
+            wanted = more
+        return fetched
 
     async def push(self, node_id: str, docs: list[DocumentWrite]) -> None:
-        await self._call(node_id, APPLY_PATH, {"documents": [msg.doc_to_wire(d) for d in docs]})
+        await self._s._send_docs(node_id, docs)

@@ -108,12 +108,17 @@ class RagPipeline:
         changed = [i for i, doc_id in enumerate(ids) if doc_id not in prior.unchanged]
         writes = await self._prepare_writes([documents[i] for i in changed], [ids[i] for i in changed], [hashes[i] for i in changed])
         token = encode_session(session_map)
+        superseded: dict[str, int] = {}
         if writes:
-            _, token = await self._cluster.write(writes, consistency, session_map)
+            outcome, token = await self._cluster.write(writes, consistency, session_map)
+            superseded = outcome.superseded
         written = {write.doc_id: write for write in writes}
         results: list[WriteResult] = []
         for doc_id in ids:
-            if doc_id in written:
+            if doc_id in superseded:
+                # A replica holds a newer version (a concurrent write won): never "updated".
+                results.append(WriteResult(doc_id=doc_id, status=WriteStatus.SUPERSEDED, version=superseded[doc_id]))
+            elif doc_id in written:
                 status = WriteStatus.UPDATED if doc_id in prior.existing else WriteStatus.CREATED
                 results.append(WriteResult(doc_id=doc_id, status=status, version=written[doc_id].version))
             else:
@@ -156,19 +161,28 @@ class RagPipeline:
         return result
 
     async def delete(self, doc_id: str, consistency: str = "quorum", session: str | None = None) -> IngestOutcome:
-        """Replicate a tombstone: a replica that missed it cannot bring the document back."""
-        tombstone = DocumentWrite(doc_id, self._hlc.now(), "", "", {}, (), deleted=True)
-        _, token = await self._cluster.write([tombstone], consistency, decode_session(session))
-        self._metrics.documents_written.labels(status=WriteStatus.DELETED.value).inc()
-        return IngestOutcome([WriteResult(doc_id, WriteStatus.DELETED, tombstone.version)], token)
+        """Replicate a tombstone: a replica that missed it cannot bring the document back.
 
-    async def get(self, doc_id: str, session: str | None = None, local: bool = False) -> StoredDocument:
-        """From a replica of the document's partition (the session's first), or only this node's copy."""
+        The replicas' versions are read (and observed) first, so the tombstone is
+        stamped after them even when this node's clock is behind."""
+        session_map = decode_session(session)
+        await self._cluster.read_versions([doc_id])
+        tombstone = DocumentWrite(doc_id, self._hlc.now(), "", "", {}, (), deleted=True)
+        outcome, token = await self._cluster.write([tombstone], consistency, session_map)
+        if doc_id in outcome.superseded:
+            result = WriteResult(doc_id, WriteStatus.SUPERSEDED, outcome.superseded[doc_id])
+        else:
+            result = WriteResult(doc_id, WriteStatus.DELETED, tombstone.version)
+        self._metrics.documents_written.labels(status=result.status.value).inc()
+        return IngestOutcome([result], token)
+
+    async def get(self, doc_id: str, session: str | None = None, local: bool = False, consistency: str = "quorum") -> StoredDocument:
+        """The newest copy among ``consistency`` replicas (the session's first), or only this node's copy."""
         if local:
             doc = await self._cluster.get_local(doc_id)
             where = " on this node"
         else:
-            doc = await self._cluster.get(doc_id, decode_session(session))
+            doc = await self._cluster.get(doc_id, decode_session(session), consistency)
             where = ""
         if doc is None or doc.deleted:
             raise NotFound(f"document {doc_id!r} not found{where}", field="id")

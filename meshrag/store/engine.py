@@ -21,10 +21,11 @@ from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
+from meshrag.cluster.repair import EMPTY_HASHES
 from meshrag.errors import ConfigError
 from meshrag.store.filters import Filter
 from meshrag.store.partition import DB_FILE, IndexSettings, Partition, unit_query_vector
-from meshrag.store.types import DocState, DocumentWrite, Hit, StoredDocument, WriteResult
+from meshrag.store.types import DigestEntry, DocState, DocumentWrite, Hit, StoredDocument, WriteResult
 
 log = logging.getLogger(__name__)
 
@@ -188,6 +189,16 @@ class StorageEngine:
     def get(self, doc_id: str) -> StoredDocument | None:
         partition = self._open.get(self.partition_of(doc_id))
         return None if partition is None else partition.get(doc_id)
+
+    def bucket_hashes(self, pid: int) -> list[str]:
+        """A partition's repair bucket hashes (kept with every write); all empty if not held."""
+        partition = self._open.get(pid)
+        return list(EMPTY_HASHES) if partition is None else partition.bucket_hashes()
+
+    def digest_entries(self, pid: int, buckets: Iterable[int] | None = None) -> list[DigestEntry]:
+        """A partition's digest entries, of the given buckets or all; none if not held."""
+        partition = self._open.get(pid)
+        return [] if partition is None else partition.digest_entries(buckets)
 
     def search_dense(
         self, vector: np.ndarray, k: int, flt: Filter | None = None, partitions: Iterable[int] | None = None

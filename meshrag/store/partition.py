@@ -8,9 +8,11 @@ Layout of ``<root>/p<id:04d>/``:
 * ``index.usearch`` and its sidecar ``index.json``: the vector index as of some
   log seq (vector_index.py saves, loads, catches up and searches it).
 
-This module owns SQLite: schema, transactions, FTS, the index log and
-tombstones. On open it hands the vector index a ``ChunkVectors`` view of the
-chunks and the log to recover from; ``recovery`` tells what that took.
+This module owns SQLite: schema, transactions, FTS, the index log,
+tombstones and the repair digest (bucket hashes kept by triggers with every
+write, see schema.py; read here in O(1), entries by bucket through an index).
+On open it hands the vector index a ``ChunkVectors`` view of the chunks and
+the log to recover from; ``recovery`` tells what that took.
 
 Durability: WAL with ``synchronous=NORMAL``. A committed transaction is in the
 WAL file before ``commit`` returns, so it survives the process being killed
@@ -31,24 +33,30 @@ import time
 from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 
+from meshrag.cluster.repair import bucket_hash
 from meshrag.errors import ConfigError
 from meshrag.store.filters import Filter, to_sql
 from meshrag.store.schema import (
     CHUNKS_WITH_DOCS,
     DB_FILE,
+    DIGEST_SCHEMA,
     HIT_COLUMNS,
     SCHEMA,
     ChunkVectors,
+    add_bucket_column,
+    digest_is_current,
     doc_state,
     fts_query,
     insert_chunk,
     log_seq,
     metadata_json,
     put_document,
+    rebuild_digest,
+    register_digest_functions,
 )
 from meshrag.store.types import ChunkInfo, ChunkWrite, DigestEntry, DocState, DocumentWrite, Hit, StoredDocument, WriteResult, WriteStatus, write_order
 
@@ -119,6 +127,7 @@ class Partition:
         self._writer.execute(f"PRAGMA journal_size_limit={4 << 20}")  # WAL shrinks back after checkpoints
         self._writer.executescript(SCHEMA)
         self._check_dim()
+        self._prepare_digest()
         index = VectorIndex(self.path, self.dim, self.settings, name=f"partition {self.pid}")
         self.recovery = index.recover(self._chunk_vectors(), fresh)
         self._index = index
@@ -158,6 +167,18 @@ class Partition:
                 f"partition {self.pid} at {self.path} holds {row[0]}-dimensional vectors, "
                 f"but the embedder produces {self.dim}; use the original model or a new data directory"
             )
+
+    def _prepare_digest(self) -> None:
+        """Digest triggers on the writer; a partition from before them (or from another digest
+        definition) gets its buckets rebuilt once, here, before anyone reads them."""
+        conn = self._require_writer()
+        register_digest_functions(conn)
+        add_bucket_column(conn)
+        conn.executescript(DIGEST_SCHEMA)
+        with self._transaction():
+            if not digest_is_current(conn):
+                rebuild_digest(conn)
+                log.info("partition %d: repair digest rebuilt", self.pid)
 
     def _require_writer(self) -> sqlite3.Connection:
         if self._writer is None:
@@ -244,10 +265,15 @@ class Partition:
         if doc.deleted:
             return self._tombstone(conn, doc.doc_id, doc.version, stored, now)
         if stored is not None and not stored.deleted and stored.content_hash == doc.content_hash:
-            # Same content: nothing to re-index, but a newer version is adopted so
-            # replicas converge on one version (anti-entropy compares versions).
+            # Same content: nothing to re-index, but a newer version is adopted, with its
+            # chunk ids (they name the version), so replicas converge on one version and
+            # one set of chunk ids whatever order the writes came in.
             if doc.version > stored.version:
                 conn.execute("UPDATE documents SET version = ? WHERE doc_id = ?", (doc.version, doc.doc_id))
+                conn.executemany(
+                    "UPDATE chunks SET chunk_id = ? WHERE doc_id = ? AND seq = ?",
+                    [(chunk.chunk_id, doc.doc_id, chunk.seq) for chunk in doc.chunks],
+                )
             return WriteResult(doc.doc_id, WriteStatus.UNCHANGED, max(doc.version, stored.version)), [], []
         if stored is not None and not _wins(doc.version, False, doc.content_hash, stored):
             return WriteResult(doc.doc_id, WriteStatus.STALE, stored.version), [], []
@@ -326,10 +352,22 @@ class Partition:
         version, content_hash, text, metadata, deleted = row
         return StoredDocument(doc_id, version, content_hash, text, json.loads(metadata), bool(deleted), chunks, self.pid)
 
-    def digest_entries(self) -> list[DigestEntry]:
-        """Every document and tombstone as (id, version, deleted, content hash), by id."""
+    def bucket_hashes(self) -> list[str]:
+        """The repair digest's bucket hashes, kept with every write: no entry is read."""
         with self._reader() as conn:
-            rows = conn.execute("SELECT doc_id, version, deleted, content_hash FROM documents ORDER BY doc_id").fetchall()
+            rows = conn.execute("SELECT entries, digest FROM digest_buckets ORDER BY bucket").fetchall()
+        return [bucket_hash(count, digest) for count, digest in rows]
+
+    def digest_entries(self, buckets: Iterable[int] | None = None) -> list[DigestEntry]:
+        """Documents and tombstones as (id, version, deleted, content hash), by id: every one, or
+        those of the given digest buckets (read through the bucket index, not a scan)."""
+        sql = "SELECT doc_id, version, deleted, content_hash FROM documents"
+        params: tuple[Any, ...] = ()
+        if buckets is not None:
+            sql += " WHERE bucket IN (SELECT value FROM json_each(?))"
+            params = (json.dumps(sorted(set(buckets))),)
+        with self._reader() as conn:
+            rows = conn.execute(sql + " ORDER BY doc_id", params).fetchall()
         return [DigestEntry(doc_id, version, bool(deleted), digest) for doc_id, version, deleted, digest in rows]
 
     def export(self, doc_ids: Sequence[str]) -> list[DocumentWrite]:

@@ -4,6 +4,17 @@ partition.py runs these inside its transactions; nothing here opens a
 connection or takes a lock. The schema keeps FTS5 and the index log in the
 same transaction as the chunk rows (triggers), which is what lets the usearch
 index be derived and recovered from SQLite alone (vector_index.py).
+
+Repair digests are kept the same way: every document row carries its bucket
+(cluster/repair.py's bucket_of), and triggers on ``documents`` fold each
+insert, change and delete into ``digest_buckets`` (count and XOR of entry
+digests per bucket) inside the writing transaction, whatever the write path
+(upsert, version-only update, tombstone, purge). Reading a partition's bucket
+hashes is then 64 rows, and the entries of a bucket are an index range. The
+triggers call Python functions (register_digest_functions): a connection
+without them cannot write documents at all, so the buckets cannot drift
+silently. Partitions made before this are migrated on open (add_bucket_column,
+rebuild_digest).
 """
 
 from __future__ import annotations
@@ -15,12 +26,15 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
-from meshrag.store.types import DocState
+from meshrag.cluster.repair import BUCKETS, DIGEST_BYTES, bucket_of, entry_digest, fold_buckets, xor_digests
+from meshrag.store.types import DigestEntry, DocState
 
 DB_FILE = "store.sqlite"
 MAX_QUERY_TERMS = 64
 _READ_BATCH = 4096
 _QUERY_TERM = re.compile(r"[^\W_]+")  # the same word characters FTS5's unicode61 keeps
+# Bump when the digest definition or BUCKETS changes: partitions rebuild their buckets on open.
+DIGEST_FORMAT = f"xor-blake2b{DIGEST_BYTES}/{BUCKETS}"
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS documents (
@@ -30,7 +44,8 @@ CREATE TABLE IF NOT EXISTS documents (
     text         TEXT NOT NULL,
     metadata     TEXT NOT NULL,              -- JSON object
     deleted      INTEGER NOT NULL DEFAULT 0, -- 1: tombstone (text emptied, no chunks)
-    updated_at   REAL NOT NULL               -- wall seconds of the local write
+    updated_at   REAL NOT NULL,              -- wall seconds of the local write
+    bucket       INTEGER NOT NULL DEFAULT -1 -- repair digest bucket of doc_id (-1: not migrated yet)
 );
 CREATE TABLE IF NOT EXISTS chunks (
     key        INTEGER PRIMARY KEY AUTOINCREMENT, -- the usearch key; never reused
@@ -62,6 +77,32 @@ END;
 CREATE TRIGGER IF NOT EXISTS chunks_removed AFTER DELETE ON chunks BEGIN
     INSERT INTO chunks_fts(chunks_fts, rowid, text) VALUES ('delete', old.key, old.text);
     INSERT INTO index_log(op, key) VALUES ('remove', old.key);
+END;
+"""
+
+# After SCHEMA and add_bucket_column (an index on bucket needs the column).
+DIGEST_SCHEMA = """
+CREATE INDEX IF NOT EXISTS documents_by_bucket ON documents(bucket);
+CREATE TABLE IF NOT EXISTS digest_buckets (
+    bucket  INTEGER PRIMARY KEY,
+    entries INTEGER NOT NULL, -- documents and tombstones in the bucket
+    digest  BLOB NOT NULL     -- XOR of their entry digests
+);
+CREATE TRIGGER IF NOT EXISTS documents_digest_added AFTER INSERT ON documents BEGIN
+    UPDATE digest_buckets SET entries = entries + 1,
+        digest = meshrag_xor(digest, meshrag_entry_digest(new.doc_id, new.version, new.deleted, new.content_hash))
+    WHERE bucket = new.bucket;
+END;
+CREATE TRIGGER IF NOT EXISTS documents_digest_removed AFTER DELETE ON documents BEGIN
+    UPDATE digest_buckets SET entries = entries - 1,
+        digest = meshrag_xor(digest, meshrag_entry_digest(old.doc_id, old.version, old.deleted, old.content_hash))
+    WHERE bucket = old.bucket;
+END;
+CREATE TRIGGER IF NOT EXISTS documents_digest_changed AFTER UPDATE OF version, deleted, content_hash ON documents BEGIN
+    UPDATE digest_buckets SET digest = meshrag_xor(
+        meshrag_xor(digest, meshrag_entry_digest(old.doc_id, old.version, old.deleted, old.content_hash)),
+        meshrag_entry_digest(new.doc_id, new.version, new.deleted, new.content_hash))
+    WHERE bucket = new.bucket;
 END;
 """
 
@@ -130,11 +171,11 @@ def put_document(
     now: float,
 ) -> None:
     conn.execute(
-        "INSERT INTO documents(doc_id, version, content_hash, text, metadata, deleted, updated_at) "
-        "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT(doc_id) DO UPDATE SET version = excluded.version, "
+        "INSERT INTO documents(doc_id, version, content_hash, text, metadata, deleted, updated_at, bucket) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(doc_id) DO UPDATE SET version = excluded.version, "
         "content_hash = excluded.content_hash, text = excluded.text, metadata = excluded.metadata, "
         "deleted = excluded.deleted, updated_at = excluded.updated_at",
-        (doc_id, version, content_hash, text, metadata, int(deleted), now),
+        (doc_id, version, content_hash, text, metadata, int(deleted), now, bucket_of(doc_id)),
     )
 
 
@@ -157,3 +198,44 @@ def metadata_json(metadata: dict[str, Any]) -> str:
 def log_seq(conn: sqlite3.Connection) -> int:
     row = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'index_log'").fetchone()
     return 0 if row is None else int(row[0])
+
+
+# ------------------------------------------------------------------ repair digests
+def register_digest_functions(conn: sqlite3.Connection) -> None:
+    """The Python functions the digest triggers call: repair.py's definition, the only one."""
+    conn.create_function("meshrag_entry_digest", 4, _entry_digest, deterministic=True)
+    conn.create_function("meshrag_xor", 2, xor_digests, deterministic=True)
+
+
+def _entry_digest(doc_id: str, version: int, deleted: int, content_hash: str) -> bytes:
+    return entry_digest(doc_id, version, bool(deleted), content_hash)
+
+
+def add_bucket_column(conn: sqlite3.Connection) -> None:
+    """Partitions created before digests were kept lack the column (rebuild_digest fills it)."""
+    columns = {row[1] for row in conn.execute("PRAGMA table_info(documents)")}
+    if "bucket" not in columns:
+        conn.execute("ALTER TABLE documents ADD COLUMN bucket INTEGER NOT NULL DEFAULT -1")
+
+
+def digest_is_current(conn: sqlite3.Connection) -> bool:
+    row = conn.execute("SELECT value FROM partition_meta WHERE name = 'digest_format'").fetchone()
+    return row is not None and row[0] == DIGEST_FORMAT
+
+
+def rebuild_digest(conn: sqlite3.Connection) -> None:
+    """Recompute every row's bucket and every bucket from scratch (in the caller's transaction)."""
+    buckets = [(bucket_of(doc_id), doc_id) for (doc_id,) in conn.execute("SELECT doc_id FROM documents")]
+    conn.executemany("UPDATE documents SET bucket = ? WHERE doc_id = ?", buckets)
+    rows = conn.execute("SELECT doc_id, version, deleted, content_hash FROM documents")
+    folded = fold_buckets(DigestEntry(doc_id, version, bool(deleted), digest) for doc_id, version, deleted, digest in rows)
+    conn.execute("DELETE FROM digest_buckets")
+    conn.executemany(
+        "INSERT INTO digest_buckets(bucket, entries, digest) VALUES (?, ?, ?)",
+        [(bucket, count, value) for bucket, (count, value) in enumerate(folded)],
+    )
+    conn.execute(
+        "INSERT INTO partition_meta(name, value) VALUES ('digest_format', ?) "
+        "ON CONFLICT(name) DO UPDATE SET value = excluded.value",
+        (DIGEST_FORMAT,),
+    )

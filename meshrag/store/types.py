@@ -111,6 +111,9 @@ class WriteStatus(enum.Enum):
     UNCHANGED = "unchanged"
     STALE = "stale"  # an older or equal version arrived and was ignored
     DELETED = "deleted"
+    # Coordinator's verdict: the write lost to a newer version a replica holds
+    # (``version`` is the winner); never reported as updated.
+    SUPERSEDED = "superseded"
 
 
 @dataclass(frozen=True, slots=True)

@@ -162,3 +162,16 @@ def test_ask_bounds_max_tokens_by_generation_config() -> None:
     with pytest.raises(ValidationError) as err:
         parse_ask({"query": "q", "stream": "yes"}, LIMITS, generation)
     assert err.value.field == "stream"
+
+
+@pytest.mark.parametrize(
+    ("path_id", "message"),
+    [("a\x00b", "NUL"), ("a\x07b", "control characters"), ("x" * 513, "at most 512"), ("\ud800", "UTF-8"), ("   ", "must not be empty")],
+)
+def test_a_document_id_in_a_url_path_follows_the_upsert_id_rules(path_id: str, message: str) -> None:
+    from meshrag.api.schema import parse_doc_id
+
+    with pytest.raises(ValidationError, match=message) as failure:
+        parse_doc_id(path_id)
+    assert failure.value.field == "id"
+    assert parse_doc_id("cranfield/12") == "cranfield/12"

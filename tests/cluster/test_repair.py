@@ -4,20 +4,25 @@ status changes between real storage engines.
 Each node is a real StorageEngine in tmp_path. ``Replica`` is its LocalReplica;
 ``Peers`` stands in for the /_mesh/repair routes of the others, in-process, doing
 what cluster/service.py's handle_roots/handle_entries/handle_fetch and _PeerAdapter
-do (Partition.digest_entries and export, bucket_hashes, differing_buckets).
+do (the engine's kept bucket hashes and digest entries by bucket, export,
+differing_buckets). Every sync checks both sides' kept buckets against a
+from-scratch computation over all their entries.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Callable, Iterator
 
 import pytest
 
+from meshrag.cluster.fence import PartitionFence
 from meshrag.cluster.messages import wire_size
 from meshrag.cluster.repair import (
-    BUCKETS, Progress, RateLimiter, Repairer, bucket_hashes, bucket_of, diff_entries, differing_buckets, is_newer, root_hash,
+    BUCKETS, Progress, RateLimiter, Repairer, bucket_hash, bucket_hashes, bucket_of, diff_entries, differing_buckets,
+    entry_digest, fold_buckets, is_newer, root_hash, xor_digests,
 )
 from meshrag.errors import ValidationError
 from meshrag.ring import Ring, RingEntry, RingStatus, RingTable
@@ -51,6 +56,24 @@ def test_a_changed_version_changes_exactly_its_bucket_and_the_root() -> None:
 def test_an_empty_partition_has_only_empty_buckets() -> None:
     assert bucket_hashes([]) == [""] * BUCKETS
     assert root_hash(bucket_hashes([])) != root_hash(bucket_hashes([entry("d1")]))
+
+
+def test_a_bucket_is_updated_in_place_by_xoring_the_old_entry_out_and_the_new_one_in() -> None:
+    entries = [entry(f"d{i}") for i in range(200)]
+    b = bucket_of("d7")
+    count, folded = fold_buckets(entries)[b]
+    old, new = entry("d7"), entry("d7", 2, deleted=True)
+    updated = xor_digests(xor_digests(folded, entry_digest(*dataclasses.astuple(old))), entry_digest(*dataclasses.astuple(new)))
+    changed = [new if e.doc_id == "d7" else e for e in entries]
+    assert bucket_hash(count, updated) == bucket_hashes(changed)[b] != bucket_hashes(entries)[b]
+    removed = xor_digests(folded, entry_digest(*dataclasses.astuple(old)))
+    assert bucket_hash(count - 1, removed) == bucket_hashes([e for e in entries if e.doc_id != "d7"])[b]
+
+
+def test_an_entry_digest_covers_every_field() -> None:
+    base = entry_digest("d1", 1, False, "h")
+    assert len({base, entry_digest("d2", 1, False, "h"), entry_digest("d1", 2, False, "h"),
+                entry_digest("d1", 1, True, "h"), entry_digest("d1", 1, False, "g")}) == 5
 
 
 def test_differing_buckets_lists_the_positions_that_differ() -> None:
@@ -124,19 +147,25 @@ async def test_rate_zero_means_unlimited() -> None:
 
 # ------------------------------------------------------------------ in-process replicas
 class Replica:
-    """One node's engine as repair.py's LocalReplica (service.py's _LocalAdapter)."""
+    """One node's engine as repair.py's LocalReplica (service.py's _LocalAdapter); also used by
+    scripts/bench_repair.py."""
 
-    def __init__(self, root: Path, name: str) -> None:
-        self.engine = StorageEngine(root / name, P, DIM)
+    def __init__(self, root: Path, name: str, partitions: int = P, dim: int = DIM) -> None:
+        self.engine = StorageEngine(root / name, partitions, dim)
         self.engine.open()
         self.fetched: list[str] = []   # ids other nodes fetched from here
         self.received: list[str] = []  # ids other nodes pushed here
+        self.fence = PartitionFence()
+        self.buckets_read: list[list[int]] = []  # buckets whose entries were read, as local or as peer
 
     def digest(self, pid: int) -> list[DigestEntry]:
-        try:
-            return self.engine.partition(pid).digest_entries()
-        except KeyError:
-            return []
+        return self.engine.digest_entries(pid)
+
+    def kept_hashes(self, pid: int) -> list[str]:
+        """The engine's incrementally kept buckets, checked against a from-scratch computation."""
+        kept = self.engine.bucket_hashes(pid)
+        assert kept == bucket_hashes(self.digest(pid)), f"partition {pid}: kept buckets drifted"
+        return kept
 
     def exported(self, pid: int, doc_ids: list[str]) -> list[DocumentWrite]:
         try:
@@ -147,8 +176,15 @@ class Replica:
     async def held(self) -> list[int]:
         return self.engine.local_partitions()
 
-    async def entries(self, pid: int) -> list[DigestEntry]:
-        return self.digest(pid)
+    async def hashes(self, pid: int) -> list[str]:
+        return self.kept_hashes(pid)
+
+    def entries_of(self, pid: int, buckets: list[int]) -> list[DigestEntry]:
+        self.buckets_read.append(buckets)
+        return self.engine.digest_entries(pid, buckets)
+
+    async def entries(self, pid: int, buckets: list[int]) -> list[DigestEntry]:
+        return self.entries_of(pid, buckets)
 
     async def export(self, pid: int, doc_ids: list[str]) -> list[DocumentWrite]:
         return self.exported(pid, doc_ids)
@@ -156,6 +192,12 @@ class Replica:
     async def apply(self, docs: list[DocumentWrite]) -> None:
         if docs:
             self.engine.upsert(docs)
+
+    async def claim(self, pid: int) -> None:
+        self.engine.partition(pid, create=True)
+
+    def fenced(self, pid: int) -> AbstractAsyncContextManager[None]:
+        return self.fence.exclusive(pid)
 
     async def drop(self, pid: int) -> None:
         self.engine.drop_partition(pid)
@@ -170,15 +212,14 @@ class Peers:
 
     async def roots(self, node: str, pids: list[int]) -> dict[int, str]:
         self.root_calls += 1
-        return {pid: root_hash(bucket_hashes(self.replicas[node].digest(pid))) for pid in pids}
+        return {pid: root_hash(self.replicas[node].kept_hashes(pid)) for pid in pids}
 
     async def entries(self, node: str, pid: int, hashes: list[str]) -> tuple[list[int], list[DigestEntry]]:
         if len(hashes) != BUCKETS:
             raise ValidationError(f"hashes must list {BUCKETS} buckets", field="hashes")
-        theirs = self.replicas[node].digest(pid)
-        differing = differing_buckets(bucket_hashes(theirs), hashes)
-        wanted = set(differing)
-        return differing, [e for e in theirs if bucket_of(e.doc_id) in wanted]
+        replica = self.replicas[node]
+        differing = differing_buckets(replica.kept_hashes(pid), hashes)
+        return differing, replica.entries_of(pid, differing) if differing else []
 
     async def fetch(self, node: str, pid: int, doc_ids: list[str]) -> list[DocumentWrite]:
         self.replicas[node].fetched.extend(doc_ids)
@@ -247,6 +288,19 @@ async def test_divergent_replicas_converge_moving_only_the_differences(replicas:
         for replica in (a, b):
             [held] = replica.exported(1, [doc.doc_id])
             assert vector_bytes(held) == vector_bytes(doc)
+
+
+async def test_a_sync_of_one_changed_document_reads_only_its_bucket_on_both_sides(replicas: dict[str, Replica]) -> None:
+    a, b = replicas["a"], replicas["b"]
+    docs = docs_in(1, 200)
+    a.engine.upsert(docs)
+    b.engine.upsert(docs)
+    changed = make_doc(docs[5].doc_id, 2, ["changed on b"])
+    b.engine.upsert([changed])
+    result = await repairer("a", replicas).sync_partition(1, "b")
+    assert a.buckets_read == b.buckets_read == [[bucket_of(changed.doc_id)]]
+    assert (result.pulled, result.pushed) == (1, 0) and b.fetched == [changed.doc_id]
+    assert a.digest(1) == b.digest(1)
 
 
 async def test_a_tombstone_beats_the_older_live_copy_in_both_directions(replicas: dict[str, Replica]) -> None:
@@ -322,6 +376,7 @@ async def test_in_sync_replicas_exchange_roots_only(replicas: dict[str, Replica]
     progress = await repairer("a", replicas).run_pass("periodic")
     assert (progress.docs_in, progress.docs_out, progress.errors) == (0, 0, 0)
     assert replicas["b"].fetched == [] and replicas["b"].received == []
+    assert replicas["a"].buckets_read == replicas["b"].buckets_read == [], "equal roots: no entry is read"
 
 
 

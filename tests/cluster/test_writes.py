@@ -15,7 +15,7 @@ from typing import Callable, Iterator
 
 import pytest
 
-from meshrag.cluster.writes import ReplicatedWriter, WriteOutcome, WriteOutcomeUnknown, required_acks
+from meshrag.cluster.writes import NotOwnerReply, Refused, ReplicatedWriter, WriteOutcome, WriteOutcomeUnknown, required_acks
 from meshrag.errors import ValidationError
 from meshrag.ring import Ring, RingEntry, RingStatus, RingTable
 from meshrag.store.engine import StorageEngine, partition_for
@@ -42,6 +42,9 @@ class FakeCluster:
         self.requests: list[tuple[str, list[str]]] = []  # (node, doc ids) per remote call
         self.hints: list[tuple[str, list[str]]] = []
         self.hint_error: Exception | None = None
+        self.refusing: dict[str, Exception] = {}  # node -> what its apply raises (not-owner, refused)
+        self.ring_refreshes: list[str] = []
+        self.newer_ring: Ring | None = None  # what a refresh adopts
 
     def hold(self, node: str) -> asyncio.Future[None]:
         """Hang calls to ``node`` until the test resolves the future (an exception = a timeout)."""
@@ -59,14 +62,22 @@ class FakeCluster:
             await asyncio.sleep(self.delay.get(node, 0))
             if node in self.failing:
                 raise ConnectionError(f"{node} refused")
+            if node in self.refusing:
+                raise self.refusing[node]
             return self.engines[node].upsert(docs)
+
+        async def refresh_ring(node: str) -> None:
+            self.ring_refreshes.append(node)
+            if self.newer_ring is not None:
+                self.ring = self.newer_ring
 
         async def store_hint(node: str, docs: list[DocumentWrite]) -> None:
             if self.hint_error is not None:
                 raise self.hint_error
             self.hints.append((node, [d.doc_id for d in docs]))
 
-        return ReplicatedWriter(local, lambda: self.ring, self.alive.__contains__, apply_local, send, store_hint)
+        return ReplicatedWriter(local, lambda: self.ring, self.alive.__contains__, apply_local, send, store_hint,
+                                refresh_ring=refresh_ring)
 
     def holders(self, doc_id: str) -> set[str]:
         return {n for n, engine in self.engines.items() if engine.get(doc_id) is not None}
@@ -295,3 +306,65 @@ async def test_the_joining_owners_ack_does_not_stand_in_for_a_current_owners(
     outcome = await asyncio.wait_for(write, timeout=5)
     await writer.drain()
     assert set(sorted_acks(outcome)[partition_for(docs[0].doc_id, P)]) >= {"a", "b", "c"}
+
+
+# ------------------------------------------------------------------ per-document answers
+async def test_a_write_every_replica_found_stale_is_superseded_with_the_winning_version(
+    make_cluster: Callable[..., FakeCluster],
+) -> None:
+    """The defect: replicas holding a newer version answered like an ack and the client heard "updated"."""
+    cluster = make_cluster()
+    for engine in cluster.engines.values():
+        engine.upsert([make_doc("d1", version=50, texts=["the newer text"])])
+    writer = cluster.writer()
+    outcome = await writer.write([make_doc("d1", version=10), make_doc("d2", version=10)], "quorum")
+    await writer.drain()
+    assert outcome.superseded == {"d1": 50}, "d2 was new everywhere; d1 lost to version 50"
+    assert {engine.get("d1").version for engine in cluster.engines.values()} == {50}  # type: ignore[union-attr]
+
+
+async def test_one_replica_holding_a_newer_version_makes_the_write_superseded(make_cluster: Callable[..., FakeCluster]) -> None:
+    cluster = make_cluster()
+    cluster.engines["b"].upsert([make_doc("d1", version=70, texts=["the newer text"])])
+    writer = cluster.writer()
+    cluster.hold("c")  # a and b answer: a applied, b holds a newer version
+    outcome = await asyncio.wait_for(writer.write([make_doc("d1", version=20)], "quorum"), timeout=5)
+    assert outcome.superseded == {"d1": 70}
+    cluster.held["c"].set_result(None)
+    await writer.drain()
+
+
+# ------------------------------------------------------------------ refusals
+async def test_a_replica_refusing_for_good_gets_no_hint_and_is_named(make_cluster: Callable[..., FakeCluster]) -> None:
+    cluster = make_cluster()
+    cluster.refusing["c"] = Refused("HTTP 400: version is 3600.0 s ahead of this node's clock")
+    writer = cluster.writer()
+    with pytest.raises(WriteOutcomeUnknown) as failure:
+        await writer.write([make_doc("d1")], "all")
+    await writer.drain()
+    assert cluster.hints == [], "a hint would be refused again: it must not be stored"
+    assert "c refused: HTTP 400: version is 3600.0 s ahead" in failure.value.message
+
+
+async def test_a_replica_that_is_no_longer_owner_makes_the_writer_refresh_its_ring_and_reach_the_new_owner(
+    make_cluster: Callable[..., FakeCluster],
+) -> None:
+    """Item 3: a node that handed a partition off answers 409; the coordinator adopts the
+    newer ring and sends to the node that owns it now, whose ack counts toward W."""
+    cluster = make_cluster(a=NORMAL, b=NORMAL, c=NORMAL, d=NORMAL)
+    doc = next(d for d in docs_named(80) if len(set(cluster.owners_of(d.doc_id)) - {"a"}) == 3)
+    pid = partition_for(doc.doc_id, P)
+    newcomer = "a"  # not an owner of this partition yet; a is also the coordinator
+    leaver = sorted(cluster.ring.write_owners(pid))[0]
+    cluster.newer_ring = Ring(RingTable(
+        RingEntry(n, n, "z", RingStatus.REMOVED if n == leaver else NORMAL, 2) for n in "abcd"
+    ), P, N)
+    assert newcomer in cluster.newer_ring.write_owners(pid), "the coordinator takes over the leaver's copy"
+    cluster.refusing[leaver] = NotOwnerReply(f"HTTP 409: {leaver} neither owns nor hands off partition {pid}")
+    writer = cluster.writer()
+    outcome = await asyncio.wait_for(writer.write([doc], "all"), timeout=5)
+    await writer.drain()
+    assert cluster.ring_refreshes == [leaver]
+    assert sorted(outcome.acked[pid]) == sorted(cluster.newer_ring.write_owners(pid))
+    assert cluster.holders(doc.doc_id) == set(cluster.newer_ring.write_owners(pid))
+    assert cluster.hints == []

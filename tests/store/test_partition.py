@@ -3,17 +3,22 @@ dense/BM25 search with filters, and index recovery (including a real kill -9).""
 
 from __future__ import annotations
 
+import dataclasses
+import random
 import shutil
 import signal
+import sqlite3
 import subprocess
 import sys
 import threading
 import time
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import pytest
 
+from meshrag.cluster.repair import BUCKETS, bucket_hashes, bucket_of, differing_buckets
 from meshrag.errors import ConfigError, ValidationError
 from meshrag.store.filters import parse_filter
 from meshrag.store.partition import Partition, fts_query
@@ -201,6 +206,117 @@ def test_stats_count_documents_tombstones_chunks_and_bytes(partition: Partition)
     stats = partition.stats()
     assert (stats["documents"], stats["tombstones"], stats["chunks"], stats["index_size"]) == (2, 1, 3, 3)
     assert stats["bytes"] > 0 and stats["recovery"] == "new"
+
+
+# ------------------------------------------------------------ repair digest
+def assert_digest_kept(part: Partition) -> None:
+    """The buckets kept with every write equal repair.py's from-scratch definition."""
+    assert part.bucket_hashes() == bucket_hashes(part.digest_entries())
+
+
+def test_an_empty_partition_keeps_empty_buckets(partition: Partition) -> None:
+    assert partition.bucket_hashes() == [""] * BUCKETS
+
+
+def test_every_write_path_keeps_the_buckets_equal_to_a_full_recomputation(partition: Partition) -> None:
+    docs = corpus(40)
+    steps: list[Callable[[], object]] = [
+        lambda: partition.upsert(docs),                                       # inserts
+        lambda: partition.upsert([make_doc("d1", 2, ["new text"])]),          # new content
+        lambda: partition.upsert([dataclasses.replace(docs[2], version=5)]),  # same content, version only
+        lambda: partition.upsert([make_doc("d3", 0)]),                        # stale: nothing changes
+        lambda: partition.delete("d4", 9),                                    # tombstone
+        lambda: partition.delete("never-stored", 3),                          # tombstone of an unknown id
+        lambda: partition.upsert([dataclasses.replace(make_doc("d5", 7), deleted=True)]),  # replicated tombstone
+        lambda: partition.upsert([make_doc("d4", 10)]),                       # back after its tombstone
+        lambda: partition.purge_tombstones(older_than_version=8),             # purge
+    ]
+    for step in steps:
+        before = partition.bucket_hashes()
+        step()
+        assert_digest_kept(partition)
+        assert (partition.bucket_hashes() == before) == (step is steps[3]), "only the stale write changes nothing"
+
+
+def test_a_random_sequence_of_writes_keeps_the_buckets_exact(partition: Partition) -> None:
+    rng = random.Random(11)
+    ids = [f"doc{i}" for i in range(30)]
+    for step in range(300):
+        doc_id, version = rng.choice(ids), rng.randrange(1, 40)
+        action = rng.random()
+        if action < 0.6:
+            partition.upsert([make_doc(doc_id, version, [f"{doc_id} text {rng.randrange(3)}"])])
+        elif action < 0.9:
+            partition.delete(doc_id, version)
+        else:
+            partition.purge_tombstones(older_than_version=rng.randrange(1, 40))
+        if step % 25 == 0:
+            assert_digest_kept(partition)
+    assert_digest_kept(partition)
+
+
+def test_one_change_changes_exactly_its_bucket(partition: Partition) -> None:
+    partition.upsert(corpus(50))
+    before = partition.bucket_hashes()
+    partition.upsert([make_doc("d7", 2, ["changed"])])
+    assert differing_buckets(before, partition.bucket_hashes()) == [bucket_of("d7")]
+
+
+def test_entries_of_given_buckets_are_exactly_those_buckets_entries(partition: Partition) -> None:
+    partition.upsert(corpus(60))
+    partition.delete("gone", 4)
+    everything = partition.digest_entries()
+    wanted = sorted({bucket_of("d3"), bucket_of("gone")})
+    assert partition.digest_entries(wanted) == [e for e in everything if bucket_of(e.doc_id) in wanted]
+    assert partition.digest_entries([]) == []
+
+
+def test_a_connection_without_the_digest_functions_cannot_write_documents(partition: Partition) -> None:
+    """The buckets cannot drift behind the partition's back: the triggers need repair.py's functions."""
+    partition.upsert([make_doc("a")])
+    with pytest.raises(sqlite3.OperationalError, match="no such function"):
+        sql(partition, "UPDATE documents SET version = 9 WHERE doc_id = 'a'")
+    assert_digest_kept(partition)
+
+
+def test_a_partition_from_before_kept_digests_is_migrated_on_open(tmp_path: Path) -> None:
+    part = open_partition(tmp_path)
+    part.upsert(corpus(30))
+    part.delete("d3", 5)
+    expected = part.bucket_hashes()
+    part.close()
+    conn = sqlite3.connect(part.db_path)  # back to the schema of commit be0c157
+    conn.executescript(
+        "DROP TRIGGER documents_digest_added; DROP TRIGGER documents_digest_removed; DROP TRIGGER documents_digest_changed;"
+        "DROP INDEX documents_by_bucket; DROP TABLE digest_buckets; ALTER TABLE documents DROP COLUMN bucket;"
+        "DELETE FROM partition_meta WHERE name = 'digest_format';"
+    )
+    conn.close()
+    reopened = open_partition(tmp_path)
+    try:
+        assert reopened.bucket_hashes() == expected
+        assert reopened.digest_entries([bucket_of("d5")]) == [e for e in reopened.digest_entries() if bucket_of(e.doc_id) == bucket_of("d5")]
+        reopened.upsert([make_doc("d5", 2, ["after the migration"])])
+        assert_digest_kept(reopened)
+    finally:
+        reopened.close()
+
+
+def test_buckets_of_another_digest_format_are_rebuilt_on_open(tmp_path: Path) -> None:
+    part = open_partition(tmp_path)
+    part.upsert(corpus(10))
+    expected = part.bucket_hashes()
+    part.close()
+    conn = sqlite3.connect(part.db_path)
+    conn.execute("UPDATE digest_buckets SET entries = 0")  # what an older definition left
+    conn.execute("UPDATE partition_meta SET value = 'older' WHERE name = 'digest_format'")
+    conn.commit()
+    conn.close()
+    reopened = open_partition(tmp_path)
+    try:
+        assert reopened.bucket_hashes() == expected
+    finally:
+        reopened.close()
 
 
 # ------------------------------------------------------------------- BM25

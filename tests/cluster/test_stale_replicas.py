@@ -1,0 +1,82 @@
+"""Reads through a replica that lacks the data, with real processes.
+
+3 nodes, P=8, N=2; after n3 is killed and removed, n2 becomes an owner of
+partitions it holds nothing of, and repair is throttled to a standstill
+(cluster.repair_max_bytes_per_s = 1) so it stays that way. Through n2:
+
+* GET (quorum by default, and at one) finds a document only n1 holds, and read
+  repair gives n2 its copy afterwards;
+* search asks n1 for the partitions n2 does not hold, rather than counting
+  n2's empty answer as coverage.
+"""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+import pytest
+
+from meshrag.localcluster import LocalCluster
+from meshrag.localnode import LocalNode
+from meshrag.store.engine import partition_for
+from tests.cluster.conftest import vector_documents
+
+P = 8
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
+    local = LocalCluster(tmp_path_factory.mktemp("stale"), partitions=P, replicas=2,
+                         env={"MESHRAG_CLUSTER_REPAIR_MAX_BYTES_PER_S": "1"})
+    try:
+        local.start(3)
+        yield local
+    finally:
+        local.stop()
+
+
+@pytest.fixture(scope="module")
+def lacking(cluster: LocalCluster) -> list[dict[str, object]]:
+    """Documents n1 holds and n2 does not, though n2 owns their partitions after n3's removal."""
+    n1, n2, n3 = cluster.nodes
+    docs = vector_documents(60, prefix="stale")
+    cluster.client(n1).upsert(docs, consistency="all")
+    n3.kill9()
+    cluster.wait_for(lambda: cluster.member_state(n1, "n3") == "dead", 60, "n1 sees n3 dead")
+    cluster.client(n1).remove("n3")
+    cluster.wait_for(lambda: all(_owners_known(cluster, node) for node in (n1, n2)), 30, "n3 removed in both rings")
+    missing = [doc for doc in docs if doc["id"] in cluster.stored_ids(n1) - cluster.stored_ids(n2)]
+    assert missing, "n2 must lack some documents it now owns"
+    return missing
+
+
+def _owners_known(cluster: LocalCluster, node: LocalNode) -> bool:
+    statuses = {n["name"]: n["status"] for n in cluster.ring(node)["nodes"]}
+    return statuses.get("n3") == "removed"
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_get_through_a_replica_that_lacks_the_document_finds_it_on_another(
+    cluster: LocalCluster, lacking: list[dict[str, object]],
+) -> None:
+    n1, n2, _ = cluster.nodes
+    first, second = str(lacking[0]["id"]), str(lacking[-1]["id"])
+    assert first not in cluster.stored_ids(n2)
+    assert cluster.client(n2).get_document(first)["text"] == lacking[0]["text"]  # quorum, the default
+    assert cluster.client(n2).get_document(second, consistency="one")["text"] == lacking[-1]["text"]
+    cluster.wait_for(lambda: {first, second} <= cluster.stored_ids(n2), 20, "read repair gave n2 its copies")
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_search_through_a_node_without_a_partition_asks_its_other_replica(
+    cluster: LocalCluster, lacking: list[dict[str, object]],
+) -> None:
+    n1, n2, _ = cluster.nodes
+    held_by_n2 = cluster.stored_ids(n2)
+    doc = next(d for d in lacking if d["id"] not in held_by_n2)
+    found = cluster.client(n2).search(vector=doc["vector"], k=3)
+    assert found["coverage"] == 1.0 and found["missing_partitions"] == []
+    assert found["hits"] and found["hits"][0]["doc_id"] == doc["id"], \
+        f"partition {partition_for(str(doc['id']), P)} was answered by a node that does not hold it"
