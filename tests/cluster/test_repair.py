@@ -11,6 +11,7 @@ from-scratch computation over all their entries.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 from contextlib import AbstractAsyncContextManager
 from pathlib import Path
@@ -412,6 +413,38 @@ async def test_a_partition_no_longer_owned_is_handed_off_then_dropped(replicas: 
     assert progress.dropped == 1
     for owner in ring.write_owners(3):
         assert sorted(e.doc_id for e in replicas[owner].digest(3)) == sorted(d.doc_id for d in docs)
+
+
+async def test_a_write_admitted_before_the_hand_off_fence_reaches_the_owners_before_the_drop(
+    replicas: dict[str, Replica],
+) -> None:
+    """Item 3: the final sync and the drop run under the fence; a write c admitted just
+    before must be pushed, not dropped with c's copy."""
+    ring = two_normal()
+    c = replicas["c"]
+    c.engine.upsert(docs_in(3, 4))
+    late = docs_in(3, 5, prefix="late")[-1]
+    go = asyncio.Event()
+
+    async def write_admitted_before_the_fence() -> None:
+        async with c.fence.writing([3]):
+            await go.wait()
+            c.engine.upsert([late])
+
+    writer = asyncio.create_task(write_admitted_before_the_fence())
+    await asyncio.sleep(0)
+    handing_off = asyncio.create_task(repairer("c", replicas, lambda: ring).run_pass("ring changed"))
+    for _ in range(1000):  # until the hand-off waits at the fence
+        if c.fence.is_fenced(3):
+            break
+        await asyncio.sleep(0.001)
+    assert c.fence.is_fenced(3) and 3 in c.engine.local_partitions(), "the drop must wait for the admitted write"
+    go.set()
+    progress = await asyncio.wait_for(handing_off, timeout=10)
+    await writer
+    assert progress.dropped == 1 and 3 not in c.engine.local_partitions()
+    for owner in ring.write_owners(3):
+        assert late.doc_id in {e.doc_id for e in replicas[owner].digest(3)}, f"{owner} lost the late write"
 
 
 async def test_nothing_is_dropped_while_an_owner_is_dead(replicas: dict[str, Replica]) -> None:

@@ -1,4 +1,4 @@
-"""Reads through a replica that lacks the data, with real processes.
+"""Ownership and reads through a replica that lacks the data, with real processes.
 
 3 nodes, P=8, N=2; after n3 is killed and removed, n2 becomes an owner of
 partitions it holds nothing of, and repair is throttled to a standstill
@@ -12,13 +12,21 @@ partitions it holds nothing of, and repair is throttled to a standstill
 
 from __future__ import annotations
 
+import time
+import urllib.error
+import urllib.request
 from typing import Iterator
 
 import pytest
 
+from meshrag import wire
+from meshrag.clock import pack_hlc
+from meshrag.cluster import messages as msg
+from meshrag.cluster.service import APPLY_PATH
 from meshrag.localcluster import LocalCluster
 from meshrag.localnode import LocalNode
 from meshrag.store.engine import partition_for
+from meshrag.store.types import DocumentWrite
 from tests.cluster.conftest import vector_documents
 
 P = 8
@@ -33,6 +41,24 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
         yield local
     finally:
         local.stop()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_a_node_refuses_an_apply_for_a_partition_it_neither_owns_nor_holds(cluster: LocalCluster) -> None:
+    """Item 3: before, the apply was taken and the partition recreated on a node that is no owner."""
+    n1 = cluster.nodes[0]
+    ring, me = cluster.ring_of(n1), cluster.node_id(n1)
+    doc_id = next(f"foreign{i}" for i in range(1000) if me not in ring.write_owners(partition_for(f"foreign{i}", P)))
+    doc = DocumentWrite(doc_id, pack_hlc(int(time.time() * 1000), 0), "h", "stray", {}, ())
+    request = urllib.request.Request(n1.url + APPLY_PATH, data=wire.pack({"documents": [msg.doc_to_wire(doc)]}),
+                                     headers={"Content-Type": wire.MSGPACK, "Accept": wire.MSGPACK})
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(request, timeout=10)
+    assert refused.value.code == 409
+    error = wire.unpack(refused.value.read())["error"]
+    assert error["code"] == "not_owner" and "ring version" in error["message"]
+    assert doc_id not in cluster.stored_ids(n1)
 
 
 @pytest.fixture(scope="module")
