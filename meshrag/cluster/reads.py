@@ -26,7 +26,7 @@ import asyncio
 import logging
 from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import Any, Awaitable, Callable, Mapping, Sequence
+from typing import Awaitable, Callable, Mapping, Sequence
 
 from meshrag.cluster.writes import required_acks
 from meshrag.errors import Unavailable

@@ -27,17 +27,17 @@ from typing import Any, Callable, Mapping, Sequence, TypeVar
 
 import numpy as np
 
-from meshrag import wire
 from meshrag.clock import ClockDrift, HybridLogicalClock
 from meshrag.cluster import messages as msg
 from meshrag.cluster.fence import Fenced, PartitionFence
+from meshrag.cluster.handoff import LIVE_STATES, HintedHandoff, typed_refusal
 from meshrag.cluster.holdings import Holdings
 from meshrag.cluster.reads import Gathered, NodeHits, ReplicaReader
 from meshrag.cluster.repair import BUCKETS, RateLimiter, Repairer, differing_buckets, root_hash
 from meshrag.cluster.ringstate import RingState
 from meshrag.cluster.rpc import PeerClient, PeerError
 from meshrag.cluster.session import SessionMap, encode_session, merge_sessions
-from meshrag.cluster.writes import NotOwnerReply, Refused, ReplicatedWriter, WriteOutcome, required_acks
+from meshrag.cluster.writes import NotOwnerReply, ReplicatedWriter, WriteOutcome, required_acks
 from meshrag.config import ClusterConfig
 from meshrag.errors import NotFound, NotOwner, ValidationError, VersionAhead
 from meshrag.gossip import EventKind, MemberEvent, Memberlist
@@ -59,9 +59,7 @@ ROOTS_PATH = "/_mesh/repair/roots"
 ENTRIES_PATH = "/_mesh/repair/entries"
 FETCH_PATH = "/_mesh/repair/fetch"
 RING_PATH = "/_mesh/ring"
-HINTS_PER_ROUND = 16
 FETCH_STEP = 16  # documents exported at a time while filling a fetch reply
-LIVE_STATES = (MemberState.ALIVE, MemberState.SUSPECT)
 
 
 @dataclass
@@ -110,10 +108,15 @@ class ClusterService:
         self._tasks: set[asyncio.Task[Any]] = set()
         self.stats = ClusterStats()
         self.fence = PartitionFence()
+        self.handoff = HintedHandoff(
+            hints=hints, peers=peers, members=members, settings=settings, ring_table=lambda: ring_state.table,
+            address_of=self.address_of, name_of=self.name_of, is_alive=self.is_alive, blocking=self._blocking,
+            apply_path=APPLY_PATH,
+        )
         self.holdings = Holdings(ring_state.path.parent)
         self.holdings.load()  # a few bytes, once, before the loops start
         self.writer = ReplicatedWriter(
-            node_id, self.ring, self.is_alive, self._apply_local, self._send_docs, self._store_hint, self.name_of,
+            node_id, self.ring, self.is_alive, self._apply_local, self._send_docs, self.handoff.store, self.name_of,
             refresh_ring=self._refresh_ring_from,
         )
         self.reader = ReplicaReader(node_id, self.ring, self.is_alive)
@@ -164,7 +167,7 @@ class ClusterService:
             try:
                 reply = await self.peers.call(self.address_of(node_id), APPLY_PATH, {"documents": [msg.doc_to_wire(d) for d in batch]})
             except PeerError as exc:
-                raise _typed_refusal(exc) from None
+                raise typed_refusal(exc) from None
             results.extend(msg.results_from_wire(reply, batch))
         return results
 
@@ -223,24 +226,6 @@ class ClusterService:
                 f"this node neither owns nor hands off partitions {foreign[:16]}; "
                 f"ring version {self.ring_state.table.fingerprint()}", field="documents",
             )
-
-    async def _store_hint(self, node_id: str, docs: list[DocumentWrite]) -> None:
-        if self._down_longer_than_hint_window(node_id):
-            self.hints.count_dropped("window", len(docs))
-            log.info("no hint for %s: down longer than cluster.max_hint_window_s; repair brings its copy", self.name_of(node_id))
-            return
-        def store(batch: list[DocumentWrite]) -> None:  # packing multi-MiB bodies: off the loop too
-            self.hints.add(node_id, wire.pack({"documents": [msg.doc_to_wire(d) for d in batch]}), len(batch))
-
-        for batch in msg.split_to_fit(docs, self.settings.max_message_bytes):
-            await self._blocking(store, batch)
-
-    def _down_longer_than_hint_window(self, node_id: str) -> bool:
-        """Cassandra's rule: no new hints for a replica down longer than the hint window."""
-        member = self.members.member(node_id)
-        if member is None or member.state in LIVE_STATES:
-            return False
-        return self.members.clock.wall() - member.since > self.settings.max_hint_window_s
 
     # ------------------------------------------------------------ reads
     async def get(self, doc_id: str, session: SessionMap, consistency: str = "quorum") -> StoredDocument | None:
@@ -539,50 +524,9 @@ class ClusterService:
                 pass
             self._hints_wanted.clear()
             try:
-                await self.replay_hints()
+                await self.handoff.replay()
             except Exception:
                 log.exception("hint replay failed")
-
-    async def replay_hints(self) -> int:
-        """Deliver hints to every replica that is alive again; returns documents delivered.
-        Hints older than cluster.max_hint_window_s are dropped first (repair covers them)."""
-        delivered = 0
-        horizon = self.members.clock.wall() - self.settings.max_hint_window_s
-        expired = await self._blocking(self.hints.expire, horizon)
-        if expired:
-            log.warning("dropped %d hinted documents older than the hint window (%.0f s); repair brings them",
-                        expired, self.settings.max_hint_window_s)
-        pending = await self._blocking(self.hints.pending)
-        for target in pending:
-            entry = self.ring_state.table.get(target)
-            if entry is not None and entry.status is RingStatus.REMOVED:
-                await self._blocking(self.hints.drop_target, target)
-                continue
-            if not self.is_alive(target):
-                continue
-            delivered += await self._replay_to(target)
-        return delivered
-
-    async def _replay_to(self, target: str) -> int:
-        delivered = 0
-        while hints := await self._blocking(self.hints.next_for, target, HINTS_PER_ROUND):
-            for hint in hints:
-                try:
-                    await self.peers.call_packed(self.address_of(target), APPLY_PATH, hint.body)
-                except PeerError as exc:
-                    if _typed_refusal(exc) is exc:  # down, slow or failing: try again later
-                        log.info("hint replay to %s paused: %s", self.name_of(target), exc)
-                        return delivered
-                    # Refused for good (4xx): kept, it would block this queue forever.
-                    log.warning("dropped an undeliverable hint of %d documents for %s: %s",
-                                hint.documents, self.name_of(target), exc)
-                    await self._blocking(self.hints.discard, hint, "undeliverable")
-                    continue
-                await self._blocking(self.hints.remove, [hint.hint_id])
-                delivered += hint.documents
-        if delivered:
-            log.info("replayed %d hinted documents to %s", delivered, self.name_of(target))
-        return delivered
 
     async def _repair_loop(self) -> None:
         self._repair_wanted.set()  # a pass at start: catch up on what was missed while down
@@ -620,15 +564,6 @@ class ClusterService:
     async def hints_view(self) -> dict[str, Any]:
         pending = await self._blocking(self.hints.pending)
         return {self.name_of(t): {"hints": p.hints, "documents": p.documents, "bytes": p.bytes} for t, p in pending.items()}
-
-
-def _typed_refusal(exc: PeerError) -> Exception:
-    """What a failed apply means for the writer: re-plan (409), give up (other 4xx), or hint."""
-    if exc.status == 409:
-        return NotOwnerReply(exc.reason)
-    if exc.status is not None and 400 <= exc.status < 500:
-        return Refused(exc.reason)
-    return exc
 
 
 def _position_after(ids: list[str], start: int, taken: list[DocumentWrite]) -> int:

@@ -32,7 +32,7 @@ import asyncio
 import logging
 from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import Any, Awaitable, Callable, Mapping, Sequence
+from typing import Awaitable, Callable, Mapping, Sequence
 
 from meshrag.errors import MeshragError, ValidationError
 from meshrag.ring import Ring
