@@ -20,7 +20,7 @@ from meshrag.client import MeshClient
 from meshrag.cluster.ringstate import RingState
 from meshrag.localnode import LocalNode
 from meshrag.ring import Ring
-from meshrag.store.engine import partition_for
+from meshrag.ring import partition_for
 
 # Cluster tests run storage + coordinator only: no llama.cpp model per node.
 STORAGE_ROLES = ("--roles", "storage,coordinator")

@@ -27,7 +27,8 @@ from meshrag.api.public import PublicApi
 from meshrag.clock import HybridLogicalClock, SystemClock, pack_hlc
 from meshrag.cluster.ringstate import ClusterSettings, RingState
 from meshrag.cluster.rpc import BodyCodec, PeerClient, PeerError
-from meshrag.cluster.service import RING_PATH, ClusterService
+from meshrag.cluster.messages import RING_PATH
+from meshrag.cluster.service import ClusterService
 from meshrag.config import Config, as_dict, parse_host_port
 from meshrag.generation.base import GeneratorBackend
 from meshrag.gossip import AsyncioTransport, GossipDatagramProtocol, MemberEvent, Memberlist

@@ -120,6 +120,13 @@ class RingTable:
         return cls(RingEntry.from_dict(item) for item in raw)
 
 
+def partition_for(doc_id: str, partitions: int) -> int:
+    """The partition of a document: stable across processes, machines and Python versions
+    (unlike ``hash``), so every node places a document in the same partition."""
+    digest = hashlib.blake2b(doc_id.encode("utf-8"), digest_size=8).digest()
+    return int.from_bytes(digest, "big") % partitions
+
+
 def node_tokens(node_id: str, vnodes: int = VNODES) -> list[int]:
     """A node's positions on the circle: stable, independent of every other node."""
     return [int.from_bytes(hashlib.blake2b(f"{node_id}/{i}".encode(), digest_size=8).digest(), "big") for i in range(vnodes)]

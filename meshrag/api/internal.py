@@ -13,7 +13,7 @@ from typing import Any, Awaitable, Callable, Mapping, Protocol
 from aiohttp import web
 
 from meshrag import wire
-from meshrag.cluster import service as paths
+from meshrag.cluster import messages as paths
 from meshrag.cluster.rpc import SECRET_HEADER, BodyCodec, secret_matches
 from meshrag.cluster.service import ClusterService
 from meshrag.errors import MeshragError, PayloadTooLarge, Unavailable, ValidationError

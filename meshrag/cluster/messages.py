@@ -14,6 +14,16 @@ import numpy as np
 from meshrag.errors import ValidationError
 from meshrag.store.types import ChunkInfo, ChunkWrite, DigestEntry, DocState, DocumentWrite, Hit, StoredDocument, WriteResult, WriteStatus
 
+# The /_mesh/ routes these bodies travel on (api/internal.py serves them).
+APPLY_PATH = "/_mesh/replica/apply"
+GET_PATH = "/_mesh/replica/get"
+STATES_PATH = "/_mesh/replica/states"
+SEARCH_PATH = "/_mesh/search"
+ROOTS_PATH = "/_mesh/repair/roots"
+ENTRIES_PATH = "/_mesh/repair/entries"
+FETCH_PATH = "/_mesh/repair/fetch"
+RING_PATH = "/_mesh/ring"
+
 # Share of cluster.max_message_bytes a batch may fill by wire_size's estimate: the
 # estimate leaves out msgpack framing and metadata encoding.
 MESSAGE_FILL = 0.75

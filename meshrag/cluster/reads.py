@@ -31,7 +31,7 @@ from typing import Awaitable, Callable, Mapping, Sequence
 from meshrag.cluster.writes import required_acks
 from meshrag.errors import Unavailable
 from meshrag.ring import Ring
-from meshrag.store.engine import partition_for
+from meshrag.ring import partition_for
 from meshrag.store.types import DocState, Hit, StoredDocument, write_order
 
 log = logging.getLogger(__name__)

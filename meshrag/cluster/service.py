@@ -21,7 +21,6 @@ import asyncio
 import logging
 import random
 from concurrent.futures import Executor
-from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence, TypeVar
 
@@ -29,10 +28,12 @@ import numpy as np
 
 from meshrag.clock import ClockDrift, HybridLogicalClock
 from meshrag.cluster import messages as msg
+from meshrag.cluster.messages import APPLY_PATH, GET_PATH, RING_PATH, SEARCH_PATH, STATES_PATH
 from meshrag.cluster.fence import Fenced, PartitionFence
 from meshrag.cluster.handoff import LIVE_STATES, HintedHandoff, typed_refusal
 from meshrag.cluster.holdings import Holdings
 from meshrag.cluster.reads import Gathered, NodeHits, ReplicaReader
+from meshrag.cluster.repair_adapters import LocalStore, PeerStores
 from meshrag.cluster.repair import BUCKETS, RateLimiter, Repairer, differing_buckets, root_hash
 from meshrag.cluster.ringstate import RingState
 from meshrag.cluster.rpc import PeerClient, PeerError
@@ -43,22 +44,15 @@ from meshrag.errors import NotFound, NotOwner, ValidationError, VersionAhead
 from meshrag.gossip import EventKind, MemberEvent, Memberlist
 from meshrag.gossip.state import MemberState
 from meshrag.ring import Ring, RingStatus
-from meshrag.store.engine import StorageEngine, partition_for
+from meshrag.ring import partition_for
+from meshrag.store.engine import StorageEngine
 from meshrag.store.filters import Filter, dump_filter, parse_filter
 from meshrag.store.hints import HintStore
-from meshrag.store.types import DigestEntry, DocState, DocumentWrite, Hit, StoredDocument, WriteResult
+from meshrag.store.types import DocState, DocumentWrite, Hit, StoredDocument, WriteResult
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-APPLY_PATH = "/_mesh/replica/apply"
-GET_PATH = "/_mesh/replica/get"
-STATES_PATH = "/_mesh/replica/states"
-SEARCH_PATH = "/_mesh/search"
-ROOTS_PATH = "/_mesh/repair/roots"
-ENTRIES_PATH = "/_mesh/repair/entries"
-FETCH_PATH = "/_mesh/repair/fetch"
-RING_PATH = "/_mesh/ring"
 FETCH_STEP = 16  # documents exported at a time while filling a fetch reply
 
 
@@ -120,8 +114,13 @@ class ClusterService:
             refresh_ring=self._refresh_ring_from,
         )
         self.reader = ReplicaReader(node_id, self.ring, self.is_alive)
+        self.local = LocalStore(
+            engine=engine, holdings=self.holdings, fence=self.fence, blocking=self._blocking,
+            apply=self.apply_owned, within_drift=self.within_drift,
+        )
+        self.remote = PeerStores(peers=peers, address_of=self.address_of, blocking=self._blocking, send_docs=self._send_docs)
         self.repairer = Repairer(
-            node_id, self.ring, self.is_alive, local=_LocalAdapter(self), peers=_PeerAdapter(self),
+            node_id, self.ring, self.is_alive, local=self.local, peers=self.remote,
             limiter=RateLimiter(settings.repair_max_bytes_per_s), size_of=msg.wire_size, on_status=self._set_own_status,
         )
         ring_state.on_change(self._on_ring_change)
@@ -242,7 +241,7 @@ class ClusterService:
             if holder == self.node_id:
                 copies = await self._export(doc.partition, [doc.doc_id])
             else:
-                copies = await _PeerAdapter(self).fetch(holder, doc.partition, [doc.doc_id])
+                copies = await self.remote.fetch(holder, doc.partition, [doc.doc_id])
             for node_id in stale:
                 if node_id == self.node_id:
                     await self.apply_owned(copies, "repair")
@@ -405,17 +404,8 @@ class ClusterService:
         self.merge_ring(body.get("ring") or [])
         return self.ring_state.to_wire()
 
-    async def _entries(self, pid: int, buckets: list[int]) -> list[DigestEntry]:
-        return await self._blocking(self.engine.digest_entries, pid, buckets)
-
     async def _export(self, pid: int, doc_ids: list[str]) -> list[DocumentWrite]:
-        def read() -> list[DocumentWrite]:
-            try:
-                return self.engine.partition(pid).export(doc_ids)
-            except KeyError:
-                return []
-
-        return await self._blocking(read)
+        return await self.local.export(pid, doc_ids)
 
     # ------------------------------------------------------------ ring changes
     def merge_ring(self, raw: list[Any]) -> None:
@@ -578,85 +568,3 @@ def _text(body: Mapping[str, Any], key: str) -> str:
     if not isinstance(value, str):
         raise ValidationError(f"{key} must be a string", field=key)
     return value
-
-
-class _LocalAdapter:
-    """This node's storage as repair.py's LocalReplica."""
-
-    def __init__(self, service: ClusterService) -> None:
-        self._s = service
-
-    async def held(self) -> list[int]:
-        return self._s.engine.local_partitions()
-
-    async def hashes(self, pid: int) -> list[str]:
-        return await self._s._blocking(self._s.engine.bucket_hashes, pid)
-
-    async def entries(self, pid: int, buckets: list[int]) -> list[DigestEntry]:
-        return await self._s._entries(pid, buckets)
-
-    async def export(self, pid: int, doc_ids: list[str]) -> list[DocumentWrite]:
-        return await self._s._export(pid, doc_ids)
-
-    async def apply(self, docs: list[DocumentWrite]) -> None:
-        """Documents pulled from a peer; any stamped beyond the clock-drift bound are
-        skipped (and counted), the rest applied."""
-        if docs:
-            await self._s.apply_owned(self._s.within_drift(docs, "repair"), "repair")
-
-    async def claim(self, pid: int) -> None:
-        """This node answers for ``pid`` from now on (created empty if no write reached it yet)."""
-        if pid in self._s.holdings:
-            return
-
-        def create_and_mark() -> None:
-            self._s.engine.partition(pid, True)
-            self._s.holdings.mark(pid)
-
-        await self._s._blocking(create_and_mark)
-
-    def fenced(self, pid: int) -> AbstractAsyncContextManager[None]:
-        return self._s.fence.exclusive(pid)
-
-    async def drop(self, pid: int) -> None:
-        def forget_and_drop() -> None:
-            self._s.holdings.forget(pid)
-            self._s.engine.drop_partition(pid)
-
-        await self._s._blocking(forget_and_drop)
-
-
-class _PeerAdapter:
-    """Other nodes as repair.py's PeerReplicas."""
-
-    def __init__(self, service: ClusterService) -> None:
-        self._s = service
-
-    async def _call(self, node_id: str, path: str, body: dict[str, Any]) -> Any:
-        return await self._s.peers.call(self._s.address_of(node_id), path, body)
-
-    async def roots(self, node_id: str, pids: list[int]) -> dict[int, str]:
-        reply = await self._call(node_id, ROOTS_PATH, {"partitions": pids})
-        return {int(pid): str(root) for pid, root in reply["roots"].items()}
-
-    async def entries(self, node_id: str, pid: int, hashes: list[str]) -> tuple[list[int], list[DigestEntry]]:
-        reply = await self._call(node_id, ENTRIES_PATH, {"partition": pid, "hashes": hashes})
-        # A bootstrap gets every entry of the partition: convert them off the loop.
-        entries = await self._s._blocking(lambda: [msg.entry_from_wire(e) for e in reply["entries"]])
-        return [int(b) for b in reply["buckets"]], entries
-
-    async def fetch(self, node_id: str, pid: int, doc_ids: list[str]) -> list[DocumentWrite]:
-        """All of ``doc_ids`` the peer holds, in as many requests as its message limit needs."""
-        fetched: list[DocumentWrite] = []
-        wanted = list(doc_ids)
-        while wanted:
-            reply = await self._call(node_id, FETCH_PATH, {"partition": pid, "ids": wanted})
-            fetched.extend(msg.docs_from_wire(reply["documents"]))
-            more = [str(i) for i in reply.get("more", [])]
-            if len(more) >= len(wanted):  # no progress: a peer that cannot send one document
-                raise PeerError(node_id[:12], f"fetch of partition {pid} made no progress")
-            wanted = more
-        return fetched
-
-    async def push(self, node_id: str, docs: list[DocumentWrite]) -> None:
-        await self._s._send_docs(node_id, docs)

@@ -36,7 +36,7 @@ from typing import Awaitable, Callable, Mapping, Sequence
 
 from meshrag.errors import MeshragError, ValidationError
 from meshrag.ring import Ring
-from meshrag.store.engine import partition_for
+from meshrag.ring import partition_for
 from meshrag.store.types import DocumentWrite, WriteResult, WriteStatus
 
 log = logging.getLogger(__name__)

@@ -8,7 +8,6 @@ each document is still atomic because a document lives in one partition.
 
 from __future__ import annotations
 
-import hashlib
 import heapq
 import json
 import logging
@@ -23,6 +22,7 @@ import numpy as np
 
 from meshrag.cluster.repair import EMPTY_HASHES
 from meshrag.errors import ConfigError
+from meshrag.ring import partition_for
 from meshrag.store.filters import Filter
 from meshrag.store.partition import DB_FILE, IndexSettings, Partition, unit_query_vector
 from meshrag.store.types import DigestEntry, DocState, DocumentWrite, Hit, StoredDocument, WriteResult
@@ -32,13 +32,6 @@ log = logging.getLogger(__name__)
 META_FILE = "meta.json"
 META_FORMAT = 1
 _PARTITION_DIR = re.compile(r"p(\d{4})")
-
-
-def partition_for(doc_id: str, partitions: int) -> int:
-    """The partition of a document: stable across processes, machines and Python versions
-    (unlike ``hash``), so every node places a document in the same partition."""
-    digest = hashlib.blake2b(doc_id.encode("utf-8"), digest_size=8).digest()
-    return int.from_bytes(digest, "big") % partitions
 
 
 class StorageEngine:

@@ -12,7 +12,7 @@ from meshrag import wire
 from meshrag.api.errors import error_middleware
 from meshrag.api.internal import InternalApi
 from meshrag.cluster.rpc import SECRET_HEADER
-from meshrag.cluster.service import APPLY_PATH, RING_PATH
+from meshrag.cluster.messages import APPLY_PATH, RING_PATH
 from meshrag.gossip.settings import GossipSettings
 from meshrag.localnode import free_port
 

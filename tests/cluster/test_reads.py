@@ -13,7 +13,7 @@ import pytest
 
 from meshrag.cluster.reads import NodeHits, ReadUnavailable, ReplicaReader
 from meshrag.ring import Ring, RingEntry, RingStatus, RingTable
-from meshrag.store.engine import partition_for
+from meshrag.ring import partition_for
 from meshrag.store.types import DocState, Hit, StoredDocument
 
 P = 8

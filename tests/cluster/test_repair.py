@@ -27,7 +27,8 @@ from meshrag.cluster.repair import (
 )
 from meshrag.errors import ValidationError
 from meshrag.ring import Ring, RingEntry, RingStatus, RingTable
-from meshrag.store.engine import StorageEngine, partition_for
+from meshrag.ring import partition_for
+from meshrag.store.engine import StorageEngine
 from meshrag.store.types import DigestEntry, DocumentWrite
 from tests.store.conftest import DIM, make_doc
 

@@ -22,10 +22,10 @@ import pytest
 from meshrag import wire
 from meshrag.clock import pack_hlc
 from meshrag.cluster import messages as msg
-from meshrag.cluster.service import APPLY_PATH
+from meshrag.cluster.messages import APPLY_PATH
 from meshrag.localcluster import LocalCluster
 from meshrag.localnode import LocalNode
-from meshrag.store.engine import partition_for
+from meshrag.ring import partition_for
 from meshrag.store.types import DocumentWrite
 from tests.cluster.conftest import vector_documents
 

@@ -18,7 +18,8 @@ import pytest
 from meshrag.cluster.writes import NotOwnerReply, Refused, ReplicatedWriter, WriteOutcome, WriteOutcomeUnknown, required_acks
 from meshrag.errors import ValidationError
 from meshrag.ring import Ring, RingEntry, RingStatus, RingTable
-from meshrag.store.engine import StorageEngine, partition_for
+from meshrag.ring import partition_for
+from meshrag.store.engine import StorageEngine
 from meshrag.store.types import DocumentWrite
 from tests.store.conftest import DIM, make_doc
 

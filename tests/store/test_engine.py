@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 
 from meshrag.errors import ConfigError
-from meshrag.store.engine import StorageEngine, partition_for
+from meshrag.ring import partition_for
+from meshrag.store.engine import StorageEngine
 from meshrag.store.filters import parse_filter
 from meshrag.store.types import WriteStatus
 from tests.store.conftest import DIM, brute_force, make_doc, unit_vector
@@ -53,7 +54,7 @@ def test_placement_is_the_same_in_another_process() -> None:
     """Unlike hash(), placement must not depend on the process (PYTHONHASHSEED)."""
     ids = [f"id-{i}" for i in range(20)] + ["ünïcode", ""]
     code = (
-        "import json, sys; from meshrag.store.engine import partition_for; "
+        "import json, sys; from meshrag.ring import partition_for; "
         "print(json.dumps([partition_for(i, 64) for i in json.loads(sys.argv[1])]))"
     )
     out = subprocess.run([sys.executable, "-c", code, json.dumps(ids)], capture_output=True, text=True, check=True)
