@@ -12,7 +12,7 @@ from typing import Any, Protocol
 from aiohttp import web
 
 from meshrag.api.errors import json_response
-from meshrag.api.schema import parse_ask, parse_doc_id, parse_search, parse_upsert
+from meshrag.api.schema import parse_ask, parse_doc_id, parse_node_ref, parse_search, parse_upsert
 from meshrag.config import Config
 from meshrag.cluster.service import ClusterService
 from meshrag.cluster.writes import CONSISTENCY_LEVELS
@@ -151,10 +151,7 @@ class PublicApi:
     async def remove(self, request: web.Request) -> web.Response:
         """Take a dead node out of the ring; its partitions are re-replicated from the survivors."""
         body = await read_body(request, self._limits.max_body_bytes)
-        name = body.get("node") if isinstance(body, dict) else None
-        if not isinstance(name, str) or not name:
-            raise ValidationError("node must be the name or id of a ring member", field="node")
-        return json_response(request, {"ring": _cluster(self._node).remove(name)})
+        return json_response(request, {"ring": _cluster(self._node).remove(parse_node_ref(body))})
 
     async def search(self, request: web.Request) -> web.Response:
         body = await read_body(request, self._limits.max_body_bytes)

@@ -25,6 +25,7 @@ from meshrag.wire import INT64_MAX, INT64_MIN, check_text, is_int64, printable
 CONSISTENCY_LEVELS = ("one", "quorum", "all")
 SEARCH_MODES = ("dense", "bm25", "hybrid")
 MAX_ID_CHARS = 512
+MAX_NODE_REF_CHARS = 128  # a node name (<= 64) or id
 MAX_METADATA_DEPTH = 8
 MAX_METADATA_KEYS = 256
 _ID_FORBIDDEN = re.compile(r"[\x00-\x1f\x7f]")
@@ -185,6 +186,15 @@ def parse_doc_id(value: str) -> str:
     assert doc_id is not None
     _check_id_characters(doc_id, "id")
     return doc_id
+
+
+def parse_node_ref(body: Any) -> str:
+    """The node a cluster command names (``{"node": name or id}``)."""
+    obj = _require_object(body, "body")
+    _reject_unknown(obj, frozenset({"node"}), "")
+    node = _string(obj, "node", "node", required=True, max_chars=MAX_NODE_REF_CHARS)
+    assert node is not None
+    return node
 
 
 def parse_upsert(body: Any, limits: ApiConfig, dim: int) -> UpsertRequest:

@@ -175,3 +175,17 @@ def test_a_document_id_in_a_url_path_follows_the_upsert_id_rules(path_id: str, m
         parse_doc_id(path_id)
     assert failure.value.field == "id"
     assert parse_doc_id("cranfield/12") == "cranfield/12"
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [({}, "node"), ({"node": 3}, "node"), ({"node": "\ud800"}, "node"), ({"node": "n" * 129}, "node"),
+     ({"node": "n3", "force": True}, "force"), ([], "body")],
+)
+def test_a_cluster_command_names_its_node_with_a_short_valid_string(body: Any, field: str) -> None:
+    from meshrag.api.schema import parse_node_ref
+
+    with pytest.raises(ValidationError) as failure:
+        parse_node_ref(body)
+    assert failure.value.field == field
+    assert parse_node_ref({"node": "n3"}) == "n3"
