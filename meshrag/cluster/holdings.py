@@ -44,9 +44,6 @@ class Holdings:
     def __contains__(self, pid: object) -> bool:
         return pid in self._held
 
-    def held(self) -> frozenset[int]:
-        return self._held
-
     def mark(self, pid: int) -> None:
         with self._lock:
             self._save(self._held | {pid})

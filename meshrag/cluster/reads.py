@@ -59,7 +59,6 @@ class ReadOutcome:
     doc: StoredDocument | None
     holder: str | None          # a replica that holds ``doc``
     stale: list[str]            # replicas that answered with an older copy or none
-    answered: list[str]
 
 
 class ReadUnavailable(Unavailable):
@@ -187,7 +186,8 @@ class ReplicaReader:
 
 
 def _newest(answers: Mapping[str, StoredDocument | None]) -> ReadOutcome:
-    newest_node = max(answers, key=lambda node: _order(answers[node]), default=None)
-    newest = None if newest_node is None else answers[newest_node]
-    stale = [node for node, doc in answers.items() if newest is not None and _order(doc) < _order(newest)]
-    return ReadOutcome(newest, newest_node if newest is not None else None, stale, list(answers))
+    holder = max(answers, key=lambda node: _order(answers[node]), default=None)
+    newest = None if holder is None else answers[holder]
+    if newest is None:
+        return ReadOutcome(None, None, [])
+    return ReadOutcome(newest, holder, [node for node, doc in answers.items() if _order(doc) < _order(newest)])

@@ -21,22 +21,20 @@ from meshrag.store.engine import StorageEngine
 from meshrag.store.types import DigestEntry, DocumentWrite, WriteResult
 
 Blocking = Callable[..., Awaitable[Any]]
-Apply = Callable[[list[DocumentWrite], str], Awaitable[list[WriteResult]]]
+Apply = Callable[[list[DocumentWrite], str, bool], Awaitable[list[WriteResult]]]
 
 
 class LocalStore:
     """This node's storage as repair.py's LocalReplica."""
 
     def __init__(
-        self, *, engine: StorageEngine, holdings: Holdings, fence: PartitionFence, blocking: Blocking,
-        apply: Apply, within_drift: Callable[[list[DocumentWrite], str], list[DocumentWrite]],
+        self, *, engine: StorageEngine, holdings: Holdings, fence: PartitionFence, blocking: Blocking, apply: Apply,
     ) -> None:
         self._engine = engine
         self._holdings = holdings
         self._fence = fence
         self._blocking = blocking
         self._apply = apply
-        self._within_drift = within_drift
 
     async def held(self) -> list[int]:
         return self._engine.local_partitions()
@@ -60,7 +58,7 @@ class LocalStore:
         """Documents pulled from a peer; any stamped beyond the clock-drift bound are
         skipped (and counted), the rest applied."""
         if docs:
-            await self._apply(self._within_drift(docs, "repair"), "repair")
+            await self._apply(docs, "repair", True)
 
     async def claim(self, pid: int) -> None:
         """This node answers for ``pid`` from now on (created empty if no write reached it yet)."""

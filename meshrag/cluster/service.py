@@ -111,12 +111,12 @@ class ClusterService:
         self.holdings.load()  # a few bytes, once, before the loops start
         self.writer = ReplicatedWriter(
             node_id, self.ring, self.is_alive, self._apply_local, self._send_docs, self.handoff.store, self.name_of,
-            refresh_ring=self._refresh_ring_from,
+            refresh_ring=self._exchange_ring,
         )
         self.reader = ReplicaReader(node_id, self.ring, self.is_alive)
         self.local = LocalStore(
             engine=engine, holdings=self.holdings, fence=self.fence, blocking=self._blocking,
-            apply=self.apply_owned, within_drift=self.within_drift,
+            apply=self.apply_owned,
         )
         self.remote = PeerStores(peers=peers, address_of=self.address_of, blocking=self._blocking, send_docs=self._send_docs)
         self.repairer = Repairer(
@@ -170,18 +170,15 @@ class ClusterService:
             results.extend(msg.results_from_wire(reply, batch))
         return results
 
-    async def _refresh_ring_from(self, node_id: str) -> None:
-        reply = await self.peers.call(self.address_of(node_id), RING_PATH, {"ring": self.ring_state.table.to_list()}, timeout_s=5.0)
-        self.merge_ring(reply.get("ring") or [])
-
-    async def apply_owned(self, docs: list[DocumentWrite], source: str = "write") -> list[WriteResult]:
+    async def apply_owned(self, docs: list[DocumentWrite], source: str = "write", skip_drifted: bool = False) -> list[WriteResult]:
         """Apply documents of partitions this node owns or is handing off, inside the fence.
 
-        Refused as a whole, before anything is applied: a version beyond the clock-drift
-        bound (VersionAhead), a partition this node neither owns nor holds, or one being
-        handed off right now (NotOwner, 409, with this node's ring version).
+        Refused as a whole, before anything is applied: a partition this node neither owns
+        nor holds, or one being handed off right now (NotOwner, 409, with this node's ring
+        version), and a version beyond the clock-drift bound (VersionAhead) unless
+        ``skip_drifted`` (repair: the rest of the batch still applies).
         """
-        self._check_drift(docs, source)
+        docs = self._within_drift(docs, source, skip_drifted)
         ring = self.ring()
         pids = {partition_for(doc.doc_id, ring.partitions) for doc in docs}
         try:
@@ -194,25 +191,27 @@ class ClusterService:
             self.stats.not_owner_refusals += 1
             raise NotOwner(f"{exc}; ring version {self.ring_state.table.fingerprint()}", field="documents") from None
 
-    def _check_drift(self, docs: Sequence[DocumentWrite], source: str) -> None:
-        for index, doc in enumerate(docs):
-            try:
-                self.hlc.observe(doc.version)  # our next versions stay ahead of any we store
-            except ClockDrift as exc:
-                self.stats.drift_rejections[source] += 1
-                log.warning("refused %s of %s: %s", source, doc.doc_id, exc)
-                raise VersionAhead(f"{doc.doc_id}: {exc}", field=f"documents[{index}].version") from None
+    def _observe(self, version: int, source: str, doc_id: str) -> ClockDrift | None:
+        """Fold ``version`` into our clock, so our next versions sort after it; a version
+        beyond the clock-drift bound is not folded in, but counted, logged and returned."""
+        try:
+            self.hlc.observe(version)
+            return None
+        except ClockDrift as exc:
+            self.stats.drift_rejections[source] += 1
+            log.warning("%s of %s beyond the clock-drift bound: %s", source, doc_id, exc)
+            return exc
 
-    def within_drift(self, docs: list[DocumentWrite], source: str) -> list[DocumentWrite]:
-        """The documents whose versions are within the clock-drift bound; the rest counted and logged."""
+    def _within_drift(self, docs: list[DocumentWrite], source: str, skip_drifted: bool) -> list[DocumentWrite]:
+        """``docs`` observed by our clock; one beyond the drift bound is skipped, or refuses the
+        whole batch (VersionAhead, before anything is applied)."""
         kept = []
-        for doc in docs:
-            try:
-                self.hlc.check(doc.version)
+        for index, doc in enumerate(docs):
+            drift = self._observe(doc.version, source, doc.doc_id)
+            if drift is None:
                 kept.append(doc)
-            except ClockDrift as exc:
-                self.stats.drift_rejections[source] += 1
-                log.warning("skipped %s of %s: %s", source, doc.doc_id, exc)
+            elif not skip_drifted:
+                raise VersionAhead(f"{doc.doc_id}: {drift}", field=f"documents[{index}].version")
         return kept
 
     def _check_owned(self, pids: set[int]) -> None:
@@ -239,12 +238,12 @@ class ClusterService:
         with its vectors as stored (nothing is re-embedded)."""
         try:
             if holder == self.node_id:
-                copies = await self._export(doc.partition, [doc.doc_id])
+                copies = await self.local.export(doc.partition, [doc.doc_id])
             else:
                 copies = await self.remote.fetch(holder, doc.partition, [doc.doc_id])
             for node_id in stale:
                 if node_id == self.node_id:
-                    await self.apply_owned(copies, "repair")
+                    await self.apply_owned(copies, "repair", skip_drifted=True)
                 else:
                     await self._send_docs(node_id, copies)
             self.stats.read_repairs += len(stale)
@@ -290,11 +289,7 @@ class ClusterService:
         per_doc = await self.reader.states_on_replicas(doc_ids, self._states_on)
         for doc_id, states in per_doc.items():
             for state in states:
-                try:
-                    self.hlc.observe(state.version)
-                except ClockDrift as exc:
-                    self.stats.drift_rejections["read"] += 1
-                    log.warning("not observing the version of %s a replica holds: %s", doc_id, exc)
+                self._observe(state.version, "read", doc_id)
         return per_doc
 
     async def _states_on(self, node_id: str, doc_ids: list[str]) -> dict[str, DocState]:
@@ -390,7 +385,7 @@ class ClusterService:
         docs: list[DocumentWrite] = []
         size, position = 0, 0
         while position < len(ids):
-            exported = await self._export(pid, ids[position : position + FETCH_STEP])
+            exported = await self.local.export(pid, ids[position : position + FETCH_STEP])
             fitting = msg.fitting_prefix(exported, budget - size, at_least_one=not docs)
             docs.extend(fitting)
             size += sum(map(msg.wire_size, fitting))
@@ -403,9 +398,6 @@ class ClusterService:
     async def handle_ring(self, body: Mapping[str, Any]) -> dict[str, Any]:
         self.merge_ring(body.get("ring") or [])
         return self.ring_state.to_wire()
-
-    async def _export(self, pid: int, doc_ids: list[str]) -> list[DocumentWrite]:
-        return await self.local.export(pid, doc_ids)
 
     # ------------------------------------------------------------ ring changes
     def merge_ring(self, raw: list[Any]) -> None:
