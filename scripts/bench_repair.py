@@ -42,7 +42,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from meshrag.cluster.messages import wire_size  # noqa: E402
-from meshrag.cluster.repair import RateLimiter, Repairer, bucket_of, differing_buckets, root_hash  # noqa: E402
+from meshrag.cluster.repair import RateLimiter, Repairer, differing_buckets, root_hash  # noqa: E402
+from meshrag.store.digest import bucket_of  # noqa: E402
 from meshrag.ring import Ring, RingEntry, RingStatus, RingTable  # noqa: E402
 from meshrag.store.engine import StorageEngine  # noqa: E402
 from meshrag.store.types import ChunkWrite, DigestEntry, DocumentWrite  # noqa: E402

@@ -34,7 +34,7 @@ from meshrag.cluster.handoff import LIVE_STATES, HintedHandoff, typed_refusal
 from meshrag.cluster.holdings import Holdings
 from meshrag.cluster.reads import Gathered, NodeHits, ReplicaReader
 from meshrag.cluster.repair_adapters import LocalStore, PeerStores
-from meshrag.cluster.repair import BUCKETS, RateLimiter, Repairer, differing_buckets, root_hash
+from meshrag.cluster.repair import RateLimiter, Repairer, differing_buckets, root_hash
 from meshrag.cluster.ringstate import RingState
 from meshrag.cluster.rpc import PeerClient, PeerError
 from meshrag.cluster.session import SessionMap, encode_session, merge_sessions
@@ -45,6 +45,7 @@ from meshrag.gossip import EventKind, MemberEvent, Memberlist
 from meshrag.gossip.state import MemberState
 from meshrag.ring import Ring, RingStatus
 from meshrag.ring import partition_for
+from meshrag.store.digest import BUCKETS
 from meshrag.store.engine import StorageEngine
 from meshrag.store.filters import Filter, dump_filter, parse_filter
 from meshrag.store.hints import HintStore

@@ -20,8 +20,8 @@ from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
-from meshrag.cluster.repair import EMPTY_HASHES
 from meshrag.errors import ConfigError
+from meshrag.store.digest import EMPTY_HASHES
 from meshrag.ring import partition_for
 from meshrag.store.filters import Filter
 from meshrag.store.partition import DB_FILE, IndexSettings, Partition, unit_query_vector

@@ -37,8 +37,8 @@ from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 
-from meshrag.cluster.repair import bucket_hash
 from meshrag.errors import ConfigError
+from meshrag.store.digest import bucket_hash
 from meshrag.store.filters import Filter, to_sql
 from meshrag.store.schema import (
     CHUNKS_WITH_DOCS,

@@ -26,7 +26,7 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
-from meshrag.cluster.repair import BUCKETS, DIGEST_BYTES, bucket_of, entry_digest, fold_buckets, xor_digests
+from meshrag.store.digest import BUCKETS, DIGEST_BYTES, bucket_of, entry_digest, fold_buckets, xor_digests
 from meshrag.store.types import DigestEntry, DocState
 
 DB_FILE = "store.sqlite"

@@ -21,13 +21,11 @@ import pytest
 
 from meshrag.cluster.fence import PartitionFence
 from meshrag.cluster.messages import wire_size
-from meshrag.cluster.repair import (
-    BUCKETS, Progress, RateLimiter, Repairer, bucket_hash, bucket_hashes, bucket_of, diff_entries, differing_buckets,
-    entry_digest, fold_buckets, is_newer, root_hash, xor_digests,
-)
+from meshrag.cluster.repair import Progress, RateLimiter, Repairer, diff_entries, differing_buckets, is_newer, root_hash
 from meshrag.errors import ValidationError
 from meshrag.ring import Ring, RingEntry, RingStatus, RingTable
 from meshrag.ring import partition_for
+from meshrag.store.digest import BUCKETS, bucket_hash, bucket_hashes, bucket_of, entry_digest, fold_buckets, xor_digests
 from meshrag.store.engine import StorageEngine
 from meshrag.store.types import DigestEntry, DocumentWrite
 from tests.store.conftest import DIM, make_doc

@@ -18,7 +18,8 @@ from typing import Callable
 import numpy as np
 import pytest
 
-from meshrag.cluster.repair import BUCKETS, bucket_hashes, bucket_of, differing_buckets
+from meshrag.cluster.repair import differing_buckets
+from meshrag.store.digest import BUCKETS, bucket_hashes, bucket_of
 from meshrag.errors import ConfigError, ValidationError
 from meshrag.store.filters import parse_filter
 from meshrag.store.partition import Partition, fts_query
