@@ -142,7 +142,7 @@ class Node:
             # /_mesh/: cluster.max_message_bytes, since replication carries vectors).
             client_max_size=max(self.config.api.max_body_bytes, self.config.cluster.max_message_bytes),
         )
-        app.add_routes(PublicApi(self).routes())
+        app.add_routes(PublicApi(self, self._offload_pool).routes())
         app.add_routes(InternalApi(
             self, self.config.gossip_settings(), self.config.node.secret, self.config.cluster.max_message_bytes, self._codec,
         ).routes())

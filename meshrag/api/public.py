@@ -6,14 +6,17 @@ the pipeline, encode the answer. They never block the loop.
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from typing import Any, Protocol
+from concurrent.futures import Executor
+from typing import Any, Callable, Protocol, TypeVar
 
 from aiohttp import web
 
 from meshrag.api.errors import json_response
 from meshrag.api.schema import parse_ask, parse_doc_id, parse_node_ref, parse_search, parse_upsert
 from meshrag.config import Config
+from meshrag.cluster.rpc import OFFLOAD_BYTES
 from meshrag.cluster.service import ClusterService
 from meshrag.cluster.writes import CONSISTENCY_LEVELS
 from meshrag.errors import MeshragError, PayloadTooLarge, Unavailable, UnsupportedMediaType, ValidationError
@@ -25,6 +28,7 @@ from meshrag.store.types import Hit, StoredDocument
 from meshrag.wire import JSON, MSGPACK_TYPES, decode_body, dumps_json
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 class NodeView(Protocol):
@@ -70,7 +74,9 @@ def _consistency(request: web.Request, default: str) -> str:
     return consistency
 
 
-async def read_body(request: web.Request, max_bytes: int) -> Any:
+async def read_body(request: web.Request, max_bytes: int, parse: Callable[[Any], T], executor: Executor | None = None) -> T:
+    """The request body decoded and validated by ``parse``; a large one in ``executor``: decoding
+    and checking a multi-MiB body takes tens of milliseconds, and gossip shares the event loop."""
     content_type = request.content_type or JSON
     if content_type != JSON and content_type not in MSGPACK_TYPES:
         raise UnsupportedMediaType(f"Content-Type {content_type!r}; send application/json or application/msgpack", field="body")
@@ -79,7 +85,13 @@ async def read_body(request: web.Request, max_bytes: int) -> Any:
     data = await request.read()
     if len(data) > max_bytes:  # a chunked body announces no length
         raise PayloadTooLarge(f"body of {len(data)} bytes exceeds the limit of {max_bytes}", field="body")
-    return decode_body(data, content_type)
+
+    def decode_and_parse() -> T:
+        return parse(decode_body(data, content_type))
+
+    if executor is None or len(data) < OFFLOAD_BYTES:
+        return decode_and_parse()
+    return await asyncio.get_running_loop().run_in_executor(executor, decode_and_parse)
 
 
 def hit_dict(hit: Hit) -> dict[str, Any]:
@@ -96,8 +108,12 @@ def source_dict(passage: Passage) -> dict[str, Any]:
 
 
 class PublicApi:
-    def __init__(self, node: NodeView) -> None:
+    def __init__(self, node: NodeView, executor: Executor | None = None) -> None:
         self._node = node
+        self._executor = executor  # where large bodies are decoded and validated
+
+    async def _body(self, request: web.Request, parse: Callable[[Any], T]) -> T:
+        return await read_body(request, self._limits.max_body_bytes, parse, self._executor)
 
     def routes(self) -> list[web.RouteDef]:
         return [
@@ -119,9 +135,9 @@ class PublicApi:
         return self._node.config.api
 
     async def upsert(self, request: web.Request) -> web.Response:
-        body = await read_body(request, self._limits.max_body_bytes)
         pipeline = _pipeline(self._node)
-        parsed = parse_upsert(body, self._limits, self._node.embedding_dim())
+        dim = self._node.embedding_dim()
+        parsed = await self._body(request, lambda body: parse_upsert(body, self._limits, dim))
         outcome = await pipeline.ingest(parsed.documents, parsed.consistency, parsed.session)
         return json_response(request, {
             "results": [{"id": r.doc_id, "status": r.status.value, "version": r.version} for r in outcome.results],
@@ -150,13 +166,13 @@ class PublicApi:
 
     async def remove(self, request: web.Request) -> web.Response:
         """Take a dead node out of the ring; its partitions are re-replicated from the survivors."""
-        body = await read_body(request, self._limits.max_body_bytes)
-        return json_response(request, {"ring": _cluster(self._node).remove(parse_node_ref(body))})
+        node = await self._body(request, parse_node_ref)
+        return json_response(request, {"ring": _cluster(self._node).remove(node)})
 
     async def search(self, request: web.Request) -> web.Response:
-        body = await read_body(request, self._limits.max_body_bytes)
         pipeline = _pipeline(self._node)
-        parsed = parse_search(body, self._limits, self._node.embedding_dim())
+        dim = self._node.embedding_dim()
+        parsed = await self._body(request, lambda body: parse_search(body, self._limits, dim))
         outcome = await pipeline.search(parsed)
         return json_response(request, {
             "hits": [hit_dict(h) for h in outcome.hits],
@@ -166,9 +182,8 @@ class PublicApi:
         })
 
     async def ask(self, request: web.Request) -> web.StreamResponse:
-        body = await read_body(request, self._limits.max_body_bytes)
         pipeline = _pipeline(self._node)
-        parsed = parse_ask(body, self._limits, self._node.config.generation)
+        parsed = await self._body(request, lambda body: parse_ask(body, self._limits, self._node.config.generation))
         watch = Stopwatch()
         passages, outcome = await pipeline.retrieve_for_ask(parsed)
         timings = dict(outcome.timings, retrieve_ms=watch.ms())

@@ -72,7 +72,7 @@ class HintedHandoff:
             return
 
         def store(batch: list[DocumentWrite]) -> None:  # packing multi-MiB bodies: off the loop too
-            self.hints.add(node_id, wire.pack({"documents": [msg.doc_to_wire(d) for d in batch]}), len(batch))
+            self.hints.add(node_id, wire.pack(msg.apply_body(batch)), len(batch))
 
         for batch in msg.split_to_fit(docs, self._settings.max_message_bytes):
             await self._blocking(store, batch)

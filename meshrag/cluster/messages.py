@@ -37,6 +37,11 @@ def doc_to_wire(doc: DocumentWrite) -> dict[str, Any]:
     }
 
 
+def apply_body(docs: list[DocumentWrite]) -> dict[str, Any]:
+    """The body of an apply (replication, hints, repair pushes)."""
+    return {"documents": [doc_to_wire(d) for d in docs]}
+
+
 def doc_from_wire(raw: Mapping[str, Any]) -> DocumentWrite:
     try:
         vectors = raw["x"]

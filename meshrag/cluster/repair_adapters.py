@@ -46,13 +46,7 @@ class LocalStore:
         return list(await self._blocking(self._engine.digest_entries, pid, buckets))
 
     async def export(self, pid: int, doc_ids: list[str]) -> list[DocumentWrite]:
-        def read() -> list[DocumentWrite]:
-            try:
-                return self._engine.partition(pid).export(doc_ids)
-            except KeyError:
-                return []
-
-        return list(await self._blocking(read))
+        return list(await self._blocking(self._engine.export, pid, doc_ids))
 
     async def apply(self, docs: list[DocumentWrite]) -> None:
         """Documents pulled from a peer; any stamped beyond the clock-drift bound are

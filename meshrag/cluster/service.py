@@ -164,8 +164,9 @@ class ClusterService:
         """Apply on a peer, in as many requests as the /_mesh/ body limit needs; per-document results."""
         results: list[WriteResult] = []
         for batch in msg.split_to_fit(docs, self.settings.max_message_bytes):
+            body = await self._blocking(msg.apply_body, batch)  # a stack of vectors per document: off the loop
             try:
-                reply = await self.peers.call(self.address_of(node_id), APPLY_PATH, {"documents": [msg.doc_to_wire(d) for d in batch]})
+                reply = await self.peers.call(self.address_of(node_id), APPLY_PATH, body)
             except PeerError as exc:
                 raise typed_refusal(exc) from None
             results.extend(msg.results_from_wire(reply, batch))
@@ -336,7 +337,7 @@ class ClusterService:
     async def handle_apply(self, body: Mapping[str, Any]) -> dict[str, Any]:
         """Per document: applied (created/updated/deleted), unchanged, or stale with the
         newer version held here, so the coordinator never reports a write nobody kept."""
-        docs = msg.docs_from_wire(body.get("documents"))
+        docs = await self._blocking(msg.docs_from_wire, body.get("documents"))
         results = await self.apply_owned(docs, "write")
         return {"results": [msg.result_to_wire(result) for result in results]}
 
@@ -380,21 +381,26 @@ class ClusterService:
 
     async def handle_fetch(self, body: Mapping[str, Any]) -> dict[str, Any]:
         """The documents asked for, as many as fit one /_mesh/ message; ``more``: the ids
-        left for another request (the puller asks again)."""
+        left for another request (the puller asks again). Read and converted in one
+        storage step."""
         pid, ids = int(body["partition"]), [str(i) for i in body.get("ids", [])]
         budget = msg.message_budget(self.settings.max_message_bytes)
-        docs: list[DocumentWrite] = []
-        size, position = 0, 0
-        while position < len(ids):
-            exported = await self.local.export(pid, ids[position : position + FETCH_STEP])
-            fitting = msg.fitting_prefix(exported, budget - size, at_least_one=not docs)
-            docs.extend(fitting)
-            size += sum(map(msg.wire_size, fitting))
-            if len(fitting) < len(exported):
-                position += _position_after(ids, position, fitting)
-                break
-            position += FETCH_STEP
-        return {"documents": [msg.doc_to_wire(d) for d in docs], "more": ids[position:]}
+
+        def fill() -> dict[str, Any]:
+            docs: list[DocumentWrite] = []
+            size, position = 0, 0
+            while position < len(ids):
+                exported = self.engine.export(pid, ids[position : position + FETCH_STEP])
+                fitting = msg.fitting_prefix(exported, budget - size, at_least_one=not docs)
+                docs.extend(fitting)
+                size += sum(map(msg.wire_size, fitting))
+                if len(fitting) < len(exported):
+                    position += _position_after(ids, position, fitting)
+                    break
+                position += FETCH_STEP
+            return {"documents": [msg.doc_to_wire(d) for d in docs], "more": ids[position:]}
+
+        return await self._blocking(fill)
 
     async def handle_ring(self, body: Mapping[str, Any]) -> dict[str, Any]:
         self.merge_ring(body.get("ring") or [])

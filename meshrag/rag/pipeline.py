@@ -102,8 +102,7 @@ class RagPipeline:
     async def ingest(self, documents: Sequence[IncomingDocument], consistency: str = "quorum", session: str | None = None) -> IngestOutcome:
         """Upsert a batch on its replicas; unchanged documents are neither embedded nor rewritten."""
         session_map = decode_session(session)
-        ids = [doc.doc_id or default_doc_id(doc.text) for doc in documents]
-        hashes = [content_hash(doc, self._chunker.fingerprint(), self._embedder.model_name) for doc in documents]
+        ids, hashes = await self._blocking(self._identify, documents)  # hashing MiBs of text: off the loop
         prior = await self._cluster.prior_states(ids, hashes, consistency)
         changed = [i for i, doc_id in enumerate(ids) if doc_id not in prior.unchanged]
         writes = await self._prepare_writes([documents[i] for i in changed], [ids[i] for i in changed], [hashes[i] for i in changed])
@@ -126,6 +125,12 @@ class RagPipeline:
         for result in results:
             self._metrics.documents_written.labels(status=result.status.value).inc()
         return IngestOutcome(results, token)
+
+    def _identify(self, documents: Sequence[IncomingDocument]) -> tuple[list[str], list[str]]:
+        """Each document's id (given, or named by its text) and content hash."""
+        fingerprint, model = self._chunker.fingerprint(), self._embedder.model_name
+        ids = [doc.doc_id or default_doc_id(doc.text) for doc in documents]
+        return ids, [content_hash(doc, fingerprint, model) for doc in documents]
 
     async def _prepare_writes(self, docs: list[IncomingDocument], ids: list[str], hashes: list[str]) -> list[DocumentWrite]:
         chunked = await self._blocking(self._chunk_all, docs)

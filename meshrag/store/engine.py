@@ -193,6 +193,11 @@ class StorageEngine:
         partition = self._open.get(pid)
         return [] if partition is None else partition.digest_entries(buckets)
 
+    def export(self, pid: int, doc_ids: Sequence[str]) -> list[DocumentWrite]:
+        """Documents of a partition with their vectors, as stored (for another replica); none if not held."""
+        partition = self._open.get(pid)
+        return [] if partition is None else partition.export(doc_ids)
+
     def search_dense(
         self, vector: np.ndarray, k: int, flt: Filter | None = None, partitions: Iterable[int] | None = None
     ) -> list[Hit]:
