@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
+
+from meshrag.localcluster import LocalCluster
 
 
 CRANFIELD = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "cranfield" / "corpus.jsonl"
@@ -30,3 +32,11 @@ def vector_documents(count: int, prefix: str = "v", seed: int = 7) -> list[dict[
     vectors = rng.standard_normal((count, DIM)).astype(np.float32)
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
     return [{"id": f"{prefix}{i:05d}", "text": f"document {i} of the rebalancing set", "vector": vectors[i].tolist()} for i in range(count)]
+
+
+def running(cluster: LocalCluster, size: int, **start: Any) -> Iterator[LocalCluster]:
+    """A started cluster for a module fixture to ``yield from``; stopped afterwards, also when starting fails."""
+    try:
+        yield cluster.start(size, **start)
+    finally:
+        cluster.stop()

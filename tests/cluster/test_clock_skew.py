@@ -24,6 +24,7 @@ import pytest
 from meshrag.client import MeshClientError
 from meshrag.clock import hlc_to_wall
 from meshrag.localcluster import LocalCluster
+from tests.cluster.conftest import running
 
 SKEW_S = 30.0
 GRACE_S = 4.0
@@ -46,13 +47,8 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
         "MESHRAG_STORAGE_TOMBSTONE_GRACE_S": str(GRACE_S),
         "MESHRAG_CLUSTER_MAX_HINT_WINDOW_S": "1",
     }
-    local = LocalCluster(tmp_path_factory.mktemp("skew"), partitions=4, replicas=3, env=env)
-    try:
-        local.start(3, node_env={"n2": {"MESHRAG_NODE_CLOCK_OFFSET_S": str(-SKEW_S)},
-                                 "n3": {"MESHRAG_NODE_CLOCK_OFFSET_S": str(SKEW_S)}})
-        yield local
-    finally:
-        local.stop()
+    skewed = {"n2": {"MESHRAG_NODE_CLOCK_OFFSET_S": str(-SKEW_S)}, "n3": {"MESHRAG_NODE_CLOCK_OFFSET_S": str(SKEW_S)}}
+    yield from running(LocalCluster(tmp_path_factory.mktemp("skew"), partitions=4, replicas=3, env=env), 3, node_env=skewed)
 
 
 def _texts(cluster: LocalCluster, doc_id: str) -> set[str]:

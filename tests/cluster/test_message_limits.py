@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 from meshrag.localcluster import LocalCluster
+from tests.cluster.conftest import running
 
 MIB = 1024 * 1024
 TEXT_CHARS = 40_000
@@ -37,12 +38,7 @@ def _documents(prefix: str, count: int, seed: int) -> list[dict[str, Any]]:
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
     env = {"MESHRAG_API_MAX_BODY_BYTES": str(2 * MIB), "MESHRAG_API_MAX_TEXT_CHARS": "50000",
            "MESHRAG_CLUSTER_MAX_MESSAGE_BYTES": str(2 * MIB)}
-    local = LocalCluster(tmp_path_factory.mktemp("limits"), partitions=4, replicas=3, env=env)
-    try:
-        local.start(3)
-        yield local
-    finally:
-        local.stop()
+    yield from running(LocalCluster(tmp_path_factory.mktemp("limits"), partitions=4, replicas=3, env=env), 3)
 
 
 @pytest.mark.slow
@@ -55,6 +51,26 @@ def test_a_write_larger_than_one_mesh_message_reaches_every_replica_in_several(c
     assert [r["status"] for r in results] == ["created"] * len(docs)
     ids = {d["id"] for d in docs}
     assert all(ids <= cluster.stored_ids(node) for node in cluster.nodes)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_the_extreme_values_the_api_accepts_reach_every_replica_exactly(cluster: LocalCluster) -> None:
+    """What one node accepts, every replica stores and serves unchanged: the int64 bounds,
+    the largest doubles, astral and combining characters, metadata nested to its limit."""
+    deep: Any = "bottom"
+    for level in range(7):  # metadata.deep + 7 levels: the deepest metadata accepts
+        deep = {f"l{level}": deep}
+    metadata = {"min": -(2**63), "max": 2**63 - 1, "big": 1.7976931348623157e308, "tiny": 5e-324,
+                "text": "naïve café 日本語 \U0001d11e e\u0301", "list": [0, -1, True, None, "x"], "deep": deep}
+    doc = {"id": "extrêmes/\U0001f600", "text": "Ünïcödé text \U0001d11e with e\u0301 combining", "metadata": metadata,
+           "vector": _documents("v", 1, seed=4)[0]["vector"]}
+    n1 = cluster.nodes[0]
+    [result] = cluster.client(n1).upsert([doc], consistency="all")["results"]
+    assert result["status"] == "created"
+    for node in cluster.nodes:
+        stored = cluster.client(node).get_document(str(doc["id"]), local=True)
+        assert (stored["id"], stored["text"], stored["metadata"]) == (doc["id"], doc["text"], metadata), node.name
 
 
 @pytest.mark.slow

@@ -27,20 +27,15 @@ from meshrag.localcluster import LocalCluster
 from meshrag.localnode import LocalNode
 from meshrag.ring import partition_for
 from meshrag.store.types import DocumentWrite
-from tests.cluster.conftest import vector_documents
+from tests.cluster.conftest import vector_documents, running
 
 P = 8
 
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
-    local = LocalCluster(tmp_path_factory.mktemp("stale"), partitions=P, replicas=2,
-                         env={"MESHRAG_CLUSTER_REPAIR_MAX_BYTES_PER_S": "1"})
-    try:
-        local.start(3)
-        yield local
-    finally:
-        local.stop()
+    yield from running(LocalCluster(tmp_path_factory.mktemp("stale"), partitions=P, replicas=2,
+                         env={"MESHRAG_CLUSTER_REPAIR_MAX_BYTES_PER_S": "1"}), 3)
 
 
 @pytest.mark.slow
@@ -51,7 +46,7 @@ def test_a_node_refuses_an_apply_for_a_partition_it_neither_owns_nor_holds(clust
     ring, me = cluster.ring_of(n1), cluster.node_id(n1)
     doc_id = next(f"foreign{i}" for i in range(1000) if me not in ring.write_owners(partition_for(f"foreign{i}", P)))
     doc = DocumentWrite(doc_id, pack_hlc(int(time.time() * 1000), 0), "h", "stray", {}, ())
-    request = urllib.request.Request(n1.url + APPLY_PATH, data=wire.pack({"documents": [msg.doc_to_wire(doc)]}),
+    request = urllib.request.Request(n1.url + APPLY_PATH, data=wire.pack(msg.apply_body([doc])),
                                      headers={"Content-Type": wire.MSGPACK, "Accept": wire.MSGPACK})
     with pytest.raises(urllib.error.HTTPError) as refused:
         urllib.request.urlopen(request, timeout=10)
