@@ -114,12 +114,9 @@ class RagPipeline:
         written = {write.doc_id: write for write in writes}
         results: list[WriteResult] = []
         for doc_id in ids:
-            if doc_id in superseded:
-                # A replica holds a newer version (a concurrent write won): never "updated".
-                results.append(WriteResult(doc_id=doc_id, status=WriteStatus.SUPERSEDED, version=superseded[doc_id]))
-            elif doc_id in written:
+            if doc_id in written:
                 status = WriteStatus.UPDATED if doc_id in prior.existing else WriteStatus.CREATED
-                results.append(WriteResult(doc_id=doc_id, status=status, version=written[doc_id].version))
+                results.append(_verdict(WriteResult(doc_id, status, written[doc_id].version), superseded))
             else:
                 results.append(WriteResult(doc_id=doc_id, status=WriteStatus.UNCHANGED, version=prior.unchanged[doc_id].version))
         for result in results:
@@ -174,10 +171,7 @@ class RagPipeline:
         await self._cluster.read_versions([doc_id])
         tombstone = DocumentWrite(doc_id, self._hlc.now(), "", "", {}, (), deleted=True)
         outcome, token = await self._cluster.write([tombstone], consistency, session_map)
-        if doc_id in outcome.superseded:
-            result = WriteResult(doc_id, WriteStatus.SUPERSEDED, outcome.superseded[doc_id])
-        else:
-            result = WriteResult(doc_id, WriteStatus.DELETED, tombstone.version)
+        result = _verdict(WriteResult(doc_id, WriteStatus.DELETED, tombstone.version), outcome.superseded)
         self._metrics.documents_written.labels(status=result.status.value).inc()
         return IngestOutcome([result], token)
 
@@ -256,6 +250,13 @@ class RagPipeline:
             raise
         finally:
             await _close_quietly(stream)
+
+
+def _verdict(applied: WriteResult, superseded: dict[str, int]) -> WriteResult:
+    """What the client is told of a write: ``applied``, unless a replica holds a newer version
+    (a concurrent write won), then superseded with that version, never updated."""
+    newer = superseded.get(applied.doc_id)
+    return applied if newer is None else WriteResult(applied.doc_id, WriteStatus.SUPERSEDED, newer)
 
 
 async def _close_quietly(stream: AsyncIterator[str]) -> None:
