@@ -93,6 +93,18 @@ class DigestEntry:
 
 
 @dataclass(frozen=True, slots=True)
+class Candidate:
+    """Phase one of a search: a chunk's identity and score, without its text or metadata
+    (those are fetched for the final top-k only, see ``Hit``); a higher score is better."""
+
+    chunk_id: str
+    doc_id: str
+    score: float
+    version: int
+    partition: int
+
+
+@dataclass(frozen=True, slots=True)
 class Hit:
     """One search result; a higher ``score`` is better (cosine similarity or -bm25)."""
 
