@@ -68,6 +68,12 @@ class Node:
         # unpacking large /_mesh/ bodies, writing cluster.json. Its own thread, so they never
         # queue behind a long SQLite write in the storage pool.
         self._offload_pool = ThreadPoolExecutor(1, thread_name_prefix="offload")
+        # One thread each for the models (threads start at first use, so a node without the
+        # generator role never starts its thread): embedding batches never queue behind
+        # SQLite nor SQLite behind them, and llama.cpp, whose context is not thread-safe,
+        # runs every generation on the one thread it owns.
+        self._embed_pool = ThreadPoolExecutor(1, thread_name_prefix="embedder")
+        self._generation_pool = ThreadPoolExecutor(1, thread_name_prefix="llama")
         self._codec = BodyCodec(self._offload_pool)
         self._storage_snapshot = StorageSnapshot()
         self._engine: StorageEngine | None = None
@@ -120,7 +126,7 @@ class Node:
     async def _ring_view(self) -> dict[str, Any]:
         if self.cluster is None:
             return {"partitions": self.config.cluster.partitions, "replicas": self.config.cluster.replicas, "local_partitions": 0}
-        return dict(self.cluster.ring_view(), pending_hints=await self.cluster.hints_view())
+        return dict(self.cluster.admin.ring_view(), pending_hints=await self.cluster.admin.hints_view())
 
     # ------------------------------------------------------------ lifecycle
     async def start(self) -> None:
@@ -187,7 +193,7 @@ class Node:
         member = event.member
         log.info("member %s (%s) at %s is %s", member.name, member.node_id[:12], member.address, event.kind.value)
         if self.cluster is not None:
-            self.cluster.on_member_event(event)
+            self.cluster.loops.on_member_event(event)
 
     def _member_metadata(self) -> dict[str, Any]:
         """What other nodes need to route to us; rides on alive messages (bounded size)."""
@@ -223,6 +229,7 @@ class Node:
                 max_wait_ms=self.config.embedder.max_wait_ms,
                 device=self.config.embedder.device,
                 on_batch=self._record_embed_batch,
+                executor=self._embed_pool,
             )
             await loop.run_in_executor(None, embedder.load)
             await embedder.start()
@@ -235,7 +242,7 @@ class Node:
             await loop.run_in_executor(self._storage_pool, self._hints.open)
             self.cluster = self._build_cluster(ring_state)
             self.metrics.registry.register(ClusterCollector(self.cluster, self._storage_snapshot))
-            self.cluster.start()
+            self.cluster.loops.start()
             self._components["storage"] = True
             self._tasks.append(asyncio.create_task(self._save_indexes_periodically(), name="index-saver"))
             self._tasks.append(asyncio.create_task(self._purge_tombstones_periodically(), name="tombstone-purge"))
@@ -338,6 +345,7 @@ class Node:
         model_path = Path(generation.model) if generation.model else assemble_default_model(self.config.data_path)
         backend = LlamaCppBackend(
             model_path,
+            executor=self._generation_pool,
             n_threads=generation.threads,
             n_ctx=generation.context_tokens,
             queue_size=generation.queue_size,
@@ -422,7 +430,8 @@ class Node:
         """Graceful stop: leave the cluster, no new requests, background work ended, indexes saved."""
         await self._leave_cluster()
         if self.cluster is not None:
-            await self.cluster.stop()
+            await self.cluster.loops.stop()  # its loops, ring pushes and read repairs
+            await self.cluster.writer.drain()  # replication still running after a write was answered
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -442,8 +451,8 @@ class Node:
             await asyncio.get_running_loop().run_in_executor(self._storage_pool, self._engine.close)
         if self._hints is not None:
             self._hints.close()
-        self._storage_pool.shutdown(wait=True)
-        self._offload_pool.shutdown(wait=True)
+        for pool in (self._storage_pool, self._offload_pool, self._embed_pool, self._generation_pool):
+            pool.shutdown(wait=True)  # idle by now (the models' close() waited for their threads)
         if self._monitor is not None:
             self._monitor.close()
         log.info("node stopped")

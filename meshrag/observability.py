@@ -49,6 +49,7 @@ class Metrics:
         self.embed_batches = Counter("meshrag_embed_batches_total", "Embedder batches run", registry=r)
         self.embed_batch_size = Histogram("meshrag_embed_batch_texts", "Texts per embedder batch", buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256), registry=r)
         self.search_latency = Histogram("meshrag_search_seconds", "Search latency by stage", ["stage"], buckets=LATENCY_BUCKETS, registry=r)
+        self.partial_searches = Counter("meshrag_search_partial_total", "Searches answered with coverage < 1", registry=r)
         self.generation_ttft = Histogram("meshrag_generation_first_token_seconds", "Time to first generated token", buckets=LATENCY_BUCKETS, registry=r)
         self.generated_tokens = Counter("meshrag_generated_tokens_total", "Generated stream pieces", registry=r)
         self.generations = Counter("meshrag_generations_total", "Generations by outcome", ["outcome"], registry=r)
@@ -156,7 +157,7 @@ class ClusterCollector:
         for target, pending in sorted(self._storage.pending_hints.items()):
             hints.add_metric([self._cluster.name_of(target)], pending.documents)
         yield hints
-        view = self._cluster.ring_view()
+        view = self._cluster.admin.ring_view()
         yield GaugeMetricFamily("meshrag_partitions_under_replicated", "Partitions with fewer live owners than N, or moving", value=len(view["under_replicated"]))
         yield GaugeMetricFamily("meshrag_partitions_held", "Partitions stored on this node", value=view["local_partitions"])
 

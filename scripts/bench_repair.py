@@ -119,7 +119,7 @@ class Local(Replica):
 
 
 class Peer:
-    """Replica b's /_mesh/repair routes (service.py's handle_roots/entries/fetch), in-process."""
+    """Replica b's /_mesh/repair routes (api/mesh_handlers.py's handle_roots/entries/fetch), in-process."""
 
     def __init__(self, engine: StorageEngine, digest: Digest) -> None:
         self.engine = engine

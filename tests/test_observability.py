@@ -121,11 +121,10 @@ class ScrapedCluster:
     stats = ClusterStats()
     hints = UnreadHints()
 
+    admin = SimpleNamespace(ring_view=lambda: {"under_replicated": [3], "local_partitions": 2})
+
     def name_of(self, node_id: str) -> str:
         return f"name-of-{node_id}"
-
-    def ring_view(self) -> dict[str, Any]:
-        return {"under_replicated": [3], "local_partitions": 2}
 
 
 def test_pending_hints_are_exported_from_the_storage_snapshot() -> None:

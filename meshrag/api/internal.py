@@ -1,18 +1,21 @@
-"""Node-to-node routes under /_mesh/.
+"""Node-to-node routes under /_mesh/: secret, limits, codec and routing.
 
 Push-pull bodies are sealed by the gossip codec with the cluster secret (a
 forged or foreign body is rejected by the codec and answered 400). The
 replication, search and repair routes carry msgpack bodies and the cluster
-secret in a header (cluster/rpc.py), checked here in constant time.
+secret in a header (cluster/rpc.py), checked here in constant time. What a
+route answers is api/mesh_handlers.py's (search: the cluster service's).
 """
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any, Awaitable, Callable, Mapping, Protocol
 
 from aiohttp import web
 
 from meshrag import wire
+from meshrag.api import mesh_handlers as handlers
 from meshrag.cluster import messages as paths
 from meshrag.cluster.rpc import SECRET_HEADER, BodyCodec, secret_matches
 from meshrag.cluster.service import ClusterService
@@ -21,6 +24,7 @@ from meshrag.gossip import PUSH_PULL_CONTENT_TYPE, PUSH_PULL_PATH, Memberlist
 from meshrag.gossip.settings import GossipSettings
 
 Handler = Callable[[Mapping[str, Any]], Awaitable[dict[str, Any]]]
+ClusterHandler = Callable[[ClusterService, Mapping[str, Any]], Awaitable[dict[str, Any]]]
 
 
 class Unauthorized(MeshragError):
@@ -45,14 +49,14 @@ class InternalApi:
 
     def routes(self) -> list[web.RouteDef]:
         mesh: dict[str, Callable[[ClusterService], Handler]] = {
-            paths.APPLY_PATH: lambda c: c.handle_apply,
-            paths.GET_PATH: lambda c: c.handle_get,
-            paths.STATES_PATH: lambda c: c.handle_states,
+            paths.APPLY_PATH: _bound(handlers.handle_apply),
+            paths.GET_PATH: _bound(handlers.handle_get),
+            paths.STATES_PATH: _bound(handlers.handle_states),
             paths.SEARCH_PATH: lambda c: c.handle_search,
-            paths.ROOTS_PATH: lambda c: c.handle_roots,
-            paths.ENTRIES_PATH: lambda c: c.handle_entries,
-            paths.FETCH_PATH: lambda c: c.handle_fetch,
-            paths.RING_PATH: lambda c: c.handle_ring,
+            paths.ROOTS_PATH: _bound(handlers.handle_roots),
+            paths.ENTRIES_PATH: _bound(handlers.handle_entries),
+            paths.FETCH_PATH: _bound(handlers.handle_fetch),
+            paths.RING_PATH: _bound(handlers.handle_ring),
         }
         return [web.post(PUSH_PULL_PATH, self.push_pull)] + [
             web.post(path, self._mesh_route(pick)) for path, pick in mesh.items()
@@ -89,3 +93,9 @@ class InternalApi:
         if reply is None:
             return web.Response(status=400, text="rejected")
         return web.Response(body=reply, content_type=PUSH_PULL_CONTENT_TYPE)
+
+
+def _bound(handler: ClusterHandler) -> Callable[[ClusterService], Handler]:
+    """A handler of api/mesh_handlers.py, bound to the cluster service a request finds
+    (the service starts after the routes, so it is looked up per request)."""
+    return lambda cluster: partial(handler, cluster)

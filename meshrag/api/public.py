@@ -162,12 +162,12 @@ class PublicApi:
 
     async def decommission(self, request: web.Request) -> web.Response:
         """Stream this node's partitions to their next owners, then leave the ring."""
-        return json_response(request, {"ring": _cluster(self._node).decommission()})
+        return json_response(request, {"ring": _cluster(self._node).admin.decommission()})
 
     async def remove(self, request: web.Request) -> web.Response:
         """Take a dead node out of the ring; its partitions are re-replicated from the survivors."""
         node = await self._body(request, parse_node_ref)
-        return json_response(request, {"ring": _cluster(self._node).remove(node)})
+        return json_response(request, {"ring": _cluster(self._node).admin.remove(node)})
 
     async def search(self, request: web.Request) -> web.Response:
         pipeline = _pipeline(self._node)

