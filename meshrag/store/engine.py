@@ -1,7 +1,9 @@
 """All partitions this node holds: routing by doc id, lazy creation, merged search.
 
 Layout: ``<root>/meta.json`` (partition count and vector dimension, fixed at
-creation) and one ``p<id:04d>/`` directory per partition (see partition.py).
+creation), one ``p<id:04d>/`` directory per partition (see partition.py), and
+``index.usearch`` with its sidecar ``index.json``: the one vector index of
+every partition held here (node_index.py), saved for all of them at once.
 A write touching several partitions commits one transaction per partition;
 each document is still atomic because a document lives in one partition.
 """
@@ -15,17 +17,22 @@ import re
 import shutil
 import threading
 from collections import defaultdict
+from functools import partial
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 
 from meshrag.errors import ConfigError
+from meshrag.store.analysis import Analyzer
 from meshrag.store.digest import EMPTY_HASHES
 from meshrag.ring import partition_for
-from meshrag.store.filters import Filter
-from meshrag.store.partition import DB_FILE, IndexSettings, Partition, unit_query_vector
-from meshrag.store.types import DigestEntry, DocState, DocumentWrite, Hit, StoredDocument, WriteResult
+from meshrag.store.filters import Filter, to_sql
+from meshrag.store.lexical import TermStats
+from meshrag.store.node_index import NodeIndex, NodeScored
+from meshrag.store.partition import DB_FILE, IndexSettings, Partition, best_first, unit_query_vector
+from meshrag.store.types import Candidate, DigestEntry, DocState, DocumentWrite, Hit, StoredDocument, WriteResult
+from meshrag.store.vector_index import exact_top_k
 
 log = logging.getLogger(__name__)
 
@@ -37,34 +44,46 @@ _PARTITION_DIR = re.compile(r"p(\d{4})")
 class StorageEngine:
     """Thread-safe facade over this node's partitions; methods block (run them in an executor)."""
 
-    def __init__(self, root: Path, partitions: int, dim: int, index_settings: IndexSettings | None = None) -> None:
+    def __init__(
+        self, root: Path, partitions: int, dim: int, index_settings: IndexSettings | None = None, *, analyzer: Analyzer | None = None
+    ) -> None:
         if partitions < 1 or partitions > 9999:
             raise ConfigError(f"partitions must be 1..9999, got {partitions}", field="cluster.partitions")
         self.root = Path(root)
         self.partitions = partitions
         self.dim = dim
         self.index_settings = index_settings or IndexSettings()
+        self.analyzer = analyzer or Analyzer()  # BM25's terms; every node of a cluster must use the same
         self._open: dict[int, Partition] = {}
+        self._index = NodeIndex(self.root, dim, self.index_settings)  # replaced by open()
         self._lock = threading.Lock()  # guards creation and removal of partitions
         self._is_open = False
 
     # ------------------------------------------------------------ lifecycle
     def open(self) -> None:
-        """Check meta.json (or write it) and open every partition found on disk."""
+        """Check meta.json (or write it), load the node's index, and open every partition found
+        on disk, each caught up or rebuilt against its SQLite as it attaches (node_index.py)."""
         self.root.mkdir(parents=True, exist_ok=True)
         self._check_meta()
+        self._index = NodeIndex(self.root, self.dim, self.index_settings)
+        self._index.load_saved()
         for pid in self._partitions_on_disk():
             self._open[pid] = self._open_partition(pid)
+        self._index.retain(self._open)  # vectors of partitions dropped since the last save
         self._is_open = True
         log.info("storage engine opened at %s: %d of %d partitions held", self.root, len(self._open), self.partitions)
 
     def close(self) -> None:
-        """Save every index and close; the engine can be opened again."""
+        """Save the node's index once, then close every partition; the engine can be opened again."""
         with self._lock:
-            for partition in self._open.values():
-                partition.close()
-            self._open.clear()
-            self._is_open = False
+            try:
+                if self._is_open:
+                    self._index.save(list(self._open.values()))
+            finally:
+                for partition in self._open.values():
+                    partition.close()
+                self._open.clear()
+                self._is_open = False
 
     def _check_meta(self) -> None:
         path = self.root / META_FILE
@@ -105,8 +124,12 @@ class StorageEngine:
         return sorted(found)
 
     def _open_partition(self, pid: int) -> Partition:
-        partition = Partition(self.root, pid, self.dim, self.index_settings)
+        partition = Partition(
+            self.root, pid, self.dim, self.index_settings, analyzer=self.analyzer, index=self._index.view(pid)
+        )
         partition.open()
+        for stale in (partition.index_path, partition.sidecar_path):  # the per-partition index of older code
+            stale.unlink(missing_ok=True)
         return partition
 
     # ------------------------------------------------------------ partitions
@@ -142,6 +165,7 @@ class StorageEngine:
             partition = self._open.pop(pid, None)
             if partition is not None:
                 partition.close()
+                self._index.drop(pid)  # the next save writes the index without them
         path = self.root / f"p{pid:04d}"
         existed = path.exists()
         shutil.rmtree(path, ignore_errors=True)
@@ -200,23 +224,89 @@ class StorageEngine:
 
     def search_dense(
         self, vector: np.ndarray, k: int, flt: Filter | None = None, partitions: Iterable[int] | None = None
-    ) -> list[Hit]:
-        """Top-k by cosine similarity over the given partitions this node holds (default: all)."""
+    ) -> list[Candidate]:
+        """Top-k by cosine similarity over the given partitions this node holds (default: all),
+        best first, ties by chunk id. Phase one of a search: of the chunks it considers it
+        reads chunk id, doc id and version only (``hits`` reads text and metadata).
+
+        One search of the node's index covers every partition asked for. A filter that
+        matches at most ``exact_search_threshold`` chunks over those partitions is answered
+        exactly from the vectors in SQLite, partition by partition; a broader one by the
+        node's index, oversampled and post-filtered in SQL.
+        """
         query = unit_query_vector(vector, self.dim)
-        return self._merged(lambda p: p.search_dense(query, k, flt), k, partitions)
-
-    def search_bm25(self, query: str, k: int, flt: Filter | None = None, partitions: Iterable[int] | None = None) -> list[Hit]:
-        """Top-k by BM25. Each partition scores with its own term statistics; with
-        hash placement these are close, so merged scores are comparable enough."""
-        return self._merged(lambda p: p.search_bm25(query, k, flt), k, partitions)
-
-    def _merged(self, search: Callable[[Partition], list[Hit]], k: int, partitions: Iterable[int] | None) -> list[Hit]:
-        if k <= 0:
+        held = {partition.pid: partition for partition in self._held(partitions)}
+        if k <= 0 or not held:
             return []
+        where = to_sql(flt, "d.metadata") if flt is not None else None
+        matching = None if where is None else self._matching_vectors(held, where)
+        if matching is not None:
+            scored = ((held[pid], exact_top_k(query, k, rows, self.dim)) for pid, rows in matching.items())
+            return best_first(c for partition, top in scored for c in partition.candidates(top, None))[:k]
+        wanted = None if partitions is None else held.keys()
+        return self._index.search(query, k, wanted, partial(self._resolve, held, where), oversample=where is not None)
+
+    def _matching_vectors(
+        self, held: dict[int, Partition], where: tuple[str, list[Any]]
+    ) -> dict[int, list[tuple[int, bytes]]] | None:
+        """Per partition, the (key, vector) of the chunks passing ``where``; None as soon as more
+        than exact_search_threshold do over all of them (so a broad filter reads no more)."""
+        budget = self.index_settings.exact_search_threshold
+        found: dict[int, list[tuple[int, bytes]]] = {}
+        for pid, partition in held.items():
+            rows = partition.filtered_vectors(where, budget)
+            if rows is None:
+                return None
+            found[pid] = rows
+            budget -= len(rows)
+        return found
+
+    @staticmethod
+    def _resolve(held: dict[int, Partition], where: tuple[str, list[Any]] | None, scored: list[NodeScored]) -> list[Candidate]:
+        """Candidates of the node index's nearest keys that SQLite still has (and that pass ``where``)."""
+        by_partition: dict[int, list[tuple[int, float]]] = defaultdict(list)
+        for pid, key, score in scored:
+            by_partition[pid].append((key, score))
+        return best_first(
+            c for pid, keys in by_partition.items() if pid in held for c in held[pid].candidates(keys, where)
+        )
+
+    def hits(self, candidates: Sequence[Candidate]) -> list[Hit]:
+        """Phase two: the hits (text, metadata) of those candidates still held here (the same
+        chunk id in their partition), in the given order, scored as the candidates are."""
+        groups: dict[int, list[Candidate]] = defaultdict(list)
+        for candidate in candidates:
+            groups[candidate.partition].append(candidate)
+        found: dict[tuple[int, str], Hit] = {}
+        for pid, group in groups.items():
+            partition = self._open.get(pid)
+            if partition is not None:
+                found.update(((pid, hit.chunk_id), hit) for hit in partition.hits(group))
+        return [found[key] for c in candidates if (key := (c.partition, c.chunk_id)) in found]
+
+    def term_stats(self, terms: Sequence[str], partitions: Iterable[int] | None = None) -> TermStats:
+        """BM25 statistics of analyzed ``terms`` summed over the given partitions held here (default: all)."""
+        return TermStats.merged(partition.term_stats(terms) for partition in self._held(partitions))
+
+    def search_bm25(
+        self, terms: Sequence[str], k: int, flt: Filter | None = None, partitions: Iterable[int] | None = None,
+        stats: TermStats | None = None,
+    ) -> list[Candidate]:
+        """Top-k by BM25 over analyzed ``terms`` in the given partitions held here (default: all),
+        best first, ties by chunk id. Every partition scores with ``stats``: the coordinator's
+        cluster-wide statistics, or (None) this node's own over those partitions, so merged
+        scores compare, and with statistics over all partitions the ranking is the one a
+        single index holding the whole corpus gives."""
+        held = self._held(partitions)
+        if k <= 0 or not terms or not held:
+            return []
+        stats = stats if stats is not None else TermStats.merged(partition.term_stats(terms) for partition in held)
+        found = (candidate for partition in held for candidate in partition.search_bm25(terms, k, flt, stats))
+        return heapq.nsmallest(k, found, key=lambda c: (-c.score, c.chunk_id))
+
+    def _held(self, partitions: Iterable[int] | None) -> list[Partition]:
         wanted = self.local_partitions() if partitions is None else sorted(set(partitions))
-        held = [partition for partition in map(self._open.get, wanted) if partition is not None]
-        per_partition = [search(partition) for partition in held]
-        return heapq.nsmallest(k, (hit for hits in per_partition for hit in hits), key=lambda h: (-h.score, h.chunk_id))
+        return [partition for partition in map(self._open.get, wanted) if partition is not None]
 
     def stats(self) -> dict[str, Any]:
         per_partition = {pid: partition.stats() for pid, partition in sorted(self._open.items())}
@@ -228,8 +318,12 @@ class StorageEngine:
 
     # ----------------------------------------------------------------- index
     def save_indexes(self) -> int:
-        """Save every index with unsaved changes; returns how many were written."""
-        return sum(partition.save_index() for partition in list(self._open.values()))
+        """Save the node's index if it has unsaved changes: one file for every partition, then
+        each partition's log trimmed (node_index.py); returns how many partitions had changes saved."""
+        if not self._is_open:
+            return 0
+        return self._index.save(list(self._open.values())) or 0
 
     def maybe_save_indexes(self, max_pending: int) -> int:
-        return sum(partition.maybe_save_index(max_pending) for partition in list(self._open.values()))
+        """Save when at least ``max_pending`` index changes, over all partitions, are unsaved."""
+        return self.save_indexes() if self._index.pending >= max_pending else 0

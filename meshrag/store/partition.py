@@ -1,14 +1,19 @@
-"""One partition on disk: SQLite (truth) plus a usearch HNSW index (derived).
+"""One partition on disk: SQLite (truth) plus its share of a usearch HNSW index (derived).
 
 Layout of ``<root>/p<id:04d>/``:
 
-* ``store.sqlite``  documents, chunks with their vectors, an FTS5 index over
-  chunk text, and ``index_log``: every chunk insert/delete appends (seq, op, key)
+* ``store.sqlite``  documents, chunks with their vectors, the BM25 index of
+  their analyzed terms (FTS5 postings, lengths and totals, kept by triggers; see
+  schema.py), and ``index_log``: every chunk insert/delete appends (seq, op, key)
   by trigger, inside the very transaction that changed the chunk.
-* ``index.usearch`` and its sidecar ``index.json``: the vector index as of some
-  log seq (vector_index.py saves, loads, catches up and searches it).
 
-This module owns SQLite: schema, transactions, FTS, the index log,
+The vectors live in the node's one index (node_index.py, saved in the engine
+root), handed in as a ``PartitionIndex``; the engine saves it for every
+partition at once. A partition opened on its own (no index given) is a node
+of one partition: it keeps ``index.usearch`` and ``index.json`` in its
+directory and saves them itself (``save_index``, ``close``).
+
+This module owns SQLite: schema, transactions, BM25, the index log,
 tombstones and the repair digest (bucket hashes kept by triggers with every
 write, see schema.py; read here in O(1), entries by bucket through an index).
 On open it hands the vector index a ``ChunkVectors`` view of the chunks and
@@ -31,26 +36,26 @@ import sqlite3
 import threading
 import time
 from contextlib import contextmanager
-from functools import partial
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 
 from meshrag.errors import ConfigError
+from meshrag.store.analysis import MAX_QUERY_TERMS, Analyzer
 from meshrag.store.digest import bucket_hash
 from meshrag.store.filters import Filter, to_sql
+from meshrag.store.lexical import TermStats, bm25_scores, ranked_windows
+from meshrag.store.node_index import INDEX_FILE, SIDECAR_FILE, NodeIndex, PartitionIndex
 from meshrag.store.schema import (
     CHUNKS_WITH_DOCS,
     DB_FILE,
     DIGEST_SCHEMA,
-    HIT_COLUMNS,
     SCHEMA,
     ChunkVectors,
     add_bucket_column,
     digest_is_current,
     doc_state,
-    fts_query,
     insert_chunk,
     log_seq,
     metadata_json,
@@ -58,23 +63,26 @@ from meshrag.store.schema import (
     rebuild_digest,
     register_digest_functions,
 )
-from meshrag.store.types import ChunkInfo, ChunkWrite, DigestEntry, DocState, DocumentWrite, Hit, StoredDocument, WriteResult, WriteStatus, write_order
+from meshrag.store.schema import (
+    create_lexical_schema,
+    drop_porter_fts,
+    has_porter_fts,
+    lexical_is_current,
+    read_candidates,
+    read_postings,
+    read_term_stats,
+    rebuild_lexical,
+    register_lexical_functions,
+)
+from meshrag.store.types import Candidate, ChunkInfo, ChunkWrite, DigestEntry, DocState, DocumentWrite, Hit, StoredDocument, WriteResult, WriteStatus, write_order
 
 # IndexSettings and unit_query_vector are re-exported: node.py and engine.py import them from here.
-from meshrag.store.vector_index import (
-    INDEX_FILE,
-    SIDECAR_FILE,
-    IndexSettings,
-    Scored,
-    VectorIndex,
-    exact_top_k,
-    unit_query_vector,
-)
+from meshrag.store.vector_index import IndexSettings, Scored, exact_top_k, unit_query_vector
 
 log = logging.getLogger(__name__)
 
-# DB_FILE, ChunkVectors and fts_query are re-exported for engine.py and the tests.
-__all__ = ["DB_FILE", "ChunkVectors", "IndexSettings", "Partition", "fts_query", "unit_query_vector"]
+# DB_FILE and ChunkVectors are re-exported for engine.py and the tests.
+__all__ = ["DB_FILE", "ChunkVectors", "IndexSettings", "Partition", "unit_query_vector"]
 
 
 class Partition:
@@ -91,8 +99,11 @@ class Partition:
         settings: IndexSettings | None = None,
         *,
         synchronous: str = "NORMAL",
+        analyzer: Analyzer | None = None,
+        index: PartitionIndex | None = None,
     ) -> None:
         self.pid = pid
+        self.analyzer = analyzer or Analyzer()  # BM25's terms: chunks are indexed with it on write
         self.dim = dim
         self.settings = settings or IndexSettings()
         self.path = Path(root) / f"p{pid:04d}"
@@ -104,7 +115,9 @@ class Partition:
         self._writer: sqlite3.Connection | None = None
         self._readers: list[sqlite3.Connection] = []
         self._idle_readers: list[sqlite3.Connection] = []
-        self._index: VectorIndex | None = None
+        self._given_index = index  # the node's; None: this partition indexes itself
+        self._own_index: NodeIndex | None = None
+        self._index: PartitionIndex | None = None
 
     # ------------------------------------------------------------ lifecycle
     @property
@@ -113,6 +126,7 @@ class Partition:
 
     @property
     def index_path(self) -> Path:
+        """Where a partition opened on its own keeps its index (an engine's lives in its root)."""
         return self.path / INDEX_FILE
 
     @property
@@ -128,16 +142,24 @@ class Partition:
         self._writer.executescript(SCHEMA)
         self._check_dim()
         self._prepare_digest()
-        index = VectorIndex(self.path, self.dim, self.settings, name=f"partition {self.pid}")
+        self._prepare_lexical()
+        index = self._given_index if self._given_index is not None else self._index_of_its_own()
         self.recovery = index.recover(self._chunk_vectors(), fresh)
         self._index = index
         log.info("partition %d opened: %s, %d vectors", self.pid, self.recovery, len(index))
 
+    def _index_of_its_own(self) -> PartitionIndex:
+        self._own_index = NodeIndex(self.path, self.dim, self.settings, name=f"partition {self.pid}")
+        self._own_index.load_saved()
+        return self._own_index.view(self.pid)
+
     def close(self) -> None:
-        """Save the index (if it changed) and release every connection."""
+        """Release every connection; a partition with an index of its own saves it first
+        (the node's index is the engine's to save)."""
         if self._writer is None:
             return
-        self.save_index()
+        if self._own_index is not None:
+            self.save_index()
         with self._write_lock:
             for conn in self._readers:
                 conn.close()
@@ -146,6 +168,7 @@ class Partition:
             self._writer.close()
             self._writer = None
             self._index = None
+            self._own_index = None
             self.recovery = "closed"
 
     @property
@@ -180,12 +203,25 @@ class Partition:
                 rebuild_digest(conn)
                 log.info("partition %d: repair digest rebuilt", self.pid)
 
+    def _prepare_lexical(self) -> None:
+        """The analyzer on the writer; a partition indexed otherwise (porter FTS5 of older code,
+        another analyzer) is re-indexed once, here, before anyone searches it."""
+        conn = self._require_writer()
+        register_lexical_functions(conn, self.analyzer)
+        if has_porter_fts(conn):
+            drop_porter_fts(conn)
+        with self._transaction():
+            create_lexical_schema(conn)
+            if not lexical_is_current(conn, self.analyzer):
+                rebuild_lexical(conn, self.analyzer)
+                log.info("partition %d: BM25 index rebuilt (%s)", self.pid, self.analyzer.fingerprint())
+
     def _require_writer(self) -> sqlite3.Connection:
         if self._writer is None:
             raise RuntimeError(f"partition {self.pid} is not open")
         return self._writer
 
-    def _require_index(self) -> VectorIndex:
+    def _require_index(self) -> PartitionIndex:
         if self._index is None:
             raise RuntimeError(f"partition {self.pid} is not open")
         return self._index
@@ -410,77 +446,140 @@ class Partition:
         }
 
     # --------------------------------------------------------------- search
-    def search_dense(self, vector: np.ndarray, k: int, flt: Filter | None = None) -> list[Hit]:
-        """Top-k chunks by cosine similarity, optionally restricted by a metadata filter.
+    def search_dense(self, vector: np.ndarray, k: int, flt: Filter | None = None) -> list[Candidate]:
+        """Top-k chunks by cosine similarity, optionally restricted by a metadata filter, best
+        first, ties by chunk id. Phase one of a search: no text or metadata is read (``hits``).
 
         A selective filter (few matching chunks) is answered exactly from the
         vectors in SQLite; a broad one by ANN, oversampled and post-filtered.
+        (The engine searches many partitions at once in the node's index instead.)
         """
         query = unit_query_vector(vector, self.dim)
         if k <= 0:
             return []
-        if flt is None:
-            return self._search_ann(query, k, None)
-        where = to_sql(flt, "d.metadata")
-        limit = self.settings.exact_search_threshold
-        with self._read_snapshot() as conn:
-            sql = f"SELECT c.key, c.vector FROM {CHUNKS_WITH_DOCS} WHERE {where[0]} LIMIT ?"
-            rows = conn.execute(sql, (*where[1], limit + 1)).fetchall()
-        if len(rows) <= limit:
-            return self._hits(exact_top_k(query, k, rows, self.dim), None)
-        return self._search_ann(query, k, where)
+        where = to_sql(flt, "d.metadata") if flt is not None else None
+        rows = None if where is None else self.filtered_vectors(where, self.settings.exact_search_threshold)
+        if rows is not None:
+            return best_first(self.candidates(exact_top_k(query, k, rows, self.dim), None))[:k]
 
-    def _search_ann(self, query: np.ndarray, k: int, where: tuple[str, list[Any]] | None) -> list[Hit]:
-        """ANN search; a filtered one oversamples and keeps only candidates that pass the filter in SQLite."""
-        return self._require_index().search_until(query, k, partial(self._hits, where=where), oversample=where is not None)
+        def resolve(scored: list[Scored]) -> list[Candidate]:
+            return best_first(self.candidates(scored, where))
 
-    def search_bm25(self, query: str, k: int, flt: Filter | None = None) -> list[Hit]:
-        """Top-k chunks by FTS5 BM25 (score = -bm25, higher is better)."""
-        match = fts_query(query)
-        if not match or k <= 0:
-            return []
-        where, params = to_sql(flt, "d.metadata") if flt is not None else ("1", [])
-        sql = (
-            f"SELECT {HIT_COLUMNS}, bm25(chunks_fts) AS rank FROM chunks_fts "
-            "JOIN chunks c ON c.key = chunks_fts.rowid JOIN documents d ON d.doc_id = c.doc_id "
-            f"WHERE chunks_fts MATCH ? AND {where} ORDER BY rank, c.chunk_id LIMIT ?"
-        )
+        return self._require_index().search(query, k, resolve, oversample=where is not None)
+
+    def filtered_vectors(self, where: tuple[str, list[Any]], limit: int) -> list[tuple[int, bytes]] | None:
+        """(chunk key, vector) of every chunk whose document passes the SQL filter ``where``;
+        None if more than ``limit`` do (then ANN with post-filtering is the cheaper way)."""
+        sql = f"SELECT c.key, c.vector FROM {CHUNKS_WITH_DOCS} WHERE {where[0]} LIMIT ?"
         with self._reader() as conn:
-            rows = conn.execute(sql, (match, *params, k)).fetchall()
-        return [self._hit(row[:6], -float(row[6])) for row in rows]
+            rows = conn.execute(sql, (*where[1], limit + 1)).fetchall()
+        return rows if len(rows) <= limit else None
 
-    def _hits(self, scored: list[Scored], where: tuple[str, list[Any]] | None) -> list[Hit]:
-        """Hits for scored keys, in the given order, dropping keys gone or filtered out."""
+    def candidates(self, scored: Sequence[Scored], where: tuple[str, list[Any]] | None) -> list[Candidate]:
+        """Candidates of scored chunk keys, in the given order, dropping keys gone or filtered
+        out; reads chunk id, doc id and version only."""
         if not scored:
             return []
-        sql_filter, params = where if where is not None else ("1", [])
+        keys = np.fromiter((key for key, _ in scored), dtype=np.int64, count=len(scored))
+        with self._reader() as conn:
+            rows = read_candidates(conn, keys, where if where is not None else ("1", []))
+        found = []
+        for key, score in scored:
+            if key in rows:
+                chunk_id, doc_id, version = rows[key]
+                found.append(Candidate(chunk_id, doc_id, score, version, self.pid))
+        return found
+
+    def hits(self, candidates: Sequence[Candidate]) -> list[Hit]:
+        """Phase two: the hits (text, metadata) of those candidates still stored (the same chunk
+        id), in the given order, scored as the candidates are."""
+        if not candidates:
+            return []
         sql = (
-            f"SELECT {HIT_COLUMNS} FROM {CHUNKS_WITH_DOCS} "
-            f"WHERE c.key IN (SELECT value FROM json_each(?)) AND {sql_filter}"
+            f"SELECT c.chunk_id, c.doc_id, c.text, d.metadata, d.version FROM {CHUNKS_WITH_DOCS} "
+            "WHERE c.chunk_id IN (SELECT value FROM json_each(?))"
         )
         with self._reader() as conn:
-            rows = {row[0]: row for row in conn.execute(sql, (json.dumps([key for key, _ in scored]), *params))}
-        return [self._hit(rows[key], score) for key, score in scored if key in rows]
+            rows = {row[0]: row for row in conn.execute(sql, (json.dumps([c.chunk_id for c in candidates]),))}
+        return [
+            Hit(c.chunk_id, row[1], c.score, row[2], json.loads(row[3]), row[4], self.pid)
+            for c in candidates
+            if (row := rows.get(c.chunk_id)) is not None
+        ]
 
-    def _hit(self, row: tuple[Any, ...], score: float) -> Hit:
-        _key, chunk_id, doc_id, text, metadata, version = row
-        return Hit(chunk_id, doc_id, score, text, json.loads(metadata), version, self.pid)
+    def term_stats(self, terms: Sequence[str]) -> TermStats:
+        """Chunk count, total terms and the df of each term (analyzed terms), read in O(terms)."""
+        with self._read_snapshot() as conn:
+            return read_term_stats(conn, _distinct(terms))
+
+    def search_bm25(
+        self, terms: Sequence[str], k: int, flt: Filter | None = None, stats: TermStats | None = None
+    ) -> list[Candidate]:
+        """Top-k chunks by BM25 over analyzed ``terms`` (Analyzer.query_terms), scored with
+        ``stats``: the cluster's, summed over every partition, make scores comparable across
+        partitions; None uses this partition's own. Best first, ties by chunk id. Phase one
+        of a search: no chunk text or metadata is read.
+
+        Every chunk holding a term is scored (exhaustive, exact); the filter then runs in
+        SQLite over the best of them, widening until k pass or none are left.
+        """
+        terms = _distinct(terms)
+        if not terms or k <= 0:
+            return []
+        where = to_sql(flt, "d.metadata") if flt is not None else ("1", [])
+        with self._read_snapshot() as conn:
+            postings, lengths = read_postings(conn, terms)
+            if not postings:
+                return []
+            stats = stats if stats is not None else read_term_stats(conn, terms)
+            keys, scores = bm25_scores(postings, lengths, stats)
+            found = self._best_passing(conn, keys, scores, k, where, filtered=flt is not None)
+        found.sort(key=lambda c: (-c.score, c.chunk_id))
+        return found[:k]
+
+    def _best_passing(
+        self, conn: sqlite3.Connection, keys: np.ndarray, scores: np.ndarray, k: int, where: tuple[str, list[Any]], filtered: bool
+    ) -> list[Candidate]:
+        """Candidates of the best-scored keys that pass ``where``: at least k of them, unless
+        fewer pass at all. A filter reads 4k first (most are expected to fail), then more."""
+        found: list[Candidate] = []
+        for window in ranked_windows(scores, 4 * k if filtered else k):
+            rows = read_candidates(conn, keys[window], where)
+            for key, score in zip(keys[window].tolist(), scores[window].tolist()):
+                if key in rows:
+                    chunk_id, doc_id, version = rows[key]
+                    found.append(Candidate(chunk_id, doc_id, score, version, self.pid))
+            if len(found) >= k:
+                break
+        return found
 
     # ---------------------------------------------------------------- index
     def save_index(self, force: bool = False) -> bool:
-        """Persist the index and the log seq it covers, then trim the log.
+        """Save an index of its own (opened without the node's): NodeIndex.save of this one
+        partition, which trims the log after the files are in place. Returns whether it
+        wrote (nothing to do when no change is pending). The engine saves the node's index."""
+        if self._own_index is None:
+            raise RuntimeError(f"partition {self.pid} shares its node's index: the engine saves it")
+        return self._own_index.save([self], force) is not None
 
-        The log is trimmed only after the index files are safely renamed, so a
-        crash at any point leaves a saved index the log still covers.
-        Returns whether it saved (nothing to do when no change is pending).
-        """
+    def maybe_save_index(self, max_pending: int) -> bool:
+        """Save an index of its own when at least ``max_pending`` index changes are unsaved."""
+        return self._pending >= max_pending and self.save_index()
+
+    @contextmanager
+    def writes_paused(self) -> Iterator[int | None]:
+        """Hold this partition's writes and yield its index-log seq: while held, its vectors in
+        the index are exactly SQLite's at that seq (a write commits and updates the index under
+        this lock). None if the partition is closed."""
         with self._write_lock:
-            conn = self._require_writer()
-            index = self._require_index()
-            if not force and index.pending == 0 and index.sidecar_path.exists():
-                return False
-            seq = log_seq(conn)
-            index.save(seq)
+            yield None if self._writer is None else log_seq(self._writer)
+
+    def trim_index_log(self, seq: int) -> None:
+        """Forget index-log entries through ``seq``, which a saved index covers (no-op once closed)."""
+        with self._write_lock:
+            conn = self._writer
+            if conn is None:
+                return
             with self._transaction():
                 conn.execute("DELETE FROM index_log WHERE seq <= ?", (seq,))
                 conn.execute(
@@ -490,12 +589,6 @@ class Partition:
                 )
             # Fold the WAL into the database now and then (never blocks readers).
             conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
-            index.mark_saved()
-            return True
-
-    def maybe_save_index(self, max_pending: int) -> bool:
-        """Save when at least ``max_pending`` index changes are unsaved."""
-        return self._pending >= max_pending and self.save_index()
 
     @property
     def _pending(self) -> int:  # 0 once closed: closing saved every change
@@ -507,6 +600,21 @@ class Partition:
 
 
 # ------------------------------------------------------------------ helpers
+def _distinct(terms: Sequence[str]) -> list[str]:
+    """Query terms once each, in order; more than a query can have is a caller's bug."""
+    if isinstance(terms, str):  # a str is a Sequence[str] too: its letters would be searched
+        raise TypeError("BM25 takes analyzed terms (Analyzer.query_terms), not query text")
+    distinct = list(dict.fromkeys(terms))
+    if len(distinct) > MAX_QUERY_TERMS:
+        raise ValueError(f"{len(distinct)} distinct query terms: at most {MAX_QUERY_TERMS}")
+    return distinct
+
+
+def best_first(found: Iterable[Candidate]) -> list[Candidate]:
+    """Candidates by score, ties by chunk id: the order every replica agrees on."""
+    return sorted(found, key=lambda c: (-c.score, c.chunk_id))
+
+
 def _wins(version: int, deleted: bool, content_hash: str, stored: DocState) -> bool:
     """Whether a write replaces what is stored: the order repair compares by too."""
     return write_order(version, deleted, content_hash) > write_order(stored.version, stored.deleted, stored.content_hash)

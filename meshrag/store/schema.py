@@ -1,9 +1,9 @@
-"""A partition's SQLite: schema, FTS5 query text, row statements and the vector source.
+"""A partition's SQLite: schema, BM25 reads, row statements and the vector source.
 
 partition.py runs these inside its transactions; nothing here opens a
-connection or takes a lock. The schema keeps FTS5 and the index log in the
-same transaction as the chunk rows (triggers), which is what lets the usearch
-index be derived and recovered from SQLite alone (vector_index.py).
+connection or takes a lock. The schema keeps the lexical index and the index
+log in the same transaction as the chunk rows (triggers), which is what lets
+the usearch index be derived and recovered from SQLite alone (node_index.py).
 
 Repair digests are kept the same way: every document row carries its bucket
 (cluster/repair.py's bucket_of), and triggers on ``documents`` fold each
@@ -15,24 +15,34 @@ triggers call Python functions (register_digest_functions): a connection
 without them cannot write documents at all, so the buckets cannot drift
 silently. Partitions made before this are migrated on open (add_bucket_column,
 rebuild_digest).
+
+BM25 (LEXICAL_SCHEMA) indexes the analyzer's terms, not the raw text: a
+trigger on ``chunks`` stores each chunk's analyzed terms in ``chunk_terms``
+(through the Python function ``meshrag_analyze``, register_lexical_functions),
+and triggers on ``chunk_terms`` feed an FTS5 table over them and the partition
+totals (chunks, terms) in ``lexical_totals``. FTS5 serves only as a compact
+inverted index, read through fts5vocab tables: document frequency per term
+(``chunk_terms_df``) and term frequency per chunk (``chunk_terms_tf``); scoring
+happens in lexical.py with statistics that may come from the whole cluster.
+Partitions indexed another way (the old porter FTS5 over chunk text, another
+analyzer) are re-indexed once on open (drop_porter_fts, rebuild_lexical).
 """
 
 from __future__ import annotations
 
 import json
-import re
 import sqlite3
 from typing import Any, Iterator, Sequence
 
 import numpy as np
 
+from meshrag.store.analysis import Analyzer
 from meshrag.store.digest import BUCKETS, DIGEST_BYTES, bucket_of, entry_digest, fold_buckets, xor_digests
+from meshrag.store.lexical import TermStats
 from meshrag.store.types import DigestEntry, DocState
 
 DB_FILE = "store.sqlite"
-MAX_QUERY_TERMS = 64
 _READ_BATCH = 4096
-_QUERY_TERM = re.compile(r"[^\W_]+")  # the same word characters FTS5's unicode61 keeps
 # Bump when the digest definition or BUCKETS changes: partitions rebuild their buckets on open.
 DIGEST_FORMAT = f"xor-blake2b{DIGEST_BYTES}/{BUCKETS}"
 
@@ -58,10 +68,6 @@ CREATE TABLE IF NOT EXISTS chunks (
     vector     BLOB NOT NULL                      -- float32[dim]
 );
 CREATE INDEX IF NOT EXISTS chunks_by_doc ON chunks(doc_id, seq);
-CREATE VIRTUAL TABLE IF NOT EXISTS chunks_fts USING fts5(
-    text, content='chunks', content_rowid='key',
-    tokenize='porter unicode61 remove_diacritics 2'
-);
 -- AUTOINCREMENT: seqs keep growing after the log is trimmed empty.
 CREATE TABLE IF NOT EXISTS index_log (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -69,13 +75,11 @@ CREATE TABLE IF NOT EXISTS index_log (
     key INTEGER NOT NULL
 );
 CREATE TABLE IF NOT EXISTS partition_meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
--- Triggers keep FTS and the index log in the transaction that changes chunks.
+-- Triggers keep the index log in the transaction that changes chunks (LEXICAL_SCHEMA's do the same for BM25).
 CREATE TRIGGER IF NOT EXISTS chunks_added AFTER INSERT ON chunks BEGIN
-    INSERT INTO chunks_fts(rowid, text) VALUES (new.key, new.text);
     INSERT INTO index_log(op, key) VALUES ('add', new.key);
 END;
 CREATE TRIGGER IF NOT EXISTS chunks_removed AFTER DELETE ON chunks BEGIN
-    INSERT INTO chunks_fts(chunks_fts, rowid, text) VALUES ('delete', old.key, old.text);
     INSERT INTO index_log(op, key) VALUES ('remove', old.key);
 END;
 """
@@ -106,19 +110,7 @@ CREATE TRIGGER IF NOT EXISTS documents_digest_changed AFTER UPDATE OF version, d
 END;
 """
 
-HIT_COLUMNS = "c.key, c.chunk_id, c.doc_id, c.text, d.metadata, d.version"
 CHUNKS_WITH_DOCS = "chunks c JOIN documents d ON d.doc_id = c.doc_id"
-
-
-def fts_query(text: str) -> str:
-    """Arbitrary user text as a safe FTS5 query: each word quoted, OR-ed; '' if none."""
-    terms: list[str] = []
-    for term in _QUERY_TERM.findall(text.lower()):
-        if term not in terms:
-            terms.append(term)
-        if len(terms) == MAX_QUERY_TERMS:
-            break
-    return " OR ".join(f'"{term}"' for term in terms)
 
 
 class ChunkVectors:
@@ -239,3 +231,152 @@ def rebuild_digest(conn: sqlite3.Connection) -> None:
         "ON CONFLICT(name) DO UPDATE SET value = excluded.value",
         (DIGEST_FORMAT,),
     )
+
+
+# ------------------------------------------------------------------ BM25
+# Bump when the lexical tables or triggers change: partitions re-index on open.
+LEXICAL_LAYOUT = "fts5-ascii/v1"
+
+# Statements, not a script: rebuild_lexical runs them inside the caller's transaction.
+# The FTS5 tokenizer is 'ascii', not unicode61: it splits only on ASCII separators and
+# folds only ASCII case, so the tokens FTS5 sees are exactly the analyzer's terms (which
+# hold no ASCII separator and are folded already), whatever SQLite's Unicode tables say.
+# External content (chunk_terms) rather than contentless: SQLite 3.40 has no
+# contentless_delete, and an FTS5 delete must be given the very terms once inserted;
+# chunk_terms keeps them, so a delete never depends on re-analysing old text the same way.
+LEXICAL_SCHEMA = (
+    """CREATE TABLE IF NOT EXISTS chunk_terms (
+        key      INTEGER PRIMARY KEY, -- chunks.key
+        analyzed TEXT NOT NULL,       -- the analyzer's terms, joined by single spaces
+        terms    INTEGER NOT NULL GENERATED ALWAYS AS
+                 (length(analyzed) - length(replace(analyzed, ' ', '')) + (analyzed != '')) STORED
+    )""",
+    """CREATE VIRTUAL TABLE IF NOT EXISTS chunk_terms_fts USING fts5(
+        analyzed, content='chunk_terms', content_rowid='key', tokenize='ascii', columnsize=0
+    )""",
+    "CREATE VIRTUAL TABLE IF NOT EXISTS chunk_terms_df USING fts5vocab(chunk_terms_fts, row)",
+    "CREATE VIRTUAL TABLE IF NOT EXISTS chunk_terms_tf USING fts5vocab(chunk_terms_fts, instance)",
+    """CREATE TABLE IF NOT EXISTS lexical_totals (
+        id     INTEGER PRIMARY KEY CHECK (id = 0),
+        chunks INTEGER NOT NULL,
+        terms  INTEGER NOT NULL
+    )""",
+    "INSERT OR IGNORE INTO lexical_totals(id, chunks, terms) VALUES (0, 0, 0)",
+    """CREATE TRIGGER IF NOT EXISTS chunks_analyzed AFTER INSERT ON chunks BEGIN
+        INSERT INTO chunk_terms(key, analyzed) VALUES (new.key, meshrag_analyze(new.text));
+    END""",
+    """CREATE TRIGGER IF NOT EXISTS chunks_unanalyzed AFTER DELETE ON chunks BEGIN
+        DELETE FROM chunk_terms WHERE key = old.key;
+    END""",
+    """CREATE TRIGGER IF NOT EXISTS chunk_terms_added AFTER INSERT ON chunk_terms BEGIN
+        INSERT INTO chunk_terms_fts(rowid, analyzed) VALUES (new.key, new.analyzed);
+        UPDATE lexical_totals SET chunks = chunks + 1, terms = terms + new.terms;
+    END""",
+    """CREATE TRIGGER IF NOT EXISTS chunk_terms_removed AFTER DELETE ON chunk_terms BEGIN
+        INSERT INTO chunk_terms_fts(chunk_terms_fts, rowid, analyzed) VALUES ('delete', old.key, old.analyzed);
+        UPDATE lexical_totals SET chunks = chunks - 1, terms = terms - old.terms;
+    END""",
+)
+_LEXICAL_DROP = (
+    "DROP TRIGGER IF EXISTS chunks_analyzed",
+    "DROP TRIGGER IF EXISTS chunks_unanalyzed",
+    "DROP TABLE IF EXISTS chunk_terms_df",
+    "DROP TABLE IF EXISTS chunk_terms_tf",
+    "DROP TABLE IF EXISTS chunk_terms_fts",
+    "DROP TABLE IF EXISTS chunk_terms",  # its own triggers go with it
+    "DROP TABLE IF EXISTS lexical_totals",
+)
+CANDIDATE_COLUMNS = "c.key, c.chunk_id, c.doc_id, d.version"
+# A term's chunks with its frequency and their lengths; instance rows are one per occurrence.
+_POSTINGS = (
+    "SELECT g.doc, g.tf, t.terms FROM (SELECT doc, COUNT(*) AS tf FROM chunk_terms_tf WHERE term = ? GROUP BY doc) AS g "
+    "JOIN chunk_terms t ON t.key = g.doc"
+)
+
+
+def register_lexical_functions(conn: sqlite3.Connection, analyzer: Analyzer) -> None:
+    """The analyzer the chunk triggers index with; a connection without it cannot write chunks."""
+    conn.create_function("meshrag_analyze", 1, lambda text: " ".join(analyzer.terms(text)), deterministic=True)
+
+
+def lexical_format(analyzer: Analyzer) -> str:
+    return f"{LEXICAL_LAYOUT}+{analyzer.fingerprint()}"
+
+
+def create_lexical_schema(conn: sqlite3.Connection) -> None:
+    for statement in LEXICAL_SCHEMA:
+        conn.execute(statement)
+
+
+def lexical_is_current(conn: sqlite3.Connection, analyzer: Analyzer) -> bool:
+    row = conn.execute("SELECT value FROM partition_meta WHERE name = 'lexical_format'").fetchone()
+    return row is not None and row[0] == lexical_format(analyzer)
+
+
+def has_porter_fts(conn: sqlite3.Connection) -> bool:
+    """Whether this partition still has the FTS5 index of older code (porter over chunk text)."""
+    return conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'chunks_fts'").fetchone() is not None
+
+
+def drop_porter_fts(conn: sqlite3.Connection) -> None:
+    """Remove the old FTS5 table and the chunk triggers that fed it, and re-create those
+    triggers from SCHEMA (they also keep the index log), in one transaction of its own:
+    executescript, because SCHEMA is a script. rebuild_lexical then indexes the chunks."""
+    try:
+        conn.executescript(
+            "BEGIN IMMEDIATE; DROP TRIGGER IF EXISTS chunks_added; DROP TRIGGER IF EXISTS chunks_removed; "
+            f"DROP TABLE IF EXISTS chunks_fts; {SCHEMA}; COMMIT;"
+        )
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+
+
+def rebuild_lexical(conn: sqlite3.Connection, analyzer: Analyzer) -> None:
+    """Index every chunk anew with ``analyzer`` (in the caller's transaction; the analyzer
+    must be the one register_lexical_functions gave this connection)."""
+    for statement in _LEXICAL_DROP:
+        conn.execute(statement)
+    create_lexical_schema(conn)
+    conn.execute("INSERT INTO chunk_terms(key, analyzed) SELECT key, meshrag_analyze(text) FROM chunks ORDER BY key")
+    conn.execute(
+        "INSERT INTO partition_meta(name, value) VALUES ('lexical_format', ?) "
+        "ON CONFLICT(name) DO UPDATE SET value = excluded.value",
+        (lexical_format(analyzer),),
+    )
+
+
+def read_term_stats(conn: sqlite3.Connection, terms: Sequence[str]) -> TermStats:
+    """Chunk count, total terms and the df of every asked term (0 if absent): O(terms)."""
+    chunks, total = conn.execute("SELECT chunks, terms FROM lexical_totals WHERE id = 0").fetchone()
+    df = dict.fromkeys(terms, 0)
+    rows = conn.execute("SELECT term, doc FROM chunk_terms_df WHERE term IN (SELECT value FROM json_each(?))", (json.dumps(list(df)),))
+    df.update(rows)
+    return TermStats(int(chunks), int(total), df)
+
+
+def read_postings(conn: sqlite3.Connection, terms: Sequence[str]) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """lexical.bm25_scores' inputs: per term present, (chunk key, tf) rows by key; and
+    (chunk key, terms) rows of those chunks (a chunk holding two terms appears twice).
+
+    One index-assisted fts5vocab read per term (instance rows, one per occurrence),
+    joined to the chunk's length in the same query: a partition's fixed cost per
+    query term is what dominates a node holding many small partitions.
+    """
+    postings: dict[str, np.ndarray] = {}
+    lengths: list[np.ndarray] = []
+    for term in terms:
+        rows = conn.execute(_POSTINGS, (term,)).fetchall()
+        if rows:
+            table = np.array(rows, dtype=np.int64)
+            postings[term] = table[:, :2]
+            lengths.append(table[:, [0, 2]])
+    return postings, np.concatenate(lengths) if lengths else np.zeros((0, 2), np.int64)
+
+
+def read_candidates(conn: sqlite3.Connection, keys: np.ndarray, where: tuple[str, list[Any]]) -> dict[int, tuple[str, str, int]]:
+    """Chunk id, doc id and version of those ``keys`` whose document passes the SQL filter ``where``."""
+    sql = f"SELECT {CANDIDATE_COLUMNS} FROM {CHUNKS_WITH_DOCS} WHERE c.key IN (SELECT value FROM json_each(?)) AND {where[0]}"
+    rows = conn.execute(sql, (json.dumps(keys.tolist()), *where[1]))
+    return {key: (chunk_id, doc_id, version) for key, chunk_id, doc_id, version in rows}

@@ -11,9 +11,11 @@ from typing import Any, Iterator
 import numpy as np
 import pytest
 
+from meshrag.store.analysis import Analyzer
+from meshrag.store.engine import StorageEngine
 from meshrag.store.filters import matches
 from meshrag.store.partition import IndexSettings, Partition
-from meshrag.store.types import ChunkWrite, DocumentWrite
+from meshrag.store.types import Candidate, ChunkWrite, DocumentWrite
 
 DIM = 16
 
@@ -88,3 +90,11 @@ def sql(part: Partition, query: str, *params: Any) -> list[tuple[Any, ...]]:
         return conn.execute(query, params).fetchall()
     finally:
         conn.close()
+
+
+ANALYZER = Analyzer()
+
+
+def bm25(store: Partition | StorageEngine, query: str, k: int, flt: Any = None) -> list[Candidate]:
+    """BM25 search of query text, analyzed as a coordinator analyzes it."""
+    return store.search_bm25(ANALYZER.query_terms(query), k, flt)

@@ -18,7 +18,7 @@ from meshrag.ring import partition_for
 from meshrag.store.engine import StorageEngine
 from meshrag.store.filters import parse_filter
 from meshrag.store.types import WriteStatus
-from tests.store.conftest import DIM, brute_force, make_doc, unit_vector
+from tests.store.conftest import ANALYZER, DIM, bm25, brute_force, make_doc, unit_vector
 
 PARTITIONS = 8
 
@@ -193,7 +193,7 @@ def test_search_restricted_to_given_partitions(engine: StorageEngine) -> None:
     engine.upsert(docs)
     chosen = engine.local_partitions()[:2]
     dense = engine.search_dense(unit_vector(5), 100, partitions=chosen)
-    lexical = engine.search_bm25("common", 100, partitions=[*chosen, 999])  # unknown partitions are ignored
+    lexical = engine.search_bm25(ANALYZER.query_terms("common"), 100, partitions=[*chosen, 999])  # unknown partitions are ignored
     in_chosen = {d.doc_id for d in docs if engine.partition_of(d.doc_id) in chosen}
     assert {h.doc_id for h in dense} == in_chosen
     assert {h.doc_id for h in lexical} == in_chosen
@@ -203,7 +203,7 @@ def test_bm25_merges_across_partitions_best_first(engine: StorageEngine) -> None
     ids = ids_in_distinct_partitions(4)
     texts = ["propeller noise", "propeller noise propeller noise reduction", "wing flutter", "propeller"]
     engine.upsert([make_doc(doc_id, texts=[text]) for doc_id, text in zip(ids, texts)])
-    hits = engine.search_bm25("propeller noise", 10)
+    hits = bm25(engine, "propeller noise", 10)
     assert {h.doc_id for h in hits} == {ids[0], ids[1], ids[3]}
     assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
     assert len({h.partition for h in hits}) == 3

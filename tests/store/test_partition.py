@@ -22,9 +22,9 @@ from meshrag.cluster.repair import differing_buckets
 from meshrag.store.digest import BUCKETS, bucket_hashes, bucket_of
 from meshrag.errors import ConfigError, ValidationError
 from meshrag.store.filters import parse_filter
-from meshrag.store.partition import Partition, fts_query
+from meshrag.store.partition import Partition
 from meshrag.store.types import DocumentWrite, WriteResult, WriteStatus
-from tests.store.conftest import DIM, brute_force, corpus, make_doc, open_partition, sql, unit_vector
+from tests.store.conftest import DIM, bm25, brute_force, corpus, make_doc, open_partition, sql, unit_vector
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -68,10 +68,10 @@ def test_update_replaces_all_chunks_in_sqlite_fts_and_index(partition: Partition
     assert result == _result("a", WriteStatus.UPDATED, 2)
 
     assert sql(partition, "SELECT chunk_id FROM chunks WHERE doc_id = 'a' ORDER BY seq") == [("a#2#0",), ("a#2#1",)]
-    assert sql(partition, "SELECT COUNT(*) FROM chunks_fts WHERE chunks_fts MATCH 'zebra'") == [(0,)]
-    assert partition.search_bm25("zebra", 10) == []
+    assert partition.term_stats(["zebra"]).df == {"zebra": 0}
+    assert bm25(partition, "zebra", 10) == []
     assert index_contains(partition, old_keys) == [False, False, False]
-    assert sorted(h.chunk_id for h in partition.search_bm25("giraffe", 10)) == ["a#2#0", "a#2#1"]
+    assert sorted(h.chunk_id for h in bm25(partition, "giraffe", 10)) == ["a#2#0", "a#2#1"]
     old_vector = unit_vector("a#1#0")
     assert all(not h.chunk_id.startswith("a#1#") for h in partition.search_dense(old_vector, 10))
     assert_index_consistent(partition)
@@ -125,7 +125,7 @@ def test_tombstone_prevents_resurrection_by_an_older_write(partition: Partition)
     partition.upsert([make_doc("a", 1, ["hello world"])])
     assert partition.delete("a", 3) == _result("a", WriteStatus.DELETED, 3)
     assert partition.upsert([make_doc("a", 2, ["hello again"])]) == [_result("a", WriteStatus.STALE, 3)]
-    assert partition.search_bm25("hello", 10) == []
+    assert bm25(partition, "hello", 10) == []
     assert partition.search_dense(unit_vector("a#1#0"), 10) == []
     assert_index_consistent(partition)
     # A newer write is a genuine re-creation.
@@ -320,50 +320,6 @@ def test_buckets_of_another_digest_format_are_rebuilt_on_open(tmp_path: Path) ->
         reopened.close()
 
 
-# ------------------------------------------------------------------- BM25
-def test_bm25_ranks_the_document_with_the_query_words_first(partition: Partition) -> None:
-    partition.upsert(
-        [
-            make_doc("wing", texts=["the boundary layer over a swept wing at supersonic speed"]),
-            make_doc("heat", texts=["heat transfer in a laminar boundary layer"]),
-            make_doc("misc", texts=["an unrelated note about compilers and parsers"]),
-        ]
-    )
-    hits = partition.search_bm25("swept wing boundary layer", 3)
-    assert [h.doc_id for h in hits] == ["wing", "heat"]
-    assert hits[0].score > hits[1].score > 0
-    assert hits[0].partition == 3 and hits[0].text.startswith("the boundary")
-
-
-def test_bm25_stems_words(partition: Partition) -> None:
-    partition.upsert([make_doc("a", texts=["the flows were measured"])])
-    assert [h.doc_id for h in partition.search_bm25("flow measurement", 5)] == ["a"]
-
-
-@pytest.mark.parametrize("query", ['NEAR("a" b', 'wing AND OR NOT * ^ "', "col:umn - + ( ) {x}", "wing\x00"])
-def test_bm25_treats_fts_syntax_in_queries_as_plain_words(partition: Partition, query: str) -> None:
-    partition.upsert([make_doc("a", texts=["wing column near"])])
-    assert [h.doc_id for h in partition.search_bm25(query, 5)] in (["a"], [])
-
-
-def test_bm25_of_a_query_without_words_is_empty(partition: Partition) -> None:
-    partition.upsert([make_doc("a")])
-    assert partition.search_bm25("  ?! -- ", 5) == []
-    assert fts_query("Hello, hello WORLD_x!") == '"hello" OR "world" OR "x"'
-
-
-def test_bm25_applies_the_metadata_filter(partition: Partition) -> None:
-    partition.upsert(
-        [
-            make_doc("en", texts=["rocket engine nozzle"], metadata={"lang": "en", "year": 1999}),
-            make_doc("de", texts=["rocket engine nozzle"], metadata={"lang": "de", "year": 2005}),
-        ]
-    )
-    assert [h.doc_id for h in partition.search_bm25("rocket", 5, parse_filter({"lang": "de"}))] == ["de"]
-    assert [h.doc_id for h in partition.search_bm25("rocket", 5, parse_filter({"year": {"$lt": 2000}}))] == ["en"]
-    assert partition.search_bm25("rocket", 5, parse_filter({"lang": "fr"})) == []
-
-
 # ------------------------------------------------------------------- dense
 def test_dense_search_returns_the_exact_nearest_for_a_known_vector(partition: Partition) -> None:
     docs = corpus(150)
@@ -372,9 +328,25 @@ def test_dense_search_returns_the_exact_nearest_for_a_known_vector(partition: Pa
     top = partition.search_dense(target.vector, 5)
     assert top[0].chunk_id == target.chunk_id and top[0].doc_id == "d42"
     assert top[0].score == pytest.approx(1.0, abs=1e-5)
-    assert top[0].metadata == {"n": 42, "group": 2, "even": True} and top[0].version == 1
+    assert (top[0].version, top[0].partition) == (1, 3)
+    [hit] = partition.hits(top[:1])
+    assert (hit.chunk_id, hit.score, hit.text) == (target.chunk_id, top[0].score, target.text)
+    assert hit.metadata == {"n": 42, "group": 2, "even": True} and hit.version == 1
     query = unit_vector(999)
     assert [h.chunk_id for h in partition.search_dense(query, 10)] == [cid for cid, _ in brute_force(docs, query, 10)]
+
+
+def test_hits_keep_the_candidates_order_and_scores_and_drop_chunks_gone(partition: Partition) -> None:
+    docs = corpus(30)
+    partition.upsert(docs)
+    found = partition.search_dense(unit_vector(31), 6)
+    gone = found[2].doc_id
+    partition.delete(gone, 9)  # between the phases: its chunks are gone
+    hits = partition.hits(found)
+    assert [h.chunk_id for h in hits] == [c.chunk_id for c in found if c.doc_id != gone]
+    assert [h.score for h in hits] == [c.score for c in found if c.doc_id != gone]
+    assert all(h.text == next(ch.text for d in docs for ch in d.chunks if ch.chunk_id == h.chunk_id) for h in hits)
+    assert partition.hits([]) == []
 
 
 @pytest.mark.parametrize("threshold", [4096, 0], ids=["exact-branch", "ann-branch"])
@@ -389,7 +361,7 @@ def test_dense_search_applies_the_filter(tmp_path: Path, threshold: int) -> None
         expected = brute_force(docs, query, 10, flt)
         assert [h.chunk_id for h in hits] == [cid for cid, _ in expected]
         assert [h.score for h in hits] == pytest.approx([score for _, score in expected], abs=1e-5)
-        assert all(h.metadata["group"] in (3, 7) for h in hits)
+        assert all(h.metadata["group"] in (3, 7) for h in part.hits(hits))
         # A rare filter: the ANN branch must widen its candidate pool to find k matches.
         rare = parse_filter({"n": {"$in": [5, 50, 99, 150, 199]}})
         assert [h.chunk_id for h in part.search_dense(query, 8, rare)] == [cid for cid, _ in brute_force(docs, query, 8, rare)]
@@ -579,7 +551,7 @@ def test_acknowledged_writes_survive_kill_9(tmp_path: Path) -> None:
             assert [c.text for c in stored.chunks] == [f"marker{n} part {s}" for s in range(1 + n % 4)]
             top = part.search_dense(unit_vector(f"{doc_id}#1#0"), 1)
             assert top[0].chunk_id == f"{doc_id}#1#0"
-            assert part.search_bm25(f"marker{n}", 1)[0].doc_id == doc_id
+            assert bm25(part, f"marker{n}", 1)[0].doc_id == doc_id
         # No document anywhere (acknowledged or caught mid-write) has a partial set of chunks.
         for doc_id, count in sql(part, "SELECT d.doc_id, COUNT(c.key) FROM documents d LEFT JOIN chunks c USING (doc_id) GROUP BY d.doc_id"):
             assert count == 1 + int(doc_id[1:]) % 4, doc_id
@@ -602,7 +574,7 @@ def test_concurrent_writes_and_searches_stay_consistent(partition: Partition) ->
         try:
             for i in range(60):
                 partition.search_dense(unit_vector(i), 5)
-                partition.search_bm25("first part", 5)
+                bm25(partition, "first part", 5)
                 partition.get(f"w{i}")
         except BaseException as exc:
             errors.append(exc)
