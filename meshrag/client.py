@@ -161,6 +161,9 @@ class MeshClient:
         k: int = 10,
         mode: str = "dense",
         filter: dict[str, Any] | None = None,
+        session: str | None = None,
+        timeout_ms: int | None = None,
+        require_full_coverage: bool = False,
     ) -> dict[str, Any]:
         body: dict[str, Any] = {"k": k, "mode": mode}
         if query is not None:
@@ -169,6 +172,12 @@ class MeshClient:
             body["vector"] = vector.tolist() if hasattr(vector, "tolist") else list(vector)
         if filter:
             body["filter"] = filter
+        if session:
+            body["session"] = session
+        if timeout_ms is not None:
+            body["timeout_ms"] = timeout_ms
+        if require_full_coverage:
+            body["require_full_coverage"] = True
         return self._call("POST", "/v1/search", body)
 
     @staticmethod

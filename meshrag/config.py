@@ -159,6 +159,28 @@ class ApiConfig:
 
 
 @dataclass
+class SearchConfig:
+    # The whole search's deadline (phases, hedges, fail-over); a request may ask for less or more.
+    timeout_ms: float = field(default=2000.0, metadata=_check(lambda v: 10 <= v <= 60000, "milliseconds 10..60000"))
+    # A node that has not answered after its recent p95 latency (clamped to these bounds)
+    # is asked again through the next replica of its partitions.
+    hedge_floor_ms: float = field(default=20.0, metadata=_check(_positive, "milliseconds > 0"))
+    hedge_cap_ms: float = field(default=1000.0, metadata=_check(_positive, "milliseconds > 0"))
+    hedge_max_ratio: float = field(default=0.05, metadata=_check(lambda v: 0 <= v <= 1, "a share 0..1 of requests"))
+    # Per-peer circuit breaker: opens after this many consecutive failures (or half the
+    # calls failing), stays open open_s then doubles on each failed probe up to max_open_s.
+    breaker_failures: int = field(default=5, metadata=_check(lambda v: 1 <= v <= 1000, "an integer 1..1000"))
+    breaker_open_s: float = field(default=1.0, metadata=_check(_positive, "seconds > 0"))
+    breaker_max_open_s: float = field(default=30.0, metadata=_check(_positive, "seconds > 0"))
+    # How long the coordinator reuses cluster-wide BM25 term statistics (the DFS pre-pass).
+    bm25_stats_ttl_s: float = field(default=30.0, metadata=_check(_non_negative, "seconds >= 0 (0 = a pre-pass for every query)"))
+    # Text analysis for BM25, fixed when the cluster is created (a node with other settings
+    # is refused on join): a Snowball stemmer language or "none", and a stop word list or "none".
+    stemmer: str = field(default="english", metadata=_check(bool, "a Snowball language (english, german, ...) or none"))
+    stopwords: str = field(default="english", metadata=_check(lambda v: v in ("english", "none"), "english | none"))
+
+
+@dataclass
 class ObservabilityConfig:
     log_level: str = field(default="info", metadata=_check(lambda v: v in ("debug", "info", "warning", "error"), "debug | info | warning | error"))
     log_format: str = field(default="json", metadata=_check(lambda v: v in ("json", "text"), "json | text"))
@@ -188,6 +210,7 @@ class Config:
     embedder: EmbedderConfig = field(default_factory=EmbedderConfig)
     generation: GenerationConfig = field(default_factory=GenerationConfig)
     api: ApiConfig = field(default_factory=ApiConfig)
+    search: SearchConfig = field(default_factory=SearchConfig)
     observability: ObservabilityConfig = field(default_factory=ObservabilityConfig)
     gossip: Any = field(default_factory=GossipConfig)
 
@@ -303,6 +326,16 @@ def _validate_relations(config: Config) -> None:
             f"storage.tombstone_grace_s = {config.storage.tombstone_grace_s}: must exceed "
             f"cluster.max_hint_window_s = {hint_window} (a hint may be replayed that late)",
             field="storage.tombstone_grace_s",
+        )
+    if config.search.hedge_floor_ms > config.search.hedge_cap_ms:
+        raise ConfigError(
+            f"search.hedge_floor_ms = {config.search.hedge_floor_ms}: must not exceed "
+            f"search.hedge_cap_ms = {config.search.hedge_cap_ms}", field="search.hedge_floor_ms",
+        )
+    if config.search.breaker_open_s > config.search.breaker_max_open_s:
+        raise ConfigError(
+            f"search.breaker_open_s = {config.search.breaker_open_s}: must not exceed "
+            f"search.breaker_max_open_s = {config.search.breaker_max_open_s}", field="search.breaker_open_s",
         )
     if config.chunking.overlap_tokens >= config.chunking.max_tokens:
         raise ConfigError(

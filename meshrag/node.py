@@ -8,6 +8,7 @@ storage load in the background and /ready turns 200 when they are in place.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import random
 import signal
@@ -25,7 +26,7 @@ from meshrag.api.errors import error_middleware, metrics_middleware
 from meshrag.api.internal import InternalApi
 from meshrag.api.public import PublicApi
 from meshrag.clock import HybridLogicalClock, SystemClock, pack_hlc
-from meshrag.cluster.ringstate import ClusterSettings, RingState
+from meshrag.cluster.ringstate import UNRECORDED_ANALYSIS, ClusterSettings, RingState
 from meshrag.cluster.rpc import BodyCodec, PeerClient, PeerError
 from meshrag.cluster.messages import RING_PATH
 from meshrag.cluster.service import ClusterService
@@ -41,6 +42,7 @@ from meshrag.rag.embedder import Embedder, default_model_path
 from meshrag.rag.pipeline import RagPipeline
 from meshrag.errors import ConfigError
 from meshrag.ring import CURRENT, RingEntry, RingStatus
+from meshrag.store.analysis import Analyzer
 from meshrag.store.engine import StorageEngine
 from meshrag.store.hints import HintStore
 from meshrag.store.partition import IndexSettings
@@ -235,9 +237,12 @@ class Node:
             await embedder.start()
             self._embedder = embedder
             self._components["embedder"] = True
-            ring_state = await self._cluster_membership(embedder.model_name, embedder.dim)
+            analyzer = self._analyzer()
+            ring_state = await self._cluster_membership(embedder.model_name, embedder.dim, analyzer.fingerprint())
             assert ring_state.settings is not None
-            self._engine = await loop.run_in_executor(self._storage_pool, self._open_engine, ring_state.settings.partitions, embedder.dim)
+            self._engine = await loop.run_in_executor(
+                self._storage_pool, self._open_engine, ring_state.settings.partitions, embedder.dim, analyzer,
+            )
             self._hints = HintStore(self.config.data_path / "hints.sqlite", self.config.cluster.max_hint_bytes, self._clock.wall)
             await loop.run_in_executor(self._storage_pool, self._hints.open)
             self.cluster = self._build_cluster(ring_state)
@@ -263,9 +268,15 @@ class Node:
         self.metrics.embed_batches.inc()
         self.metrics.embed_batch_size.observe(texts)
 
-    async def _cluster_membership(self, model: str, dim: int) -> RingState:
-        """Create the cluster, or adopt the one the seeds belong to (refusing another model),
-        and put this node in its ring: normal when it creates it, joining otherwise."""
+    def _analyzer(self) -> Analyzer:
+        try:
+            return Analyzer(language=self.config.search.stemmer, stopwords=self.config.search.stopwords)
+        except ValueError as exc:
+            raise ConfigError(f"search.stemmer / search.stopwords: {exc}", field="search.stemmer") from None
+
+    async def _cluster_membership(self, model: str, dim: int, analysis: str) -> RingState:
+        """Create the cluster, or adopt the one the seeds belong to (refusing another model or
+        text analysis), and put this node in its ring: normal when it creates it, joining otherwise."""
         assert self.identity is not None
         loop = asyncio.get_running_loop()
         ring_state = RingState(self.config.data_path, self.identity.node_id, lambda fn: loop.run_in_executor(self._offload_pool, fn))
@@ -274,15 +285,20 @@ class Node:
             if seeds:
                 settings, entries = await self._fetch_cluster(seeds)
             else:
-                settings, entries = ClusterSettings(self.config.cluster.partitions, self.config.cluster.replicas, model, dim), []
+                settings = ClusterSettings(self.config.cluster.partitions, self.config.cluster.replicas, model, dim, analysis)
+                entries = []
                 log.info("creating a new cluster: %s", settings)
             ring_state.settings = settings
             ring_state.merge(entries)
             ring_state.adopt_settings(settings)
         assert ring_state.settings is not None
-        refusal = ring_state.settings.refusal(model, dim)
+        if ring_state.settings.analysis == UNRECORDED_ANALYSIS:
+            # A cluster from before text analysis was a cluster setting: it takes this node's.
+            ring_state.adopt_settings(dataclasses.replace(ring_state.settings, analysis=analysis))
+        refusal = ring_state.settings.refusal(model, dim, analysis)
         if refusal:
-            raise ConfigError(f"refusing to join the cluster: {refusal}", field="embedder.model")
+            field = "embedder.model" if "embeds with" in refusal else "search.stemmer"
+            raise ConfigError(f"refusing to join the cluster: {refusal}", field=field)
         if ring_state.self_entry is None:
             others_hold_data = any(e.status in CURRENT for e in ring_state.table.entries())
             status = RingStatus.JOINING if others_hold_data else RingStatus.NORMAL
@@ -326,15 +342,16 @@ class Node:
         return ClusterService(
             node_id=self.identity.node_id, settings=self.config.cluster, ring_state=ring_state, engine=self._engine,
             hints=self._hints, members=self.members, peers=self._peers, hlc=self._hlc, executor=self._storage_pool,
+            search=self.config.search, analyzer=self._engine.analyzer,
         )
 
-    def _open_engine(self, partitions: int, dim: int) -> StorageEngine:
+    def _open_engine(self, partitions: int, dim: int, analyzer: Analyzer) -> StorageEngine:
         settings = IndexSettings(
             connectivity=self.config.storage.index_connectivity,
             expansion_add=self.config.storage.index_expansion_add,
             expansion_search=self.config.storage.index_expansion_search,
         )
-        engine = StorageEngine(self.config.data_path / "partitions", partitions, dim, settings)
+        engine = StorageEngine(self.config.data_path / "partitions", partitions, dim, settings, analyzer=analyzer)
         engine.open()
         return engine
 
@@ -366,6 +383,7 @@ class Node:
             metrics=self.metrics,
             generator=self._generator,
             stall_timeout_s=self.config.generation.stall_timeout_s,
+            search_timeout_s=self.config.search.timeout_ms / 1000,
         )
 
     async def _save_indexes_periodically(self) -> None:

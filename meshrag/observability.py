@@ -153,6 +153,7 @@ class ClusterCollector:
         yield CounterMetricFamily("meshrag_repair_errors", "Failed partition syncs", value=progress.errors)
         yield CounterMetricFamily("meshrag_partitions_dropped", "Partitions handed off and dropped here", value=progress.dropped)
         yield from self._write_path_counters()
+        yield from self._search_counters()
         hints = GaugeMetricFamily("meshrag_hints_pending_documents", "Hinted documents waiting for their replica", labels=["target"])
         for target, pending in sorted(self._storage.pending_hints.items()):
             hints.add_metric([self._cluster.name_of(target)], pending.documents)
@@ -161,6 +162,29 @@ class ClusterCollector:
         yield GaugeMetricFamily("meshrag_partitions_under_replicated", "Partitions with fewer live owners than N, or moving", value=len(view["under_replicated"]))
         yield GaugeMetricFamily("meshrag_partitions_held", "Partitions stored on this node", value=view["local_partitions"])
 
+
+    def _search_counters(self) -> Any:
+        """Scatter-gather: node requests sent, hedges, and each peer's breaker (cluster/scatter.py)."""
+        policy = self._cluster.search.scatterer.policy
+        budget = policy.budget
+        yield CounterMetricFamily("meshrag_search_requests", "Node requests this coordinator's searches sent (hedges not counted)",
+                                  value=budget.requests)
+        hedges = CounterMetricFamily("meshrag_search_hedges", "Hedged node requests: sent, denied by the budget, won the race",
+                                     labels=["outcome"])
+        for outcome, count in (("sent", budget.hedges_sent), ("denied", budget.hedges_denied), ("won", budget.hedges_won)):
+            hedges.add_metric([outcome], count)
+        yield hedges
+        breakers = policy.breakers
+        states = GaugeMetricFamily("meshrag_peer_breaker_open", "1 while this node's breaker for a peer is open or half-open",
+                                   labels=["peer"])
+        for peer, state in sorted(breakers.snapshot().items()):
+            states.add_metric([self._cluster.name_of(peer)], 0 if state["state"] == "closed" else 1)
+        yield states
+        events = CounterMetricFamily("meshrag_peer_breaker_events", "Breaker transitions and refusals, over every peer",
+                                     labels=["event"])
+        for event, count in sorted(breakers.counters().items()):
+            events.add_metric([event], count)
+        yield events
 
     def _write_path_counters(self) -> Any:
         """Refusals and drops of the write path (cluster/service.py's stats, the hint store's drops)."""

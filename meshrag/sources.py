@@ -6,7 +6,9 @@ Formats, chosen by extension:
 - ``.md``/``.markdown`` one document per file, text kept as written; title = first heading
 - ``.html``/``.htm``  tags, scripts and styles stripped; title from ``<title>``
 - ``.jsonl``          one document per line: text from ``text`` (or ``body``/``content``),
-                      id from ``id``/``_id``/``doc_id``, other scalar fields -> metadata
+                      preceded by a ``title`` field when there is one (BEIR's convention:
+                      the title is part of what is searched), id from ``id``/``_id``/``doc_id``,
+                      other scalar fields (the title too) -> metadata
 
 Document ids are derived from paths, never from absolute locations or time, so
 that ingesting the same tree twice (from any working directory) produces the
@@ -294,6 +296,11 @@ def _jsonl_record(source: _SourceFile, prefix: str, raw: bytes, number: int) -> 
         raise SourceError(source.path, f"field {text_field!r} must be a string, got {type(text).__name__}", number)
     if not text.strip():
         return None
+    title = record.get("title")
+    if isinstance(title, str) and title.strip():
+        # A title is the densest statement of what a record is about: BM25 and the embedding
+        # both need it (Cranfield BM25 nDCG@10 0.349 without titles, 0.357 with).
+        text = f"{title.strip()}\n\n{text.strip()}"
     record_id = _record_id(source, record, number)
     metadata: dict[str, Any] = {"source": source.relative, "format": "jsonl"}
     # Record fields come last so that a record's own "source" or "title" wins.

@@ -14,6 +14,10 @@ from typing import Any
 
 import pytest
 
+from meshrag.clock import VirtualClock
+from meshrag.cluster.breaker import BreakerBoard, BreakerSettings
+from meshrag.cluster.scatter import ScatterPolicy
+from meshrag.cluster.selection import HedgeBudget, HedgeSettings, LatencyTracker
 from meshrag.cluster.repair import Progress
 from meshrag.cluster.service import ClusterStats
 from meshrag.localnode import free_port
@@ -123,8 +127,32 @@ class ScrapedCluster:
 
     admin = SimpleNamespace(ring_view=lambda: {"under_replicated": [3], "local_partitions": 2})
 
+    def __init__(self) -> None:
+        clock = VirtualClock(start=0.0)
+        hedging = HedgeSettings()
+        self.breakers = BreakerBoard(BreakerSettings(consecutive_failures=1), clock)
+        policy = ScatterPolicy("n1", LatencyTracker(clock), self.breakers, hedging, HedgeBudget(hedging))
+        self.search = SimpleNamespace(scatterer=SimpleNamespace(policy=policy))
+
     def name_of(self, node_id: str) -> str:
         return f"name-of-{node_id}"
+
+
+def test_search_hedges_and_open_breakers_are_exported() -> None:
+    cluster = ScrapedCluster()
+    metrics = Metrics()
+    metrics.registry.register(ClusterCollector(cluster, StorageSnapshot()))
+    budget = cluster.search.scatterer.policy.budget
+    for _ in range(40):
+        budget.note_request()
+    assert budget.try_spend()
+    cluster.breakers.set_peers(["n2", "n3", "n4"])
+    cluster.breakers.record("n2", False)
+    text = metrics.render().decode()
+    assert "meshrag_search_requests_total 40.0" in text
+    assert 'meshrag_search_hedges_total{outcome="sent"} 1.0' in text
+    assert 'meshrag_peer_breaker_open{peer="name-of-n2"} 1.0' in text
+    assert 'meshrag_peer_breaker_events_total{event="opens"} 1.0' in text
 
 
 def test_pending_hints_are_exported_from_the_storage_snapshot() -> None:

@@ -97,6 +97,12 @@ def test_html_document_metadata(tree: Path) -> None:
     assert doc.metadata == {"source": "sub/page.html", "format": "html", "title": "Ferry Times"}
 
 
+def test_a_blank_or_non_string_title_adds_nothing_to_the_text(tmp_path: Path) -> None:
+    write(tmp_path / "t.jsonl", '{"id": 1, "title": "  ", "text": "Only text."}\n{"id": 2, "title": 5, "text": "Also."}\n')
+    docs = by_id(list(iter_documents([tmp_path / "t.jsonl"])))
+    assert docs["t:1"].text == "Only text." and docs["t:2"].text == "Also."
+
+
 def test_jsonl_ids_text_fields_and_scalar_metadata(tmp_path: Path) -> None:
     write(tmp_path / "recs.jsonl", "\n".join([
         '{"_id": 7, "title": "Seven", "body": "Body text.", "year": 1999, "score": 0.5, "ok": true, "tags": ["x"], "nested": {"a": 1}}',
@@ -105,7 +111,7 @@ def test_jsonl_ids_text_fields_and_scalar_metadata(tmp_path: Path) -> None:
     ]))
     docs = by_id(list(iter_documents([tmp_path / "recs.jsonl"])))
     assert list(docs) == ["recs:7", "recs:d-2", "recs:3"]
-    assert docs["recs:7"].text == "Body text."
+    assert docs["recs:7"].text == "Seven\n\nBody text.", "a record's title leads its searchable text"
     assert docs["recs:7"].metadata == {"source": "recs.jsonl", "format": "jsonl", "title": "Seven", "year": 1999, "score": 0.5, "ok": True}
     assert docs["recs:d-2"].text == "Content text."
 

@@ -1,4 +1,4 @@
-"""What this node answers on the /_mesh/ replica, repair and ring routes.
+"""What this node answers on the /_mesh/ replica, repair, search and ring routes.
 
 api/internal.py calls a handler here once a request has passed the cluster
 secret and the size limit and its msgpack body is unpacked; the handler parses
@@ -6,7 +6,8 @@ the body (a KeyError, TypeError or ValueError is answered 400 there), does its
 storage work through the node's ClusterService and returns the reply map. The
 bodies are cluster/messages.py's, which also names the routes; the senders are
 cluster/service.py (apply, get, states), cluster/repair_adapters.py (roots,
-entries, fetch) and cluster/loops.py and node.py (ring).
+entries, fetch), cluster/search.py (search, term statistics, hits) and
+cluster/loops.py and node.py (ring).
 
 Kept apart from internal.py, which is transport (secret, limits, codec, routing):
 these are a replica's answers and change with the storage, not the wire. Every
@@ -19,17 +20,24 @@ from __future__ import annotations
 import asyncio
 from typing import Any, Callable, Mapping, TypeVar
 
+import numpy as np
+
 from meshrag.cluster import messages as msg
 from meshrag.cluster.repair import differing_buckets, root_hash
+from meshrag.cluster import search as wire_search
 from meshrag.cluster.service import ClusterService
 from meshrag.errors import ValidationError
 from meshrag.ring import RingEntry
 from meshrag.store.digest import BUCKETS
+from meshrag.store.filters import parse_filter
+from meshrag.store.lexical import TermStats
 from meshrag.store.types import DocumentWrite
 
 T = TypeVar("T")
 
 FETCH_STEP = 16  # documents exported at a time while filling a fetch reply
+MAX_SEARCH_K = 100_000
+MAX_QUERY_TERMS = 64
 
 
 async def handle_apply(cluster: ClusterService, body: Mapping[str, Any]) -> dict[str, Any]:
@@ -123,4 +131,57 @@ def _text(body: Mapping[str, Any], key: str) -> str:
     value = body.get(key)
     if not isinstance(value, str):
         raise ValidationError(f"{key} must be a string", field=key)
+    return value
+
+
+# ------------------------------------------------------------------ search
+async def handle_search(cluster: ClusterService, body: Mapping[str, Any]) -> dict[str, Any]:
+    """Phase one: ids and scores of the asked partitions this node holds, per partition;
+    the others named as unheld."""
+    kinds = [str(kind) for kind in body.get("kinds", [])]
+    if not set(kinds) <= set(wire_search.KINDS):
+        raise ValidationError(f"kinds must be among {wire_search.KINDS}, got {kinds}", field="kinds")
+    vector = body.get("vector")
+    stats = body.get("stats")
+    answer = await cluster.search.local.candidates(
+        kinds, None if vector is None else np.asarray(vector, np.float32).reshape(-1), _terms(body),
+        _bounded_int(body, "k", 1, MAX_SEARCH_K), parse_filter(body["filter"]) if body.get("filter") is not None else None,
+        _partitions(cluster, body), None if stats is None else TermStats.from_wire(stats),
+    )
+    return wire_search.answer_to_wire(answer)
+
+
+async def handle_term_stats(cluster: ClusterService, body: Mapping[str, Any]) -> dict[str, Any]:
+    """The DFS pre-pass: chunk count, total length and document frequency of the terms,
+    per asked partition this node holds."""
+    answer = await cluster.search.local.term_stats(_terms(body), _partitions(cluster, body))
+    return wire_search.stats_to_wire(answer)
+
+
+async def handle_hits(cluster: ClusterService, body: Mapping[str, Any]) -> dict[str, Any]:
+    """Phase two: text and metadata of the final candidates that this node holds."""
+    candidates = [msg.candidate_from_wire(raw) for raw in body.get("candidates", [])]
+    hits = await cluster.search.local.hits(candidates)
+    return {"hits": [msg.hit_to_wire(hit) for hit in hits]}
+
+
+def _terms(body: Mapping[str, Any]) -> list[str]:
+    terms = body.get("terms") or []
+    if not isinstance(terms, list) or not all(isinstance(term, str) for term in terms) or len(terms) > MAX_QUERY_TERMS:
+        raise ValidationError(f"terms must be a list of at most {MAX_QUERY_TERMS} strings", field="terms")
+    return terms
+
+
+def _partitions(cluster: ClusterService, body: Mapping[str, Any]) -> list[int]:
+    total = cluster.ring().partitions
+    pids = [int(pid) for pid in body.get("partitions", [])]
+    if any(not 0 <= pid < total for pid in pids):
+        raise ValidationError(f"partitions must be in 0..{total - 1}", field="partitions")
+    return pids
+
+
+def _bounded_int(body: Mapping[str, Any], key: str, low: int, high: int) -> int:
+    value = body.get(key)
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise ValidationError(f"{key} must be an integer {low}..{high}", field=key)
     return value

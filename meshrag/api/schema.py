@@ -234,9 +234,19 @@ def _optional_filter(obj: Mapping[str, Any]) -> Filter | None:
     return parse_filter(raw, "filter")
 
 
+# Bounds of a search's own deadline (timeout_ms); the node's default is search.timeout_ms.
+SEARCH_TIMEOUT_MS = (10, 60000)
+
+
 def parse_search(body: Any, limits: ApiConfig, dim: int) -> SearchRequest:
     obj = _require_object(body, "body")
-    _reject_unknown(obj, frozenset({"query", "vector", "k", "mode", "filter", "consistency", "session"}), "")
+    if "consistency" in obj:
+        # Search reads one replica per partition; read-your-writes comes from the session token.
+        raise ValidationError(
+            "search takes no consistency: it reads one replica per partition; pass the session "
+            "token of your writes (session) to read them", field="consistency",
+        )
+    _reject_unknown(obj, frozenset({"query", "vector", "k", "mode", "filter", "session", "timeout_ms", "require_full_coverage"}), "")
     query = _string(obj, "query", "query", required=False, max_chars=limits.max_text_chars)
     vector = _vector(obj["vector"], "vector", dim) if obj.get("vector") is not None else None
     if (query is None) == (vector is None):
@@ -244,24 +254,33 @@ def parse_search(body: Any, limits: ApiConfig, dim: int) -> SearchRequest:
     mode = _choice(obj, "mode", "mode", "dense", SEARCH_MODES)
     if mode != "dense" and query is None:
         raise ValidationError(f"mode {mode!r} needs a text query", field="mode")
+    timeout_ms = None
+    if obj.get("timeout_ms") is not None:
+        timeout_ms = _integer(obj, "timeout_ms", "timeout_ms", 0, *SEARCH_TIMEOUT_MS)
     return SearchRequest(
         query=query,
         vector=vector,
         k=_integer(obj, "k", "k", limits.default_k, 1, limits.max_k),
         mode=mode,
         filter=_optional_filter(obj),
-        consistency=_choice(obj, "consistency", "consistency", "one", CONSISTENCY_LEVELS),
         session=_session(obj),
+        timeout_ms=timeout_ms,
+        require_full_coverage=_boolean(obj, "require_full_coverage", False),
     )
+
+
+def _boolean(obj: Mapping[str, Any], key: str, default: bool) -> bool:
+    value = obj.get(key, default)
+    if not isinstance(value, bool):
+        raise ValidationError(f"{key} must be true or false, got {_type_name(value)}", field=key)
+    return value
 
 
 def parse_ask(body: Any, limits: ApiConfig, generation: GenerationConfig) -> AskRequest:
     obj = _require_object(body, "body")
     _reject_unknown(obj, frozenset({"query", "k", "filter", "stream", "max_tokens", "session"}), "")
     query = _string(obj, "query", "query", required=True, max_chars=8192)
-    stream = obj.get("stream", False)
-    if not isinstance(stream, bool):
-        raise ValidationError(f"stream must be true or false, got {_type_name(stream)}", field="stream")
+    stream = _boolean(obj, "stream", False)
     assert query is not None
     return AskRequest(
         query=query,

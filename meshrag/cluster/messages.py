@@ -12,13 +12,15 @@ from typing import Any, Mapping
 import numpy as np
 
 from meshrag.errors import ValidationError
-from meshrag.store.types import ChunkInfo, ChunkWrite, DigestEntry, DocState, DocumentWrite, Hit, StoredDocument, WriteResult, WriteStatus
+from meshrag.store.types import Candidate, ChunkInfo, ChunkWrite, DigestEntry, DocState, DocumentWrite, Hit, StoredDocument, WriteResult, WriteStatus
 
 # The /_mesh/ routes these bodies travel on (api/internal.py serves them).
 APPLY_PATH = "/_mesh/replica/apply"
 GET_PATH = "/_mesh/replica/get"
 STATES_PATH = "/_mesh/replica/states"
 SEARCH_PATH = "/_mesh/search"
+TERM_STATS_PATH = "/_mesh/search/term-stats"
+HITS_PATH = "/_mesh/search/hits"
 ROOTS_PATH = "/_mesh/repair/roots"
 ENTRIES_PATH = "/_mesh/repair/entries"
 FETCH_PATH = "/_mesh/repair/fetch"
@@ -124,6 +126,14 @@ def entry_to_wire(entry: DigestEntry) -> list[Any]:
 
 def entry_from_wire(raw: list[Any]) -> DigestEntry:
     return DigestEntry(str(raw[0]), int(raw[1]), bool(raw[2]), str(raw[3]))
+
+
+def candidate_to_wire(candidate: Candidate) -> list[Any]:
+    return [candidate.chunk_id, candidate.doc_id, candidate.score, candidate.version, candidate.partition]
+
+
+def candidate_from_wire(raw: list[Any]) -> Candidate:
+    return Candidate(str(raw[0]), str(raw[1]), float(raw[2]), int(raw[3]), int(raw[4]))
 
 
 def hit_to_wire(hit: Hit) -> list[Any]:

@@ -1,4 +1,4 @@
-"""Reads across replicas: document lookups, doc states and scatter-gather search.
+"""Reads across replicas: document lookups and doc states (search: scatter.py and search.py).
 
 For each partition the reader tries replicas in order: those named by the
 request's session token first (they hold the session's writes), then the
@@ -11,12 +11,6 @@ are named so the caller repairs them (read repair). Absence is not evidence:
 when none of those replicas holds the document, the remaining ones are asked
 before the answer is "not found".
 
-Search groups partitions by the replica chosen, sends one request per node,
-fails over a node's partitions to their next replica on error or when the
-node says it does not hold them, and reports the coverage (fraction of
-partitions answered by a node that holds them) and the missing partitions
-instead of failing the whole query.
-
 The local store and the peer calls are injected (node.py wires them).
 """
 
@@ -25,29 +19,18 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Awaitable, Callable, Mapping, Sequence
 
 from meshrag.cluster.writes import required_acks
 from meshrag.errors import Unavailable
 from meshrag.ring import Ring
 from meshrag.ring import partition_for
-from meshrag.store.types import DocState, Hit, StoredDocument, write_order
+from meshrag.store.types import DocState, StoredDocument, write_order
 
 log = logging.getLogger(__name__)
 
 
-@dataclass
-class NodeHits:
-    """One node's answer to a search: hit lists by kind ("dense", "bm25") and the
-    asked partitions it does not hold (their next replica is asked instead)."""
-
-    lists: dict[str, list[Hit]]
-    unheld: list[int] = field(default_factory=list)
-
-
-# (node_id, partitions) -> that node's hits
-SearchCall = Callable[[str, list[int]], Awaitable[NodeHits]]
 GetCall = Callable[[str, str], Awaitable[StoredDocument | None]]
 StatesCall = Callable[[str, list[str]], Awaitable[dict[str, DocState]]]
 
@@ -67,19 +50,6 @@ class ReadUnavailable(Unavailable):
 
 def _order(doc: StoredDocument | None) -> tuple[int, bool, str]:
     return (-1, False, "") if doc is None else write_order(doc.version, doc.deleted, doc.content_hash)
-
-
-@dataclass
-class Gathered:
-    lists: dict[str, list[Hit]]
-    answered: list[int]
-    missing: list[int]
-    nodes: dict[str, list[int]] = field(default_factory=dict)
-
-    @property
-    def coverage(self) -> float:
-        total = len(self.answered) + len(self.missing)
-        return 1.0 if total == 0 else round(len(self.answered) / total, 4)
 
 
 class ReplicaReader:
@@ -151,38 +121,6 @@ class ReplicaReader:
             for doc_id, state in part.items():
                 found[doc_id].append(state)
         return dict(found)
-
-    async def scatter(self, session: Mapping[int, list[str]] | None, search: SearchCall, partitions: Sequence[int] | None = None) -> Gathered:
-        """Ask one replica per partition, fail over once per replica, merge the lists."""
-        ring = self._ring()
-        wanted = list(range(ring.partitions)) if partitions is None else list(partitions)
-        candidates = {pid: self.replicas_for(pid, session) for pid in wanted}
-        lists: dict[str, list[Hit]] = defaultdict(list)
-        answered: list[int] = []
-        used: dict[str, list[int]] = {}
-        pending = [pid for pid in wanted if candidates[pid]]
-        missing = [pid for pid in wanted if not candidates[pid]]
-        while pending:
-            by_node: dict[str, list[int]] = defaultdict(list)
-            for pid in pending:
-                by_node[candidates[pid].pop(0)].append(pid)
-            results = await asyncio.gather(*(search(node, pids) for node, pids in by_node.items()), return_exceptions=True)
-            pending = []
-            for (node, pids), result in zip(by_node.items(), results):
-                if isinstance(result, BaseException):
-                    log.info("search on %s failed for %d partitions: %s", node[:12], len(pids), result)
-                    retry = pids
-                else:
-                    unheld = set(result.unheld)
-                    held = [pid for pid in pids if pid not in unheld]
-                    used.setdefault(node, []).extend(held)
-                    answered.extend(held)
-                    for kind, hits in result.lists.items():
-                        lists[kind].extend(hit for hit in hits if hit.partition not in unheld)
-                    retry = [pid for pid in pids if pid in unheld]
-                pending.extend(pid for pid in retry if candidates[pid])
-                missing.extend(pid for pid in retry if not candidates[pid])
-        return Gathered(dict(lists), sorted(answered), sorted(missing), used)
 
 
 def _newest(answers: Mapping[str, StoredDocument | None]) -> ReadOutcome:

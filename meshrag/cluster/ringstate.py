@@ -35,26 +35,43 @@ log = logging.getLogger(__name__)
 CLUSTER_FILE = "cluster.json"
 
 
+# The text analysis of clusters created before it was a cluster setting (porter stemming
+# and no stop words was FTS5's; such a cluster keeps whatever its first node now reports).
+UNRECORDED_ANALYSIS = ""
+
+
 @dataclass(frozen=True, slots=True)
 class ClusterSettings:
     partitions: int
     replicas: int
     model: str
     dim: int
+    # BM25 text analysis (store/analysis.py fingerprint): every node must tokenise alike,
+    # or term statistics and query terms from different nodes would not match.
+    analysis: str = UNRECORDED_ANALYSIS
 
-    def refusal(self, model: str, dim: int) -> str | None:
-        """Why a node with this embedder cannot join, or None if it can."""
+    def refusal(self, model: str, dim: int, analysis: str | None = None) -> str | None:
+        """Why a node with this embedder and text analysis cannot join, or None if it can."""
         if model != self.model or dim != self.dim:
             return (
                 f"this node embeds with {model} ({dim} dimensions) but the cluster was created with "
                 f"{self.model} ({self.dim} dimensions); vectors from different models cannot be searched "
                 "together, so start this node with the cluster's model (embedder.model)"
             )
+        if analysis is not None and self.analysis != UNRECORDED_ANALYSIS and analysis != self.analysis:
+            return (
+                f"this node analyses text for BM25 as {analysis!r} but the cluster was created with "
+                f"{self.analysis!r}; term statistics would not match, so start this node with the "
+                "cluster's search.stemmer and search.stopwords"
+            )
         return None
 
     @classmethod
     def from_dict(cls, raw: Mapping[str, Any]) -> ClusterSettings:
-        return cls(int(raw["partitions"]), int(raw["replicas"]), str(raw["model"]), int(raw["dim"]))
+        return cls(
+            int(raw["partitions"]), int(raw["replicas"]), str(raw["model"]), int(raw["dim"]),
+            str(raw.get("analysis", UNRECORDED_ANALYSIS)),
+        )
 
 
 Listener = Callable[[Ring], None]

@@ -18,34 +18,38 @@ import logging
 import random
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Sequence, TypeVar
+from typing import Any, Callable, Sequence, TypeVar
 
-import numpy as np
 
-from meshrag.clock import ClockDrift, HybridLogicalClock
+from meshrag.clock import ClockDrift, HybridLogicalClock, SystemClock
+from meshrag.cluster.bm25stats import TermStatsCache
+from meshrag.cluster.breaker import BreakerBoard, BreakerSettings
+from meshrag.cluster.scatter import ScatterPolicy, Scatterer
+from meshrag.cluster.search import DistributedSearch, LocalSearcher
+from meshrag.cluster.selection import HedgeBudget, HedgeSettings, LatencyTracker
 from meshrag.cluster import messages as msg
-from meshrag.cluster.messages import APPLY_PATH, GET_PATH, SEARCH_PATH, STATES_PATH
+from meshrag.cluster.messages import APPLY_PATH, GET_PATH, STATES_PATH
 from meshrag.cluster.admin import ClusterAdmin
 from meshrag.cluster.fence import Fenced, PartitionFence
 from meshrag.cluster.handoff import LIVE_STATES, HintedHandoff, typed_refusal
 from meshrag.cluster.holdings import Holdings
 from meshrag.cluster.loops import ClusterLoops
-from meshrag.cluster.reads import Gathered, NodeHits, ReplicaReader
+from meshrag.cluster.reads import ReplicaReader
 from meshrag.cluster.repair_adapters import LocalStore, PeerStores
 from meshrag.cluster.repair import RateLimiter, Repairer
 from meshrag.cluster.ringstate import RingState
 from meshrag.cluster.rpc import PeerClient, PeerError
 from meshrag.cluster.session import SessionMap, encode_session, merge_sessions
 from meshrag.cluster.writes import NotOwnerReply, ReplicatedWriter, WriteOutcome, required_acks
-from meshrag.config import ClusterConfig
+from meshrag.config import ClusterConfig, SearchConfig
 from meshrag.errors import NotOwner, VersionAhead
 from meshrag.gossip import Memberlist
 from meshrag.ring import Ring, RingStatus
 from meshrag.ring import partition_for
 from meshrag.store.engine import StorageEngine
-from meshrag.store.filters import Filter, dump_filter, parse_filter
 from meshrag.store.hints import HintStore
-from meshrag.store.types import DocState, DocumentWrite, Hit, StoredDocument, WriteResult
+from meshrag.store.analysis import Analyzer
+from meshrag.store.types import DocState, DocumentWrite, StoredDocument, WriteResult
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -79,6 +83,8 @@ class ClusterService:
         peers: PeerClient,
         hlc: HybridLogicalClock,
         executor: Executor,
+        search: SearchConfig | None = None,
+        analyzer: Analyzer | None = None,
         rng: random.Random | None = None,
     ) -> None:
         self.node_id = node_id
@@ -124,6 +130,30 @@ class ClusterService:
             is_alive=self.is_alive, name_of=self.name_of, blocking=self._blocking, spawn=self.loops.spawn,
         )
         ring_state.on_change(self.loops.on_ring_change)
+        self.breakers, self.search = self._build_search(search or SearchConfig(), analyzer or Analyzer())
+        ring_state.on_change(lambda ring: self.breakers.set_peers(n for n in ring.entries if n != node_id))
+
+    def _build_search(self, config: SearchConfig, analyzer: Analyzer) -> tuple[BreakerBoard, DistributedSearch]:
+        """Scatter-gather search with its shared state: one breaker and latency record per peer
+        (on the monotonic clock asyncio's timers use too), one hedge budget, one term-statistics cache."""
+        clock = SystemClock()
+        breakers = BreakerBoard(
+            BreakerSettings(consecutive_failures=config.breaker_failures, open_s=config.breaker_open_s, max_open_s=config.breaker_max_open_s),
+            clock,
+        )
+        breakers.set_peers(n for n in self.ring().entries if n != self.node_id)
+        hedging = HedgeSettings(floor_ms=config.hedge_floor_ms, cap_ms=config.hedge_cap_ms, max_ratio=config.hedge_max_ratio)
+        scatterer = Scatterer(ScatterPolicy(self.node_id, LatencyTracker(clock), breakers, hedging, HedgeBudget(hedging)))
+        search = DistributedSearch(
+            local_id=self.node_id, ring=self.ring, is_alive=self.is_alive, scatterer=scatterer,
+            local=LocalSearcher(self.engine, self._answering_for, self._blocking), call=self._call_peer,
+            analyzer=analyzer, stats_cache=TermStatsCache(clock, config.bm25_stats_ttl_s),
+        )
+        return breakers, search
+
+    async def _call_peer(self, node_id: str, path: str, body: dict[str, Any], timeout_s: float) -> dict[str, Any]:
+        reply: dict[str, Any] = await self.peers.call(self.address_of(node_id), path, body, timeout_s=max(timeout_s, 0.001))
+        return reply
 
     # ------------------------------------------------------------ membership views
     def ring(self) -> Ring:
@@ -303,45 +333,7 @@ class ClusterService:
         reply = await self.peers.call(self.address_of(node_id), STATES_PATH, {"ids": doc_ids})
         return {doc_id: msg.state_from_wire(state) for doc_id, state in reply["states"].items()}
 
-    async def search(
-        self, kinds: Sequence[str], vector: np.ndarray | None, query: str | None, k: int, flt: Filter | None, session: SessionMap
-    ) -> Gathered:
-        async def on(node_id: str, pids: list[int]) -> NodeHits:
-            if node_id == self.node_id:
-                return await self._blocking(self.search_local, kinds, vector, query, k, flt, pids)
-            body = {"kinds": list(kinds), "vector": vector, "query": query, "k": k, "partitions": pids,
-                    "filter": dump_filter(flt) if flt is not None else None}
-            reply = await self.peers.call(self.address_of(node_id), SEARCH_PATH, body)
-            lists = {kind: [msg.hit_from_wire(h) for h in hits] for kind, hits in reply["hits"].items()}
-            return NodeHits(lists, [int(pid) for pid in reply.get("unheld", [])])
-
-        return await self.reader.scatter(session, on)
-
-    def search_local(
-        self, kinds: Sequence[str], vector: np.ndarray | None, query: str | None, k: int, flt: Filter | None, pids: list[int]
-    ) -> NodeHits:
-        """Search the asked partitions this node holds; the others are named as unheld so
-        the coordinator asks their next replica (an empty answer is not coverage)."""
-        held = self._answering_for(pids)
-        searched = [pid for pid in pids if pid in held]
-        lists: dict[str, list[Hit]] = {}
-        if "dense" in kinds and vector is not None:
-            lists["dense"] = self.engine.search_dense(vector, k, flt, partitions=searched)
-        if "bm25" in kinds and query:
-            lists["bm25"] = self.engine.search_bm25(query, k, flt, partitions=searched)
-        return NodeHits(lists, sorted(set(pids) - held))
-
     def _answering_for(self, pids: Sequence[int]) -> set[int]:
         """Of ``pids``, those this node holds (cluster/holdings.py) or is the only current owner of."""
         ring = self.ring()
         return {pid for pid in pids if pid in self.holdings or ring.current.owners(pid) == [self.node_id]}
-
-    # ------------------------------------------------------------ requests from peers
-    async def handle_search(self, body: Mapping[str, Any]) -> dict[str, Any]:
-        flt = parse_filter(body["filter"]) if body.get("filter") is not None else None
-        vector = body.get("vector")
-        found = await self._blocking(
-            self.search_local, list(body.get("kinds", [])), None if vector is None else np.asarray(vector, np.float32),
-            body.get("query"), int(body.get("k", 10)), flt, [int(p) for p in body.get("partitions", [])],
-        )
-        return {"hits": {kind: [msg.hit_to_wire(h) for h in hits] for kind, hits in found.lists.items()}, "unheld": found.unheld}

@@ -28,6 +28,7 @@ from meshrag.rag.embedder import Embedder
 from meshrag.rag.prompt import Passage, build_messages
 from meshrag.rag.ranking import merge_top_k, reciprocal_rank_fusion
 from meshrag.rag.requests import AskRequest, IncomingDocument, SearchRequest
+from meshrag.cluster.search import SearchPlan, require_coverage
 from meshrag.cluster.service import ClusterService
 from meshrag.cluster.session import decode_session, encode_session
 from meshrag.store.types import ChunkWrite, DocumentWrite, Hit, StoredDocument, WriteResult, WriteStatus
@@ -85,6 +86,7 @@ class RagPipeline:
         metrics: Metrics,
         generator: GeneratorBackend | None = None,
         stall_timeout_s: float = 30.0,
+        search_timeout_s: float = 2.0,
     ) -> None:
         self._cluster = cluster
         self._embedder = embedder
@@ -94,6 +96,7 @@ class RagPipeline:
         self._metrics = metrics
         self._generator = generator
         self._stall_timeout_s = stall_timeout_s
+        self._search_timeout_s = search_timeout_s
 
     async def _blocking(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
@@ -131,7 +134,8 @@ class RagPipeline:
 
     async def _prepare_writes(self, docs: list[IncomingDocument], ids: list[str], hashes: list[str]) -> list[DocumentWrite]:
         chunked = await self._blocking(self._chunk_all, docs)
-        texts = [chunk.text for doc_chunks in chunked for chunk in doc_chunks if chunk is not None]
+        # A document that brings its vector is one chunk with that vector: nothing to embed.
+        texts = [chunk.text for doc, doc_chunks in zip(docs, chunked) if doc.vector is None for chunk in doc_chunks]
         vectors = await self._embedder.embed(texts) if texts else np.zeros((0, self._embedder.dim), np.float32)
         self._metrics.chunks_embedded.inc(len(texts))
         vector_rows = iter(vectors)
@@ -189,6 +193,8 @@ class RagPipeline:
 
     # ---------------------------------------------------------------- search
     async def search(self, request: SearchRequest) -> SearchOutcome:
+        """Candidates from every partition (ids and scores), ranked and fused here, then
+        text and metadata for the final k only; all within the search's deadline."""
         watch = Stopwatch()
         timings: dict[str, float] = {}
         vector = request.vector
@@ -196,25 +202,33 @@ class RagPipeline:
             assert request.query is not None
             vector = (await self._embedder.embed([request.query]))[0]
             timings["embed_ms"] = watch.ms()
-        kinds = {"dense": ["dense"], "bm25": ["bm25"], "hybrid": ["dense", "bm25"]}[request.mode]
+        kinds = {"dense": ("dense",), "bm25": ("bm25",), "hybrid": ("dense", "bm25")}[request.mode]
         depth = request.k if request.mode != "hybrid" else max(request.k, HYBRID_CANDIDATES)
-        gathered = await self._cluster.search(kinds, vector, request.query, depth, request.filter, decode_session(request.session))
+        timeout_s = request.timeout_ms / 1000 if request.timeout_ms is not None else self._search_timeout_s
+        left_s = lambda: max(0.0, timeout_s - watch.ms() / 1000)  # noqa: E731  (the deadline covers embedding too)
+        plan = SearchPlan(kinds, vector, request.query, depth, request.filter, decode_session(request.session), left_s())
+        gathered = await self._cluster.search.gather(plan)
+        if request.require_full_coverage:
+            require_coverage(gathered)
         ranked = {kind: merge_top_k([gathered.lists.get(kind, [])], depth) for kind in kinds}
         if request.mode == "hybrid":
-            hits = reciprocal_rank_fusion([ranked["dense"], ranked["bm25"]], request.k)
+            final = reciprocal_rank_fusion([ranked["dense"], ranked["bm25"]], request.k)
         else:
-            hits = ranked[kinds[0]][: request.k]
+            final = ranked[kinds[0]][: request.k]
+        fetch_watch = Stopwatch()
+        hits = await self._cluster.search.fetch(final, gathered.holders, left_s())
+        timings.update(gathered.timings)
+        timings["fetch_ms"] = fetch_watch.ms()
         timings["total_ms"] = watch.ms()
         timings["search_ms"] = round(timings["total_ms"] - timings.get("embed_ms", 0.0), 2)
         self._metrics.search_latency.labels(stage="total").observe(timings["total_ms"] / 1000)
+        if gathered.missing:
+            self._metrics.partial_searches.inc()
         return SearchOutcome(hits=hits, coverage=gathered.coverage, missing_partitions=gathered.missing, timings=timings)
 
     # ------------------------------------------------------------------- ask
     async def retrieve_for_ask(self, request: AskRequest) -> tuple[list[Passage], SearchOutcome]:
-        search = SearchRequest(
-            query=request.query, vector=None, k=request.k, mode="hybrid", filter=request.filter,
-            consistency="one", session=request.session,
-        )
+        search = SearchRequest(query=request.query, vector=None, k=request.k, mode="hybrid", filter=request.filter, session=request.session)
         outcome = await self.search(search)
         passages = [
             Passage(n=i + 1, doc_id=hit.doc_id, chunk_id=hit.chunk_id, text=hit.text, score=hit.score)

@@ -36,8 +36,9 @@ class SearchRequest:
     k: int
     mode: str
     filter: Filter | None
-    consistency: str
     session: str | None
+    timeout_ms: int | None = None        # None: the node's search.timeout_ms
+    require_full_coverage: bool = False  # 503 naming the partitions instead of a partial answer
 
 
 @dataclass(frozen=True)

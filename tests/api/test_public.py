@@ -85,6 +85,20 @@ def test_metadata_filter_restricts_hits(node: LocalNode) -> None:
     assert sorted(h["doc_id"] for h in body["hits"]) == ["f4", "f6", "f8"]
 
 
+def _chunks_embedded(node: LocalNode) -> float:
+    with urllib.request.urlopen(node.url + "/metrics", timeout=10) as response:
+        text = response.read().decode()
+    return next(float(line.split()[-1]) for line in text.splitlines() if line.startswith("meshrag_chunks_embedded_total "))
+
+
+def test_a_document_that_brings_its_vector_is_not_embedded(node: LocalNode) -> None:
+    before = _chunks_embedded(node)
+    vector = [0.0] * 384
+    vector[11] = 1.0
+    upsert(node, {"id": "own-vector", "text": "a text the node must not embed", "vector": vector})
+    assert _chunks_embedded(node) == before
+
+
 def test_precomputed_vector_document_is_searchable_by_vector(node: LocalNode) -> None:
     vector = [0.0] * 384
     vector[7] = 1.0

@@ -71,6 +71,11 @@ def test_upsert_rejections_name_the_field(body: Any, field: str) -> None:
         ({"vector": [1, 0, 0, 0], "mode": "bm25"}, "mode"),
         ({"query": "a", "filter": {"year": {"$near": 3}}}, "filter.year.$near"),
         ({"query": "a", "limit": 3}, "limit"),
+        ({"query": "a", "consistency": "quorum"}, "consistency"),
+        ({"query": "a", "timeout_ms": 5}, "timeout_ms"),
+        ({"query": "a", "timeout_ms": 60001}, "timeout_ms"),
+        ({"query": "a", "timeout_ms": 1.5}, "timeout_ms"),
+        ({"query": "a", "require_full_coverage": "yes"}, "require_full_coverage"),
     ],
 )
 def test_search_rejections_name_the_field(body: Any, field: str) -> None:
@@ -82,6 +87,18 @@ def test_search_rejections_name_the_field(body: Any, field: str) -> None:
 def test_search_defaults() -> None:
     request = parse_search({"query": "wing flutter"}, LIMITS, DIM)
     assert (request.k, request.mode, request.filter, request.vector) == (LIMITS.default_k, "dense", None, None)
+    assert (request.timeout_ms, request.require_full_coverage) == (None, False), "the node's deadline, partial answers allowed"
+
+
+def test_search_takes_its_own_deadline_and_coverage_demand() -> None:
+    request = parse_search({"query": "wing flutter", "timeout_ms": 250, "require_full_coverage": True}, LIMITS, DIM)
+    assert (request.timeout_ms, request.require_full_coverage) == (250, True)
+
+
+def test_search_consistency_is_refused_with_the_session_token_as_the_way_to_read_writes() -> None:
+    with pytest.raises(ValidationError) as err:
+        parse_search({"query": "a", "consistency": "one"}, LIMITS, DIM)
+    assert "session" in err.value.message
 
 
 @pytest.mark.parametrize(

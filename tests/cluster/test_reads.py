@@ -1,5 +1,5 @@
 """cluster/reads.py: replica order, reads at a consistency level with read-repair targets,
-per-replica states and scatter-gather.
+per-replica states (search's scatter-gather: test_scatter.py, test_search.py).
 
 The peer calls are in-process async functions that answer, fail or record what
 they were asked; the ring is a real Ring of 3-4 NORMAL nodes (P=8, N=3).
@@ -11,7 +11,7 @@ from collections import defaultdict
 
 import pytest
 
-from meshrag.cluster.reads import NodeHits, ReadUnavailable, ReplicaReader
+from meshrag.cluster.reads import ReadUnavailable, ReplicaReader
 from meshrag.ring import Ring, RingEntry, RingStatus, RingTable
 from meshrag.ring import partition_for
 from meshrag.store.types import DocState, Hit, StoredDocument
@@ -177,116 +177,3 @@ async def test_states_ask_each_live_write_owner_once_for_the_ids_of_its_partitio
     for doc_id in ids:
         answered_by = set(ring.write_owners(partition_for(doc_id, P))) - {"c", "d"}
         assert {state.content_hash for state in found.get(doc_id, [])} == answered_by
-
-
-# ------------------------------------------------------------------ scatter
-async def test_scatter_sends_one_call_per_node_and_fails_over_a_failed_nodes_partitions() -> None:
-    ring = make_ring("a", "b", "c", "d")
-    search_reader = reader("a", ring)
-    order = {pid: search_reader.replicas_for(pid) for pid in range(P)}
-    failing = next(order[pid][0] for pid in range(P) if order[pid][0] != "a")
-    first_round: dict[str, list[int]] = defaultdict(list)
-    for pid in range(P):
-        first_round[order[pid][0]].append(pid)
-    calls: list[tuple[str, list[int]]] = []
-
-    async def search(node: str, pids: list[int]) -> NodeHits:
-        calls.append((node, sorted(pids)))
-        if node == failing:
-            raise ConnectionError(f"{node} fails")
-        return NodeHits({"dense": [hit(pid, node) for pid in pids], "bm25": [hit(pid, node) for pid in pids]})
-
-    gathered = await search_reader.scatter(None, search)
-    first_calls = len(first_round)
-    assert dict(calls[:first_calls]) == first_round, "one call per node, each for the partitions it is first for"
-    second_round: dict[str, list[int]] = defaultdict(list)
-    for pid in first_round[failing]:
-        second_round[order[pid][1]].append(pid)
-    assert dict(calls[first_calls:]) == second_round
-    assert gathered.coverage == 1.0 and gathered.missing == [] and gathered.answered == list(range(P))
-    for kind in ("dense", "bm25"):
-        assert sorted(h.partition for h in gathered.lists[kind]) == list(range(P))
-    assert not [h for h in gathered.lists["dense"] if h.chunk_id.startswith(f"{failing}-")]
-    assert failing not in gathered.nodes
-
-
-async def test_partitions_with_no_replica_left_are_reported_missing() -> None:
-    ring = make_ring("a", "b", "c", replicas=1)
-
-    async def search(node: str, pids: list[int]) -> NodeHits:
-        if node == "c":
-            raise ConnectionError("c fails")
-        return NodeHits({"dense": [hit(pid, node) for pid in pids]})
-
-    gathered = await reader("a", ring, dead=frozenset({"b"})).scatter(None, search)
-    lost = sorted(pid for pid in range(P) if ring.read_owners(pid)[0] in ("b", "c"))
-    assert lost and len(lost) < P, "the ring must spread partitions over a, b and c"
-    assert gathered.missing == lost
-    assert gathered.answered == sorted(set(range(P)) - set(lost))
-    assert gathered.coverage == round((P - len(lost)) / P, 4) < 1.0
-    assert sorted(h.partition for h in gathered.lists["dense"]) == gathered.answered
-
-
-async def test_scatter_over_chosen_partitions_asks_only_for_those() -> None:
-    ring = make_ring("a", "b", "c", "d")
-    asked: list[int] = []
-
-    async def search(node: str, pids: list[int]) -> NodeHits:
-        asked.extend(pids)
-        return NodeHits({"dense": [hit(pid, node) for pid in pids]})
-
-    gathered = await reader("a", ring).scatter(None, search, partitions=[1, 5])
-    assert sorted(asked) == [1, 5]
-    assert gathered.answered == [1, 5] and gathered.coverage == 1.0
-
-
-async def test_gathered_nodes_lists_every_partition_each_node_answered() -> None:
-    ring = make_ring("a", "b", "c", "d")
-    search_reader = reader("outside", ring)  # not an owner: ring order decides, no local preference
-    order = {pid: search_reader.replicas_for(pid) for pid in range(P)}
-    firsts = {order[pid][0] for pid in range(P)}
-    failing = next(
-        node for node in sorted(firsts)
-        if {order[pid][1] for pid in range(P) if order[pid][0] == node} & (firsts - {node})
-    )
-    answered: dict[str, set[int]] = defaultdict(set)
-
-    async def search(node: str, pids: list[int]) -> NodeHits:
-        if node == failing:
-            raise ConnectionError(f"{node} fails")
-        answered[node].update(pids)
-        return NodeHits({"dense": [hit(pid, node) for pid in pids]})
-
-    gathered = await search_reader.scatter(None, search)
-    assert {node: set(pids) for node, pids in gathered.nodes.items()} == dict(answered)
-
-
-async def test_a_partition_the_node_does_not_hold_is_asked_of_its_next_replica() -> None:
-    """The defect: an empty answer from a node without the partition counted as coverage."""
-    ring = make_ring("a", "b", "c")
-    search_reader = reader("a", ring)
-    order = {pid: search_reader.replicas_for(pid) for pid in range(P)}
-    unheld_by_a = [pid for pid in range(P) if order[pid][0] == "a"][:2]
-    assert unheld_by_a, "a must be first for some partitions"
-    calls: list[tuple[str, list[int]]] = []
-
-    async def search(node: str, pids: list[int]) -> NodeHits:
-        calls.append((node, sorted(pids)))
-        held = [pid for pid in pids if not (node == "a" and pid in unheld_by_a)]
-        return NodeHits({"dense": [hit(pid, node) for pid in held]}, sorted(set(pids) - set(held)))
-
-    gathered = await search_reader.scatter(None, search)
-    assert gathered.coverage == 1.0 and gathered.answered == list(range(P))
-    for pid in unheld_by_a:
-        assert pid not in gathered.nodes["a"]
-        assert any(pid in pids for node, pids in calls if node == order[pid][1]), "its next replica was asked"
-
-
-async def test_a_partition_no_replica_holds_is_missing_not_covered() -> None:
-    ring = make_ring("a", "b", "c")
-
-    async def search(node: str, pids: list[int]) -> NodeHits:
-        return NodeHits({"dense": [hit(pid, node) for pid in pids if pid != 3]}, [3] if 3 in pids else [])
-
-    gathered = await reader("a", ring).scatter(None, search)
-    assert gathered.missing == [3] and 3 not in gathered.answered and gathered.coverage < 1.0

@@ -1,0 +1,281 @@
+"""Distributed search: the coordinator's three phases and the node's local answers.
+
+Coordinator (``DistributedSearch``), all within one deadline:
+
+1. term statistics (BM25 only): the cluster-wide chunk count, total length
+   and document frequency of the query's terms, summed over one replica per
+   partition (a DFS pre-pass, as Elasticsearch's dfs_query_then_fetch) and
+   cached for ``search.bm25_stats_ttl_s`` (cluster/bm25stats.py), so scores
+   from different partitions and nodes compare and a node with a few
+   partitions ranks as one holding everything would;
+2. candidates: ids and scores from every partition (scatter.py: replica
+   choice, hedging, fail-over, deadline, coverage); no text travels;
+3. fetch: text and metadata of the final top-k only, from the nodes that
+   answered for their partitions (another replica if that node fails).
+
+Node side (``LocalSearcher``): the asked partitions this node holds are
+searched in one pass over the node's vector index (store/node_index.py) and,
+concurrently, by BM25 with the statistics the coordinator sent. Partitions it
+does not hold are named, so the coordinator asks their next replica: an empty
+answer is not coverage.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any, Awaitable, Callable, Mapping, Sequence, TypeVar
+
+import numpy as np
+
+from meshrag.cluster import messages as msg
+from meshrag.cluster.bm25stats import TermStatsCache
+from meshrag.cluster.scatter import NodeAnswer, Scattered, Scatterer
+from meshrag.errors import Unavailable
+from meshrag.ring import Ring
+from meshrag.store.analysis import Analyzer
+from meshrag.store.engine import StorageEngine
+from meshrag.store.filters import Filter, dump_filter
+from meshrag.store.lexical import TermStats
+from meshrag.store.types import Candidate, Hit
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+KINDS = ("dense", "bm25")
+# Fetching the final k is small and needed for any answer at all: it gets at least
+# this long even when gathering used up the deadline.
+MIN_FETCH_S = 0.25
+
+Blocking = Callable[..., Awaitable[Any]]
+PeerCall = Callable[[str, str, dict[str, Any], float], Awaitable[dict[str, Any]]]
+PerPartition = dict[str, list[Candidate]]
+
+
+class IncompleteCoverage(Unavailable):
+    code = "incomplete_coverage"
+
+
+@dataclass(frozen=True)
+class SearchPlan:
+    kinds: tuple[str, ...]
+    vector: np.ndarray | None
+    query: str | None
+    k: int
+    filter: Filter | None
+    session: Mapping[int, list[str]]
+    timeout_s: float
+
+
+@dataclass
+class Gathered:
+    lists: dict[str, list[Candidate]]
+    holders: dict[int, str]
+    missing: list[int]
+    coverage: float
+    hedges: int = 0
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+# ------------------------------------------------------------------ node side
+class LocalSearcher:
+    """Answers searches for the partitions this node holds (blocking work in the storage pool)."""
+
+    def __init__(self, engine: StorageEngine, answering_for: Callable[[Sequence[int]], set[int]], blocking: Blocking) -> None:
+        self._engine = engine
+        self._answering_for = answering_for
+        self._blocking = blocking
+
+    async def candidates(
+        self, kinds: Sequence[str], vector: np.ndarray | None, terms: Sequence[str], k: int,
+        flt: Filter | None, pids: Sequence[int], stats: TermStats | None,
+    ) -> NodeAnswer[PerPartition]:
+        held = self._answering_for(pids)
+        searched = sorted(held)
+        jobs: dict[str, Awaitable[list[Candidate]]] = {}
+        if "dense" in kinds and vector is not None and searched:
+            jobs["dense"] = self._blocking(self._engine.search_dense, vector, k, flt, searched)
+        if "bm25" in kinds and terms and searched:
+            jobs["bm25"] = self._blocking(self._engine.search_bm25, list(terms), k, flt, searched, stats)
+        found = dict(zip(jobs, await asyncio.gather(*jobs.values())))  # dense and BM25 at once
+        per_partition: dict[int, PerPartition] = {pid: {kind: [] for kind in kinds} for pid in searched}
+        for kind, candidates in found.items():
+            for candidate in candidates:
+                per_partition[candidate.partition][kind].append(candidate)
+        return NodeAnswer(per_partition, sorted(set(pids) - held))
+
+    async def term_stats(self, terms: Sequence[str], pids: Sequence[int]) -> NodeAnswer[TermStats]:
+        held = sorted(self._answering_for(pids))
+
+        def read() -> dict[int, TermStats]:
+            return {pid: self._engine.term_stats(list(terms), [pid]) for pid in held}
+
+        return NodeAnswer(await self._blocking(read), sorted(set(pids) - set(held)))
+
+    async def hits(self, candidates: Sequence[Candidate]) -> list[Hit]:
+        return await self._blocking(self._engine.hits, list(candidates))
+
+
+# ------------------------------------------------------------------ wire
+def candidates_body(kinds: Sequence[str], vector: np.ndarray | None, terms: Sequence[str], k: int,
+                    flt: Filter | None, pids: Sequence[int], stats: TermStats | None) -> dict[str, Any]:
+    return {
+        "kinds": list(kinds), "vector": vector, "terms": list(terms), "k": k, "partitions": list(pids),
+        "filter": None if flt is None else dump_filter(flt), "stats": None if stats is None else stats.to_wire(),
+    }
+
+
+def answer_to_wire(answer: NodeAnswer[PerPartition]) -> dict[str, Any]:
+    lists: dict[str, list[list[Any]]] = defaultdict(list)
+    for per_kind in answer.partitions.values():
+        for kind, candidates in per_kind.items():
+            lists[kind].extend(msg.candidate_to_wire(c) for c in candidates)
+    return {"held": sorted(answer.partitions), "hits": dict(lists), "unheld": answer.unheld}
+
+
+def answer_from_wire(reply: Mapping[str, Any], kinds: Sequence[str]) -> NodeAnswer[PerPartition]:
+    per_partition: dict[int, PerPartition] = {int(pid): {kind: [] for kind in kinds} for pid in reply.get("held", [])}
+    for kind, raw in (reply.get("hits") or {}).items():
+        for item in raw:
+            candidate = msg.candidate_from_wire(item)
+            if candidate.partition in per_partition and kind in per_partition[candidate.partition]:
+                per_partition[candidate.partition][kind].append(candidate)
+    return NodeAnswer(per_partition, [int(pid) for pid in reply.get("unheld", [])])
+
+
+def stats_to_wire(answer: NodeAnswer[TermStats]) -> dict[str, Any]:
+    return {"stats": {str(pid): stats.to_wire() for pid, stats in answer.partitions.items()}, "unheld": answer.unheld}
+
+
+def stats_from_wire(reply: Mapping[str, Any]) -> NodeAnswer[TermStats]:
+    stats = {int(pid): TermStats.from_wire(raw) for pid, raw in (reply.get("stats") or {}).items()}
+    return NodeAnswer(stats, [int(pid) for pid in reply.get("unheld", [])])
+
+
+# ------------------------------------------------------------------ coordinator
+class DistributedSearch:
+    def __init__(
+        self, *, local_id: str, ring: Callable[[], Ring], is_alive: Callable[[str], bool], scatterer: Scatterer,
+        local: LocalSearcher, call: PeerCall, analyzer: Analyzer, stats_cache: TermStatsCache,
+    ) -> None:
+        self._local_id = local_id
+        self._ring = ring
+        self._is_alive = is_alive
+        self.scatterer = scatterer
+        self.local = local
+        self._call = call
+        self.analyzer = analyzer
+        self.stats_cache = stats_cache
+
+    def replicas(self, session: Mapping[int, list[str]]) -> dict[int, list[str]]:
+        """Every partition's live replicas, best first (the session's writers first)."""
+        ring = self._ring()
+        live = lambda nodes: [n for n in nodes if n == self._local_id or self._is_alive(n)]  # noqa: E731
+        replicas = {}
+        for pid in range(ring.partitions):
+            owners = live(ring.read_owners(pid))
+            wrote = live([n for n in session.get(pid, []) if n in ring.entries])
+            replicas[pid] = self.scatterer.order_with_session(wrote, owners + [n for n in wrote if n not in owners])
+        return replicas
+
+    async def gather(self, plan: SearchPlan) -> Gathered:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + plan.timeout_s
+        replicas = self.replicas(plan.session)
+        timings: dict[str, float] = {}
+        terms = self.analyzer.query_terms(plan.query) if "bm25" in plan.kinds and plan.query else []
+        stats = None
+        if terms:
+            started = loop.time()
+            stats = await self._global_stats(terms, replicas, deadline)
+            timings["term_stats_ms"] = round(1000 * (loop.time() - started), 2)
+        started = loop.time()
+        scattered = await self._candidates(plan, terms, stats, replicas, max(0.0, deadline - loop.time()))
+        timings["candidates_ms"] = round(1000 * (loop.time() - started), 2)
+        lists: dict[str, list[Candidate]] = {kind: [] for kind in plan.kinds}
+        for per_kind in scattered.payloads.values():
+            for kind, candidates in per_kind.items():
+                lists.setdefault(kind, []).extend(candidates)
+        return Gathered(lists, scattered.holders, scattered.missing, scattered.coverage, scattered.hedges, timings)
+
+    async def _global_stats(self, terms: list[str], replicas: dict[int, list[str]], deadline: float) -> TermStats | None:
+        cached = self.stats_cache.global_stats(terms)
+        if cached is not None:
+            return cached
+        wanted = self.stats_cache.missing(terms) or terms
+
+        async def on(node: str, pids: list[int], left_s: float) -> NodeAnswer[TermStats]:
+            if node == self._local_id:
+                return await self.local.term_stats(wanted, pids)
+            reply = await self._call(node, msg.TERM_STATS_PATH, {"terms": wanted, "partitions": pids}, left_s)
+            return stats_from_wire(reply)
+
+        left = max(0.0, deadline - asyncio.get_running_loop().time())
+        scattered: Scattered[TermStats] = await self.scatterer.run(replicas, on, left)
+        total = TermStats(0, 0, {})
+        for part in scattered.payloads.values():
+            total = total + part
+        if not scattered.missing:  # partial statistics serve this query but are not cached
+            self.stats_cache.store(total, wanted)
+        return self.stats_cache.global_stats(terms) or total
+
+    async def _candidates(
+        self, plan: SearchPlan, terms: list[str], stats: TermStats | None, replicas: dict[int, list[str]], left_s: float,
+    ) -> Scattered[PerPartition]:
+        async def on(node: str, pids: list[int], left: float) -> NodeAnswer[PerPartition]:
+            if node == self._local_id:
+                return await self.local.candidates(plan.kinds, plan.vector, terms, plan.k, plan.filter, pids, stats)
+            body = candidates_body(plan.kinds, plan.vector, terms, plan.k, plan.filter, pids, stats)
+            return answer_from_wire(await self._call(node, msg.SEARCH_PATH, body, left), plan.kinds)
+
+        return await self.scatterer.run(replicas, on, left_s)
+
+    async def fetch(self, final: Sequence[Candidate], holders: Mapping[int, str], left_s: float) -> list[Hit]:
+        """Text and metadata of the final candidates, in their order, from the nodes that
+        answered for their partitions; a failed node's share is asked of another replica."""
+        timeout = max(left_s, MIN_FETCH_S)
+        groups: dict[str, list[Candidate]] = defaultdict(list)
+        for candidate in final:
+            groups[holders.get(candidate.partition, self._local_id)].append(candidate)
+        found: dict[str, Hit] = {}
+        parts = await asyncio.gather(*(self._fetch_from(node, group, timeout) for node, group in groups.items()))
+        for hits in parts:
+            found.update((hit.chunk_id, hit) for hit in hits)
+        return [found[c.chunk_id] for c in final if c.chunk_id in found]
+
+    async def _fetch_from(self, node: str, candidates: list[Candidate], timeout_s: float, tried: frozenset[str] = frozenset()) -> list[Hit]:
+        try:
+            return await self._hits_on(node, candidates, timeout_s)
+        except Exception as exc:
+            log.info("fetching %d hits from %s failed: %s", len(candidates), node[:12], exc)
+        tried = tried | {node}
+        regrouped: dict[str, list[Candidate]] = defaultdict(list)
+        for candidate in candidates:
+            nxt = self._next_holder(candidate.partition, tried)
+            if nxt is not None:
+                regrouped[nxt].append(candidate)
+        parts = await asyncio.gather(*(self._fetch_from(n, group, timeout_s, tried) for n, group in regrouped.items()))
+        return [hit for hits in parts for hit in hits]
+
+    async def _hits_on(self, node: str, candidates: list[Candidate], timeout_s: float) -> list[Hit]:
+        if node == self._local_id:
+            return await self.local.hits(candidates)
+        reply = await self._call(node, msg.HITS_PATH, {"candidates": [msg.candidate_to_wire(c) for c in candidates]}, timeout_s)
+        return [msg.hit_from_wire(raw) for raw in reply.get("hits", [])]
+
+    def _next_holder(self, pid: int, tried: frozenset[str]) -> str | None:
+        """The best live replica of ``pid`` not tried yet (it holds the same chunk ids when in sync)."""
+        owners = [n for n in self._ring().read_owners(pid) if n not in tried and (n == self._local_id or self._is_alive(n))]
+        ordered = self.scatterer.order(owners)
+        return ordered[0] if ordered else None
+
+
+def require_coverage(gathered: Gathered) -> None:
+    if gathered.missing:
+        raise IncompleteCoverage(
+            f"no replica answered for partitions {gathered.missing[:32]} "
+            f"(coverage {gathered.coverage}); retry, or search without require_full_coverage",
+            field="require_full_coverage", retry_after_s=1,
+        )

@@ -1,0 +1,197 @@
+"""cluster/search.py: the coordinator's phases over in-process nodes, on virtual time.
+
+A real Ring of 3 NORMAL nodes (P=8, N=2) places partitions; every node is an
+in-process fake that answers the candidate, term-statistics and hits calls
+from a small table of chunks, so the tests see exactly what crossed "the wire"
+(the same dict bodies the HTTP routes carry).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import defaultdict
+from typing import Any, Sequence
+
+import numpy as np
+import pytest
+
+from meshrag.cluster import messages as msg
+from meshrag.cluster.bm25stats import TermStatsCache
+from meshrag.cluster.breaker import BreakerBoard, BreakerSettings
+from meshrag.cluster.scatter import NodeAnswer, ScatterPolicy, Scatterer
+from meshrag.cluster.search import (
+    DistributedSearch, Gathered, IncompleteCoverage, SearchPlan, answer_from_wire, answer_to_wire, require_coverage,
+    stats_from_wire, stats_to_wire,
+)
+from meshrag.cluster.selection import HedgeBudget, HedgeSettings, LatencyTracker
+from meshrag.ring import Ring, RingEntry, RingStatus, RingTable
+from meshrag.store.analysis import Analyzer
+from meshrag.store.lexical import TermStats
+from meshrag.store.types import Candidate, Hit
+from tests.virtual_loop import LoopClock, run_virtual
+
+P = 8
+NODES = ("a", "b", "c")
+
+
+def ring() -> Ring:
+    return Ring(RingTable(RingEntry(n, n, "z", RingStatus.NORMAL, 1) for n in NODES), P, 2)
+
+
+def candidate(pid: int, score: float) -> Candidate:
+    return Candidate(f"doc{pid}#1.0", f"doc{pid}", score, 1, pid)
+
+
+class Cluster:
+    """Each partition holds one chunk scoring pid/10; every call is logged."""
+
+    def __init__(self, down: Sequence[str] = ()) -> None:
+        self.down = set(down)
+        self.calls: list[tuple[str, str, list[int]]] = []
+
+    def answer(self, node: str, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        self.calls.append((node, path, list(body.get("partitions", []))))
+        if node in self.down:
+            raise ConnectionError(f"{node} is down")
+        if path == msg.TERM_STATS_PATH:
+            stats = {pid: TermStats(10, 100, {term: 1 for term in body["terms"]}) for pid in body["partitions"]}
+            return stats_to_wire(NodeAnswer(stats))
+        if path == msg.SEARCH_PATH:
+            per = {pid: {kind: [candidate(pid, pid / 10)] for kind in body["kinds"]} for pid in body["partitions"]}
+            return answer_to_wire(NodeAnswer(per))
+        if path == msg.HITS_PATH:
+            found = [msg.candidate_from_wire(raw) for raw in body["candidates"]]
+            return {"hits": [msg.hit_to_wire(Hit(c.chunk_id, c.doc_id, c.score, f"text of {c.doc_id} from {node}", {}, c.version, c.partition))
+                             for c in found]}
+        raise AssertionError(path)
+
+
+class RemoteOnlyLocal:
+    """The coordinator "x" holds nothing itself (it is not in the ring)."""
+
+    async def candidates(self, *args: Any) -> NodeAnswer[Any]:
+        raise AssertionError("x holds no partitions")
+
+    async def term_stats(self, *args: Any) -> NodeAnswer[TermStats]:
+        raise AssertionError("x holds no partitions")
+
+    async def hits(self, *args: Any) -> list[Hit]:
+        raise AssertionError("x holds no partitions")
+
+
+def search(cluster: Cluster, ttl_s: float = 30.0) -> DistributedSearch:
+    clock = LoopClock(asyncio.get_running_loop())
+    hedging = HedgeSettings()
+    scatterer = Scatterer(ScatterPolicy("x", LatencyTracker(clock), BreakerBoard(BreakerSettings(), clock), hedging, HedgeBudget(hedging)))
+
+    async def call(node: str, path: str, body: dict[str, Any], timeout_s: float) -> dict[str, Any]:
+        await asyncio.sleep(0.005)
+        return cluster.answer(node, path, body)
+
+    return DistributedSearch(
+        local_id="x", ring=ring, is_alive=lambda n: n in NODES, scatterer=scatterer, local=RemoteOnlyLocal(),  # type: ignore[arg-type]
+        call=call, analyzer=Analyzer(), stats_cache=TermStatsCache(clock, ttl_s=ttl_s),
+    )
+
+
+def plan(kinds: tuple[str, ...] = ("dense", "bm25"), query: str = "boundary layers") -> SearchPlan:
+    return SearchPlan(kinds, np.ones(4, np.float32), query, 10, None, {}, timeout_s=2.0)
+
+
+def test_candidates_come_from_one_replica_per_partition_with_full_coverage() -> None:
+    async def scenario() -> tuple[Gathered, Cluster]:
+        cluster = Cluster()
+        return await search(cluster).gather(plan()), cluster
+
+    (gathered, cluster), _ = run_virtual(scenario)
+    assert gathered.coverage == 1.0 and gathered.missing == []
+    assert sorted(c.partition for c in gathered.lists["dense"]) == list(range(P))
+    asked = [pid for node, path, pids in cluster.calls if path == msg.SEARCH_PATH for pid in pids]
+    assert sorted(asked) == list(range(P)), "each partition asked once"
+    assert all(gathered.holders[pid] in ring().read_owners(pid) for pid in range(P))
+
+
+def test_term_statistics_are_summed_over_every_partition_sent_with_the_query_and_cached() -> None:
+    async def scenario() -> tuple[DistributedSearch, Cluster]:
+        cluster = Cluster()
+        engine = search(cluster)
+        await engine.gather(plan())
+        await engine.gather(plan())
+        return engine, cluster
+
+    (engine, cluster), _ = run_virtual(scenario)
+    stats_calls = [call for call in cluster.calls if call[1] == msg.TERM_STATS_PATH]
+    assert sorted(pid for _, _, pids in stats_calls for pid in pids) == list(range(P)), "one pre-pass, then the cache"
+    cached = engine.stats_cache.global_stats(Analyzer().query_terms("boundary layers"))
+    assert cached == TermStats(10 * P, 100 * P, {"boundari": P, "layer": P})
+
+
+def test_dense_only_search_needs_no_term_statistics() -> None:
+    async def scenario() -> Cluster:
+        cluster = Cluster()
+        await search(cluster).gather(plan(kinds=("dense",)))
+        return cluster
+
+    cluster, _ = run_virtual(scenario)
+    assert not [call for call in cluster.calls if call[1] == msg.TERM_STATS_PATH]
+
+
+def test_statistics_with_a_partition_missing_serve_the_query_but_are_not_cached() -> None:
+    async def scenario() -> DistributedSearch:
+        cluster = Cluster(down=["b", "c"])  # partitions owned by b and c alone get no answer
+        engine = search(cluster)
+        await engine.gather(plan())
+        return engine
+
+    engine, _ = run_virtual(scenario)
+    assert engine.stats_cache.global_stats(["boundari"]) is None
+
+
+def test_a_dead_node_s_partitions_are_answered_by_their_other_replica() -> None:
+    async def scenario() -> Gathered:
+        return await search(Cluster(down=["b"])).gather(plan(kinds=("dense",)))
+
+    gathered, _ = run_virtual(scenario)
+    assert gathered.coverage == 1.0
+    assert "b" not in gathered.holders.values()
+
+
+def test_fetch_returns_text_for_the_final_candidates_in_their_order_from_their_holders() -> None:
+    async def scenario() -> list[Hit]:
+        engine = search(Cluster())
+        gathered = await engine.gather(plan(kinds=("dense",)))
+        final = sorted(gathered.lists["dense"], key=lambda c: -c.score)[:3]
+        return await engine.fetch(final, gathered.holders, 1.0)
+
+    hits, _ = run_virtual(scenario)
+    assert [h.partition for h in hits] == [7, 6, 5]
+    assert all(h.text.startswith(f"text of doc{h.partition}") for h in hits)
+
+
+def test_fetch_asks_another_replica_when_the_holder_fails() -> None:
+    async def scenario() -> tuple[list[Hit], str]:
+        cluster = Cluster()
+        engine = search(cluster)
+        gathered = await engine.gather(plan(kinds=("dense",)))
+        best = max(gathered.lists["dense"], key=lambda c: c.score)
+        holder = gathered.holders[best.partition]
+        cluster.down.add(holder)
+        return await engine.fetch([best], gathered.holders, 1.0), holder
+
+    (hits, holder), _ = run_virtual(scenario)
+    assert len(hits) == 1 and not hits[0].text.endswith(f"from {holder}")
+
+
+def test_require_coverage_names_the_missing_partitions() -> None:
+    with pytest.raises(IncompleteCoverage) as raised:
+        require_coverage(Gathered({}, {}, [3, 5], 0.75))
+    assert raised.value.status == 503 and "[3, 5]" in raised.value.message
+    require_coverage(Gathered({}, {}, [], 1.0))
+
+
+def test_wire_round_trip_keeps_candidates_per_partition_and_unheld() -> None:
+    per = defaultdict(dict, {1: {"dense": [candidate(1, 0.5)], "bm25": []}, 4: {"dense": [], "bm25": [candidate(4, 2.0)]}})
+    back = answer_from_wire(answer_to_wire(NodeAnswer(dict(per), [2])), ("dense", "bm25"))
+    assert back.partitions == dict(per) and back.unheld == [2]
+    stats = NodeAnswer({3: TermStats(5, 50, {"wing": 2})}, [7])
+    assert stats_from_wire(stats_to_wire(stats)).partitions == stats.partitions
