@@ -78,6 +78,11 @@ class TermStatsCache:
             return None
         return TermStats(self._totals[0], self._totals[1], {term: self._df[term][0] for term in wanted})
 
+    def known_df(self, terms: Iterable[str]) -> dict[str, int]:
+        """The fresh document frequencies among ``terms`` (those a pre-pass need not ask again)."""
+        now = self._clock.now()
+        return {term: self._df[term][0] for term in dict.fromkeys(terms) if self._fresh_df(term, now)}
+
     def _fresh(self, stored_at: float, now: float) -> bool:
         return now - stored_at < self.ttl_s
 

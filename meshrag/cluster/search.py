@@ -212,14 +212,21 @@ class DistributedSearch:
             reply = await self._call(node, msg.TERM_STATS_PATH, {"terms": wanted, "partitions": pids}, left_s)
             return stats_from_wire(reply)
 
+        known = self.stats_cache.known_df(terms)  # read before the pre-pass: entries may expire meanwhile
         left = max(0.0, deadline - asyncio.get_running_loop().time())
         scattered: Scattered[TermStats] = await self.scatterer.run(replicas, on, left)
-        total = TermStats(0, 0, {})
-        for part in scattered.payloads.values():
-            total = total + part
+        total = TermStats.merged(scattered.payloads.values())
         if not scattered.missing:  # partial statistics serve this query but are not cached
             self.stats_cache.store(total, wanted)
-        return self.stats_cache.global_stats(terms) or total
+        if total.chunks == 0:
+            # No partition answered the pre-pass in time (or none holds a chunk): each node then
+            # scores with its own statistics, which is what a single-partition search would do.
+            log.info("term statistics: no partition answered; nodes score with their own")
+            return None
+        # Every query term gets a df: the pre-pass's for what it asked (0 where no partition
+        # has the term), the cache's for the rest, with the pre-pass's fresh totals.
+        df = {**known, **{term: total.df.get(term, 0) for term in wanted}}
+        return TermStats(total.chunks, total.terms, {term: df.get(term, 0) for term in terms})
 
     async def _candidates(
         self, plan: SearchPlan, terms: list[str], stats: TermStats | None, replicas: dict[int, list[str]], left_s: float,

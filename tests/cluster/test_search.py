@@ -48,6 +48,7 @@ class Cluster:
     def __init__(self, down: Sequence[str] = ()) -> None:
         self.down = set(down)
         self.calls: list[tuple[str, str, list[int]]] = []
+        self.stats_sent: list[dict[str, Any] | None] = []
 
     def answer(self, node: str, path: str, body: dict[str, Any]) -> dict[str, Any]:
         self.calls.append((node, path, list(body.get("partitions", []))))
@@ -57,6 +58,9 @@ class Cluster:
             stats = {pid: TermStats(10, 100, {term: 1 for term in body["terms"]}) for pid in body["partitions"]}
             return stats_to_wire(NodeAnswer(stats))
         if path == msg.SEARCH_PATH:
+            self.stats_sent.append(body.get("stats"))
+            if body.get("terms") and body.get("stats") is not None:  # a df for every query term, or scores are wrong
+                assert set(body["terms"]) <= set(body["stats"]["df"]), body["stats"]
             per = {pid: {kind: [candidate(pid, pid / 10)] for kind in body["kinds"]} for pid in body["partitions"]}
             return answer_to_wire(NodeAnswer(per))
         if path == msg.HITS_PATH:
@@ -124,6 +128,43 @@ def test_term_statistics_are_summed_over_every_partition_sent_with_the_query_and
     assert sorted(pid for _, _, pids in stats_calls for pid in pids) == list(range(P)), "one pre-pass, then the cache"
     cached = engine.stats_cache.global_stats(Analyzer().query_terms("boundary layers"))
     assert cached == TermStats(10 * P, 100 * P, {"boundari": P, "layer": P})
+
+
+def test_a_partial_pre_pass_still_sends_the_cached_df_of_the_other_terms() -> None:
+    async def scenario() -> Cluster:
+        cluster = Cluster()
+        engine = search(cluster)
+        await engine.gather(plan(query="boundary layers"))
+        cluster.stats_sent.clear()
+
+        def stats_partial(node: str, path: str, body: dict[str, Any], answer: Any = cluster.answer) -> dict[str, Any]:
+            if path == msg.TERM_STATS_PATH and node in ("b", "c"):  # b and c's shared partitions go unanswered
+                raise ConnectionError("pre-pass lost")
+            return answer(node, path, body)
+
+        cluster.answer = stats_partial  # type: ignore[method-assign]
+        await engine.gather(plan(query="boundary flutter"))  # the fake node asserts every df is there
+        return cluster
+
+    cluster, _ = run_virtual(scenario)
+    assert cluster.stats_sent and all(stats is not None and set(stats["df"]) == {"boundari", "flutter"} for stats in cluster.stats_sent)
+
+
+def test_when_no_partition_answers_the_pre_pass_nodes_score_with_their_own_statistics() -> None:
+    async def scenario() -> tuple[Gathered, Cluster]:
+        cluster = Cluster()
+
+        def stats_down(node: str, path: str, body: dict[str, Any], answer: Any = cluster.answer) -> dict[str, Any]:
+            if path == msg.TERM_STATS_PATH:
+                raise ConnectionError("pre-pass lost")
+            return answer(node, path, body)
+
+        cluster.answer = stats_down  # type: ignore[method-assign]
+        return await search(cluster).gather(plan(kinds=("bm25",))), cluster
+
+    (gathered, cluster), _ = run_virtual(scenario)
+    assert gathered.coverage == 1.0 and len(gathered.lists["bm25"]) == P
+    assert cluster.stats_sent and all(stats is None for stats in cluster.stats_sent), "no statistics beat empty ones"
 
 
 def test_dense_only_search_needs_no_term_statistics() -> None:
