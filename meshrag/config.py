@@ -132,7 +132,7 @@ class EmbedderConfig:
     model: str = field(default="", metadata=_check(lambda v: True, "'' (bundled all-MiniLM-L6-v2) or a local sentence-transformers path"))
     threads: int = field(default=1, metadata=_check(lambda v: 1 <= v <= 256, "an integer 1..256"))
     max_batch: int = field(default=64, metadata=_check(lambda v: 1 <= v <= 4096, "an integer 1..4096"))
-    max_wait_ms: float = field(default=5.0, metadata=_check(lambda v: 0 <= v <= 1000, "milliseconds 0..1000"))
+    max_wait_ms: float = field(default=0.0, metadata=_check(lambda v: 0 <= v <= 1000, "milliseconds 0..1000"))
     device: str = field(default="cpu", metadata=_check(bool, "a torch device such as cpu or cuda"))
 
 

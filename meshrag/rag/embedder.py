@@ -3,8 +3,9 @@
 Embedding one text at a time wastes most of the model's time on per-call
 overhead; embedding many at once is several times faster per text. Search
 requests arrive one query at a time, so `embed()` queues every caller's texts
-and one background worker coalesces whatever is waiting into a batch (waiting
-at most `max_wait_ms` for company), runs it in a dedicated thread and hands
+and one background worker coalesces whatever is waiting into a batch (by default
+at once: texts that arrive while a batch runs form the next one; `max_wait_ms`
+adds a window for company), runs it in a dedicated thread and hands
 each caller its own rows. That thread is the single-worker executor node.py
 builds and passes in: embedding then never queues behind SQLite in the storage
 pool (nor SQLite behind a batch), and torch runs on one thread of its own.
@@ -113,7 +114,7 @@ class Embedder:
         *,
         threads: int = 1,
         max_batch: int = 64,
-        max_wait_ms: float = 5.0,
+        max_wait_ms: float = 0.0,
         device: str = "cpu",
         on_batch: Callable[[int, float], None] | None = None,
         executor: Executor | None = None,
