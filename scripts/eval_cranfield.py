@@ -282,20 +282,10 @@ def load_embedder(threads: int) -> Any:
 
 
 def one_index(vectors: Any) -> Any:
-    """One usearch index with the node's default HNSW settings (as scripts/bench.py builds it)."""
-    import numpy as np
-    from usearch.index import Index, MetricKind, ScalarKind
+    """One usearch index with the node's default HNSW settings: scripts/bench.py's, the same baseline."""
+    from bench import local_index  # scripts/ is on sys.path whenever this file runs or is imported
 
-    from meshrag.config import StorageConfig
-
-    defaults = StorageConfig()
-    index = Index(
-        ndim=vectors.shape[1], metric=MetricKind.Cos, dtype=ScalarKind.F32,
-        connectivity=defaults.index_connectivity, expansion_add=defaults.index_expansion_add,
-        expansion_search=defaults.index_expansion_search,
-    )
-    index.add(np.arange(len(vectors), dtype=np.uint64), vectors)
-    return index
+    return local_index(vectors)
 
 
 @dataclass(frozen=True)
