@@ -164,6 +164,7 @@ class Answer:
     coverage: float  # 0 for a failure
     error: str | None = None
     hits: tuple[str, ...] = ()
+    timings: dict[str, float] = field(default_factory=dict)  # the node's own, per phase
 
 
 def search_body(args: argparse.Namespace, *, query: str | None = None, vector: np.ndarray | None = None) -> tuple[dict[str, Any], bool]:
@@ -193,7 +194,8 @@ def timed_search(http_: Http, url: str, request: tuple[dict[str, Any], bool]) ->
     if status != 200:
         code = payload.get("error", {}).get("code", "?") if isinstance(payload, dict) else "?"
         return Answer(ms, False, 0.0, f"{status} {code}")
-    return Answer(ms, True, float(payload.get("coverage", 1.0)), None, tuple(h["doc_id"] for h in payload["hits"]))
+    return Answer(ms, True, float(payload.get("coverage", 1.0)), None, tuple(h["doc_id"] for h in payload["hits"]),
+                  {key: float(value) for key, value in (payload.get("timings") or {}).items()})
 
 
 def summarize(answers: Sequence[Answer], seconds: float | None = None) -> dict[str, Any]:
@@ -458,10 +460,18 @@ def compare_latency(args: argparse.Namespace, http_: Http, url: str, corpus: Cor
         "in_process_p50_ms": round(percentile(local_ms, 50), 2),
         "in_process_p99_ms": round(percentile(local_ms, 99), 2),
         "mean_coverage": http_side["mean_coverage"],
+        "node_timings_p50_ms": node_timings(answers),
     }
     result["ratio_p50"] = ratio(result["http_p50_ms"], result["in_process_p50_ms"])
     result["ratio_p99"] = ratio(result["http_p99_ms"], result["in_process_p99_ms"])
     return result
+
+
+def node_timings(answers: Sequence[Answer]) -> dict[str, float]:
+    """p50 of each phase the node reports (embed_ms, term_stats_ms, candidates_ms, fetch_ms, ...):
+    where the time beyond the in-process baseline goes."""
+    keys = sorted({key for answer in answers for key in answer.timings})
+    return {key: round(percentile([a.timings[key] for a in answers if key in a.timings], 50), 2) for key in keys}
 
 
 def ratio(a: float | None, b: float | None) -> float | None:
@@ -669,6 +679,8 @@ def render_latency(lat: dict[str, Any], settings: dict[str, Any]) -> list[str]:
     lines.append("  (ms; ratio = HTTP latency / in-process latency, each query timed right before the same query in-process)")
     for key, where in (("one_node", "the node"), ("cluster", "n1, consistency=all")):
         if lat.get(key):
+            phases = ", ".join(f"{name} {value}" for name, value in lat[key].get("node_timings_p50_ms", {}).items())
+            lines.append(f"  node's own timings, p50 ms ({key}): {phases or 'n/a'}")
             lines.append(ingest_line(lat[key]["ingest"], where))
             if lat[key]["errors"]:
                 lines.append(f"  errors ({key}): {lat[key]['errors']}")
