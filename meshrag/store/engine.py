@@ -30,7 +30,8 @@ from meshrag.ring import partition_for
 from meshrag.store.filters import Filter, to_sql
 from meshrag.store.lexical import TermStats
 from meshrag.store.node_index import NodeIndex, NodeScored
-from meshrag.store.partition import DB_FILE, IndexSettings, Partition, best_first, unit_query_vector
+from meshrag.store.partition import DB_FILE, IndexSettings, Partition, unit_query_vector
+from meshrag.store.partition_search import best_first
 from meshrag.store.types import Candidate, DigestEntry, DocState, DocumentWrite, Hit, StoredDocument, WriteResult
 from meshrag.store.vector_index import exact_top_k
 
