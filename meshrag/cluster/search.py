@@ -48,6 +48,9 @@ KINDS = ("dense", "bm25")
 # Fetching the final k is small and needed for any answer at all: it gets at least
 # this long even when gathering used up the deadline.
 MIN_FETCH_S = 0.25
+# Queries longer than this (up to api.max_text_chars) are analyzed in the storage pool:
+# stemming a long text would hold the event loop gossip shares.
+ANALYZE_ON_LOOP_CHARS = 2048
 
 Blocking = Callable[..., Awaitable[Any]]
 PeerCall = Callable[[str, str, dict[str, Any], float], Awaitable[dict[str, Any]]]
@@ -86,7 +89,7 @@ class LocalSearcher:
     def __init__(self, engine: StorageEngine, answering_for: Callable[[Sequence[int]], set[int]], blocking: Blocking) -> None:
         self._engine = engine
         self._answering_for = answering_for
-        self._blocking = blocking
+        self.blocking = blocking  # the storage pool; the coordinator's long query analysis uses it too
 
     async def candidates(
         self, kinds: Sequence[str], vector: np.ndarray | None, terms: Sequence[str], k: int,
@@ -96,9 +99,9 @@ class LocalSearcher:
         searched = sorted(held)
         jobs: dict[str, Awaitable[list[Candidate]]] = {}
         if "dense" in kinds and vector is not None and searched:
-            jobs["dense"] = self._blocking(self._engine.search_dense, vector, k, flt, searched)
+            jobs["dense"] = self.blocking(self._engine.search_dense, vector, k, flt, searched)
         if "bm25" in kinds and terms and searched:
-            jobs["bm25"] = self._blocking(self._engine.search_bm25, list(terms), k, flt, searched, stats)
+            jobs["bm25"] = self.blocking(self._engine.search_bm25, list(terms), k, flt, searched, stats)
         found = dict(zip(jobs, await asyncio.gather(*jobs.values())))  # dense and BM25 at once
         per_partition: dict[int, PerPartition] = {pid: {kind: [] for kind in kinds} for pid in searched}
         for kind, candidates in found.items():
@@ -112,10 +115,10 @@ class LocalSearcher:
         def read() -> dict[int, TermStats]:
             return {pid: self._engine.term_stats(list(terms), [pid]) for pid in held}
 
-        return NodeAnswer(await self._blocking(read), sorted(set(pids) - set(held)))
+        return NodeAnswer(await self.blocking(read), sorted(set(pids) - set(held)))
 
     async def hits(self, candidates: Sequence[Candidate]) -> list[Hit]:
-        return await self._blocking(self._engine.hits, list(candidates))
+        return await self.blocking(self._engine.hits, list(candidates))
 
 
 # ------------------------------------------------------------------ wire
@@ -185,7 +188,7 @@ class DistributedSearch:
         deadline = loop.time() + plan.timeout_s
         replicas = self.replicas(plan.session)
         timings: dict[str, float] = {}
-        terms = self.analyzer.query_terms(plan.query) if "bm25" in plan.kinds and plan.query else []
+        terms = await self._query_terms(plan) if "bm25" in plan.kinds and plan.query else []
         stats = None
         if terms:
             started = loop.time()
@@ -199,6 +202,13 @@ class DistributedSearch:
             for kind, candidates in per_kind.items():
                 lists.setdefault(kind, []).extend(candidates)
         return Gathered(lists, scattered.holders, scattered.missing, scattered.coverage, scattered.hedges, timings)
+
+    async def _query_terms(self, plan: SearchPlan) -> list[str]:
+        assert plan.query is not None
+        if len(plan.query) <= ANALYZE_ON_LOOP_CHARS:
+            return self.analyzer.query_terms(plan.query)
+        terms: list[str] = await self.local.blocking(self.analyzer.query_terms, plan.query)
+        return terms
 
     async def _global_stats(self, terms: list[str], replicas: dict[int, list[str]], deadline: float) -> TermStats | None:
         cached = self.stats_cache.global_stats(terms)

@@ -71,7 +71,15 @@ class Cluster:
 
 
 class RemoteOnlyLocal:
-    """The coordinator "x" holds nothing itself (it is not in the ring)."""
+    """The coordinator "x" holds nothing itself (it is not in the ring); its storage pool
+    runs work inline and records it."""
+
+    def __init__(self) -> None:
+        self.offloaded: list[Any] = []
+
+    async def blocking(self, fn: Any, *args: Any) -> Any:
+        self.offloaded.append(fn)
+        return fn(*args)
 
     async def candidates(self, *args: Any) -> NodeAnswer[Any]:
         raise AssertionError("x holds no partitions")
@@ -165,6 +173,18 @@ def test_when_no_partition_answers_the_pre_pass_nodes_score_with_their_own_stati
     (gathered, cluster), _ = run_virtual(scenario)
     assert gathered.coverage == 1.0 and len(gathered.lists["bm25"]) == P
     assert cluster.stats_sent and all(stats is None for stats in cluster.stats_sent), "no statistics beat empty ones"
+
+
+def test_a_long_query_is_analyzed_off_the_event_loop_and_a_short_one_on_it() -> None:
+    async def scenario() -> tuple[list[Any], list[Any]]:
+        engine = search(Cluster())
+        await engine.gather(plan(kinds=("bm25",), query="boundary layers"))
+        short = list(engine.local.offloaded)  # type: ignore[attr-defined]
+        await engine.gather(plan(kinds=("bm25",), query="boundary layers " * 300))
+        return short, engine.local.offloaded  # type: ignore[attr-defined]
+
+    (short, long_), _ = run_virtual(scenario)
+    assert short == [] and [fn.__func__ for fn in long_] == [Analyzer.query_terms]
 
 
 def test_dense_only_search_needs_no_term_statistics() -> None:
