@@ -53,7 +53,7 @@ def check_generator(data_dir: Path) -> None:
     _report(f"generation model {model_path} ({model_path.stat().st_size / 2**20:.0f} MiB, sha256 verified)")
     # A one-shot check in its own process, not a node: it owns the generation thread itself.
     with ThreadPoolExecutor(1, thread_name_prefix="llama") as thread:
-        backend = LlamaCppBackend(model_path, executor=thread, n_threads=1, n_ctx=512, queue_size=1)
+        backend = LlamaCppBackend(model_path, executor=thread, n_threads=1, n_ctx=512)
         backend.load()
         text = asyncio.run(_generate_a_little(backend))
     _report(f"llama.cpp generated {text!r} (prompt format {backend.prompt_format}), {time.perf_counter() - started:.1f} s")

@@ -2,12 +2,20 @@
 
 A llama.cpp context is not thread-safe and holds one conversation's KV
 cache, so generations run one after another in a dedicated thread (a
-single-worker executor node.py builds and passes in); the rest wait in a
-bounded admission queue, and beyond it callers get GeneratorBusy
-(503 + Retry-After) at once instead of queueing for minutes. Pieces travel
-from the thread to the event loop through loop.call_soon_threadsafe; a
-consumer that stops iterating sets an Event the thread checks after every
-token, so an abandoned answer frees the model within a token or two.
+single-worker executor node.py builds and passes in); the node's admission
+queue (generation/admission.py) holds the rest and refuses beyond its bound.
+Pieces travel from the thread to the event loop through
+loop.call_soon_threadsafe; a consumer that stops iterating sets an Event the
+thread checks after every token, so an abandoned answer frees the model within
+a token or two.
+
+Prompts are rendered and tokenised here, not by llama-cpp-python's chat
+completion: message text (the passages, the question) is tokenised with
+special tokens off, so a passage that contains "<eos>" or "<start_of_turn>"
+is read as those characters, not as control tokens; only the chat template's
+own markers are special. Rendering the prompt ourselves is also what lets a
+request continue an answer another generator started (generation/base.py):
+the continuation is appended to the rendered prompt as raw text.
 
 Threads: llama-cpp-python is built with -DGGML_OPENMP=OFF (scripts/setup.sh).
 OpenMP workers spin-wait between operations; with another busy process on a
@@ -29,14 +37,14 @@ import asyncio
 import functools
 import logging
 import os
+import re
 import threading
-import time
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, AsyncIterator, Iterator
 
-from meshrag.errors import GeneratorBusy, MeshragError, Unavailable
+from meshrag.errors import MeshragError, Unavailable
 from meshrag.generation.base import GenerationRequest
 
 if TYPE_CHECKING:
@@ -88,13 +96,12 @@ def assemble_default_model(data_dir: Path) -> Path:
 
 @dataclass
 class _Generation:
-    """One admitted request while it holds the model."""
+    """One request while it holds the model."""
 
     request: GenerationRequest
     loop: asyncio.AbstractEventLoop
     pieces: asyncio.Queue[object] = field(default_factory=asyncio.Queue)
     cancel: threading.Event = field(default_factory=threading.Event)
-    started: float = field(default_factory=time.monotonic)
     finished: asyncio.Future[str] | None = None  # the generation thread's work
     tokens: int = 0  # written by the generation thread, read once it has finished
 
@@ -110,16 +117,24 @@ class _Generation:
 @dataclass
 class _Counters:
     active: int = 0
-    waiting: int = 0
     completed: int = 0
     cancelled: int = 0
     failed: int = 0
-    rejected: int = 0
     tokens_generated: int = 0
+
+
+@dataclass(frozen=True)
+class _Prompt:
+    """A rendered prompt as tokens, and the stop strings of its format."""
+
+    tokens: list[int]
+    stop: tuple[str, ...]
 
 
 class LlamaCppBackend:
     name = "llama.cpp"
+    supports_continuation = True
+    parallel = 1  # one llama.cpp context, one conversation at a time
 
     def __init__(
         self,
@@ -128,30 +143,27 @@ class LlamaCppBackend:
         executor: Executor,
         n_threads: int = DEFAULT_THREADS,
         n_ctx: int = 4096,
-        queue_size: int = 8,
         stall_timeout_s: float = 30.0,
         chat_format: str | None = None,
     ) -> None:
         """`executor`: one worker thread of its own, where every generation runs (node.py's;
         the caller shuts it down after close()). `chat_format`: None = the GGUF's own
-        template, or PLAIN_FORMAT when it has none; otherwise "plain" or a llama-cpp-python
-        format name such as "gemma"."""
-        if n_threads < 1 or queue_size < 1 or stall_timeout_s <= 0:
-            raise ValueError("n_threads and queue_size must be >= 1 and stall_timeout_s > 0")
+        template, or PLAIN_FORMAT when it has none; otherwise "plain" or "template"."""
+        if n_threads < 1 or stall_timeout_s <= 0:
+            raise ValueError("n_threads must be >= 1 and stall_timeout_s > 0")
         self.model_path = Path(model_path)
         self.model = self.model_path.stem
+        self.context_tokens = n_ctx
         self._n_threads = n_threads
-        self._n_ctx = n_ctx
-        self._queue_size = queue_size
         self._stall_timeout_s = stall_timeout_s
         self._chat_format = chat_format
         self._llm: Llama | None = None
+        self._template: Any = None  # a llama-cpp-python Jinja2ChatFormatter, for GGUFs that ship one
         self._executor = executor
         # Bound to the event loop that first waits on it: a backend serves one loop.
         self._turn = asyncio.Lock()
         self._current: _Generation | None = None
         self._counters = _Counters()
-        self._typical_duration_s = 1.0
         self._closed = False
         self.prompt_format = ""
 
@@ -162,27 +174,26 @@ class LlamaCppBackend:
 
         if not self.model_path.is_file():
             raise FileNotFoundError(f"generation model {self.model_path} does not exist")
-        explicit = self._chat_format if self._chat_format not in (None, PLAIN_FORMAT) else None
         llm = Llama(
             model_path=str(self.model_path),
-            n_ctx=self._n_ctx,
+            n_ctx=self.context_tokens,
             n_threads=self._n_threads,
             n_threads_batch=self._n_threads,
-            chat_format=explicit,
             verbose=False,
         )
         if self._chat_format == PLAIN_FORMAT or (self._chat_format is None and not _has_chat_template(llm)):
-            llm.chat_handler = _plain_chat_handler()
             self.prompt_format = PLAIN_FORMAT
         else:
-            self.prompt_format = str(llm.chat_format)
+            self._template = _template_formatter(llm)
+            self.prompt_format = "template"
         self._llm = llm
-        log.info("loaded %s (%s threads, context %d, prompt format %s)", self.model_path.name, self._n_threads, self._n_ctx, self.prompt_format)
+        log.info("loaded %s (%s threads, context %d, prompt format %s)", self.model_path.name, self._n_threads, self.context_tokens, self.prompt_format)
 
     # ------------------------------------------------------------ streaming
     async def stream(self, request: GenerationRequest) -> AsyncIterator[str]:
-        """Text pieces (about one per token); GeneratorBusy comes from the first step."""
-        self._admit()
+        """Text pieces (about one per token), after the continuation if the request has one."""
+        if self._llm is None or self._closed:
+            raise Unavailable("the generation model is not loaded", retry_after_s=5)
         job = await self._wait_for_turn(request)
         try:
             while True:
@@ -204,23 +215,8 @@ class LlamaCppBackend:
             # the thread sees the event after its current token and lets go.
             job.cancel.set()
 
-    def _admit(self) -> None:
-        if self._llm is None or self._closed:
-            raise Unavailable("the generation model is not loaded", retry_after_s=5)
-        counters = self._counters
-        if counters.waiting + counters.active >= self._queue_size:
-            counters.rejected += 1
-            raise GeneratorBusy(
-                f"the generator is busy ({counters.active} running, {counters.waiting} waiting)",
-                retry_after_s=self._retry_after_s(),
-            )
-        counters.waiting += 1
-
     async def _wait_for_turn(self, request: GenerationRequest) -> _Generation:
-        try:
-            await self._turn.acquire()
-        finally:
-            self._counters.waiting -= 1
+        await self._turn.acquire()
         if self._closed:
             self._turn.release()
             raise Unavailable("the generator is shutting down", retry_after_s=1)
@@ -238,7 +234,7 @@ class LlamaCppBackend:
         try:
             return await asyncio.wait_for(job.pieces.get(), timeout=self._stall_timeout_s)
         except asyncio.TimeoutError:
-            raise Unavailable(f"the model produced nothing for {self._stall_timeout_s:g} s", retry_after_s=self._retry_after_s()) from None
+            raise Unavailable(f"the model produced nothing for {self._stall_timeout_s:g} s", retry_after_s=1) from None
 
     def _finish(self, job: _Generation, future: asyncio.Future[str]) -> None:
         """On the loop, once the generation thread has let go of the model."""
@@ -247,9 +243,6 @@ class LlamaCppBackend:
         counters.active -= 1
         counters.tokens_generated += job.tokens
         setattr(counters, outcome, getattr(counters, outcome) + 1)
-        if outcome == COMPLETED:
-            elapsed = time.monotonic() - job.started
-            self._typical_duration_s = 0.8 * self._typical_duration_s + 0.2 * elapsed
         if self._current is job:
             self._current = None
         self._turn.release()
@@ -265,10 +258,6 @@ class LlamaCppBackend:
             return FAILED
         return future.result()
 
-    def _retry_after_s(self) -> float:
-        """About when a slot frees: the typical duration of one generation."""
-        return float(min(60.0, max(1.0, round(self._typical_duration_s))))
-
     # -------------------------------------------------- generation thread
     def _generate(self, job: _Generation) -> str:
         """Runs in the llama thread: stream tokens to the loop until done or cancelled."""
@@ -280,7 +269,7 @@ class LlamaCppBackend:
             for chunk in chunks:
                 if job.cancel.is_set():
                     return CANCELLED
-                piece = chunk["choices"][0]["delta"].get("content")
+                piece = chunk["choices"][0].get("text")
                 if piece:
                     job.tokens += 1
                     if not job.send(piece):
@@ -297,33 +286,45 @@ class LlamaCppBackend:
 
     def _start_completion(self, request: GenerationRequest) -> Iterator[Any]:
         assert self._llm is not None
-        return self._llm.create_chat_completion(  # type: ignore[return-value]
-            messages=request.messages,  # type: ignore[arg-type]
+        prompt = self.render(request)
+        return self._llm.create_completion(  # type: ignore[return-value]
+            prompt=prompt.tokens,
             stream=True,
             max_tokens=request.max_tokens,
             temperature=request.temperature,
-            stop=list(request.stop),
+            stop=list(prompt.stop + request.stop),
         )
+
+    def render(self, request: GenerationRequest) -> _Prompt:
+        """The request's prompt as tokens: message text with special tokens off, the template's
+        markers (if any) with them on, then the continuation (blocking: the generation thread's)."""
+        assert self._llm is not None
+        llm = self._llm
+        if self._template is None:
+            text = render_plain_prompt(request.messages) + request.continuation
+            return _Prompt([llm.token_bos()] + llm.tokenize(text.encode(), add_bos=False, special=False), PLAIN_STOPS)
+        segments, stop = _render_template(self._template, request.messages)
+        segments.append((request.continuation, False))
+        tokens: list[int] = []
+        for text, special in segments:
+            if text:
+                tokens += llm.tokenize(text.encode(), add_bos=False, special=special)
+        return _Prompt(tokens, stop)
 
     # ---------------------------------------------------------------- state
     def stats(self) -> dict[str, Any]:
         counters = self._counters
         return {
-            "backend": self.name,
-            "model": self.model,
-            "active": counters.active,
-            "waiting": counters.waiting,
-            "capacity": self._queue_size,
+            "running": counters.active,
             "completed": counters.completed,
             "cancelled": counters.cancelled,
             "failed": counters.failed,
-            "rejected": counters.rejected,
             "tokens_generated": counters.tokens_generated,
         }
 
     async def close(self) -> None:
-        """Fail the running and waiting requests with Unavailable, wait for the generation
-        thread to let go of the model, free it."""
+        """Fail the running request with Unavailable, wait for the generation thread to let
+        go of the model, free it."""
         if self._closed:
             return
         self._closed = True
@@ -344,17 +345,36 @@ def _has_chat_template(llm: Llama) -> bool:
     return any(key == "tokenizer.chat_template" or key.startswith("tokenizer.chat_template.") for key in llm.metadata)
 
 
-def _plain_chat_handler() -> Any:
-    from llama_cpp import llama_chat_format
+# Stands in for a message's text while the template renders, so the rendered prompt can be
+# split into the template's own markup (special tokens on) and message text (off).
+_SLOT = "\ue000meshrag-message-{}\ue000"
+_SLOT_PATTERN = re.compile("\ue000meshrag-message-(\\d+)\ue000")
 
-    return llama_chat_format.chat_formatter_to_chat_completion_handler(_format_plain)
+
+def _template_formatter(llm: Llama) -> Any:
+    from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+    template = llm.metadata.get("tokenizer.chat_template")
+    if not template:
+        raise ValueError("the model has no chat template; use generation.chat_format = plain")
+    eos = llm.detokenize([llm.token_eos()]).decode(errors="ignore")
+    bos = llm.detokenize([llm.token_bos()]).decode(errors="ignore")
+    return Jinja2ChatFormatter(template=template, eos_token=eos, bos_token=bos, add_generation_prompt=True)
 
 
-def _format_plain(*, messages: list[dict[str, Any]], **_: Any) -> Any:
-    """Messages as a plain transcript: user text, then "Answer:" for the model to complete."""
-    from llama_cpp.llama_chat_format import ChatFormatterResponse
-
-    return ChatFormatterResponse(prompt=render_plain_prompt(messages), stop=list(PLAIN_STOPS))
+def _render_template(formatter: Any, messages: list[dict[str, str]]) -> tuple[list[tuple[str, bool]], tuple[str, ...]]:
+    """The template rendered around placeholder contents, as (text, special) segments."""
+    placeholders = [{**m, "content": _SLOT.format(i)} for i, m in enumerate(messages)]
+    response = formatter(messages=placeholders)
+    segments: list[tuple[str, bool]] = []
+    position = 0
+    for match in _SLOT_PATTERN.finditer(response.prompt):
+        segments.append((response.prompt[position : match.start()], True))
+        segments.append((str(messages[int(match.group(1))].get("content") or ""), False))
+        position = match.end()
+    segments.append((response.prompt[position:], True))
+    stop = response.stop if isinstance(response.stop, list) else [response.stop] if response.stop else []
+    return segments, tuple(s for s in stop if s)
 
 
 def render_plain_prompt(messages: list[dict[str, Any]]) -> str:
