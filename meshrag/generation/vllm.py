@@ -210,11 +210,11 @@ class VllmBackend:
         engine, self._engine = self._engine, None
         if engine is None:
             return
-        if self._running:
+        for request_id in list(self._running):  # one by one: older vLLM aborts one id per call
             try:
-                await engine.abort(list(self._running))
+                await engine.abort(request_id)
             except Exception:
-                log.warning("could not abort the running vLLM requests", exc_info=True)
+                log.warning("could not abort vLLM request %s", request_id, exc_info=True)
         # Stops the engine-core process and frees the GPU; the node is closing, so the seconds this
         # may block the loop are spent on nothing else.
         engine.shutdown()
