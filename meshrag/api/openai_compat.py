@@ -25,7 +25,9 @@ add OpenAI's ``type`` and ``param`` (= field), which OpenAI clients read.
 
 from __future__ import annotations
 
+import difflib
 import functools
+import json
 import logging
 import math
 import secrets
@@ -91,6 +93,13 @@ class ChatRequest:
     query_index: int  # the last user message, -1 when there is none
 
 
+def _shown(value: Any) -> str:
+    """A client's value in a message: numbers as they are, strings cut short, else the type."""
+    if value is None or isinstance(value, (bool, int, float)):
+        return json.dumps(value)[:32] if not isinstance(value, float) or math.isfinite(value) else repr(value)
+    return _quoted(value)
+
+
 def _not_supported(what: str) -> Callable[[Any, str], None]:
     """A field accepted only with a value that asks for nothing this API cannot do."""
     def check(value: Any, path: str) -> None:
@@ -119,7 +128,7 @@ def _kind(*types: type, low: float | None = None, high: float | None = None) -> 
 def _n(value: Any, path: str) -> None:
     if value is None or (value == 1 and not isinstance(value, bool)):
         return
-    raise ValidationError(f"{path} = {_quoted(value)}: this API returns one choice (n = 1); send n separate requests", field=path)
+    raise ValidationError(f"{path} = {_shown(value)}: this API returns one choice (n = 1); send n separate requests", field=path)
 
 
 def _tool_choice(value: Any, path: str) -> None:
@@ -181,8 +190,10 @@ def parse_chat(body: Any, limits: ApiConfig, generation: GenerationConfig) -> Ch
     obj = _require_object(body, "body")
     for key, value in obj.items():
         if key not in _ALLOWED_FIELDS:
+            close = difflib.get_close_matches(str(key), sorted(_ALLOWED_FIELDS), n=1)
+            hint = f"did you mean {close[0]!r}? " if close else ""
             raise ValidationError(
-                f"unknown field {printable(key)!r}; this API takes the OpenAI chat fields and retrieval, k, filter, session",
+                f"unknown field {printable(key)!r}; {hint}this API takes the OpenAI chat fields and retrieval, k, filter, session",
                 field=printable(key),
             )
         check = _IGNORED_FIELDS.get(key)
@@ -190,7 +201,7 @@ def parse_chat(body: Any, limits: ApiConfig, generation: GenerationConfig) -> Ch
             check(value, key)
     model = obj.get("model")
     if model is not None and (not isinstance(model, str) or not model.strip()):
-        raise ValidationError(f"model must be a model name (GET /v1/models lists them), got {_quoted(model)}", field="model")
+        raise ValidationError(f"model must be a model name (GET /v1/models lists them), got {_shown(model)}", field="model")
     messages = _messages(obj.get("messages"))
     stream = _flag(obj, "stream", False)
     include_usage = False
@@ -249,7 +260,7 @@ def _message(value: Any, path: str) -> dict[str, str]:
     if role in ("tool", "function"):
         raise ValidationError(f"{path}.role = {role!r}: this API calls no tools, so it takes no tool results", field=f"{path}.role")
     if not isinstance(role, str) or role not in ROLES:
-        raise ValidationError(f"{path}.role = {_quoted(role)}; allowed: {', '.join(ROLES)}", field=f"{path}.role")
+        raise ValidationError(f"{path}.role = {_shown(role)}; allowed: {', '.join(ROLES)}", field=f"{path}.role")
     for key, item in obj.items():
         if key in ("role", "content"):
             continue
@@ -277,7 +288,7 @@ def _content(value: Any, path: str) -> str:
         part_path = f"{path}[{index}]"
         part = _require_object(part, part_path)
         if part.get("type") != "text":
-            raise ValidationError(f"{part_path}.type = {_quoted(part.get('type'))}: only text parts are supported", field=f"{part_path}.type")
+            raise ValidationError(f"{part_path}.type = {_shown(part.get('type'))}: only text parts are supported", field=f"{part_path}.type")
         text = part.get("text")
         if not isinstance(text, str):
             raise ValidationError(f"{part_path}.text must be a string, got {_type_name(text)}", field=f"{part_path}.text")
@@ -302,7 +313,7 @@ def _temperature(obj: Mapping[str, Any], default: float) -> float:
     if value is None:
         return default
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or not 0 <= value <= 2:
-        raise ValidationError(f"temperature must be a number in 0..2, got {_quoted(value)}", field="temperature")
+        raise ValidationError(f"temperature must be a number in 0..2, got {_shown(value)}", field="temperature")
     return float(value)
 
 

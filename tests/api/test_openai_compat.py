@@ -121,6 +121,12 @@ def test_each_rejection_names_its_field(body: Any, field: str) -> None:
     assert _error(body).field == field
 
 
+def test_messages_show_the_value_and_suggest_the_field_meant() -> None:
+    assert "did you mean 'retrieval'?" in _error({"messages": USER, "retreival": False}).message
+    assert "n = 2" in _error({"messages": USER, "n": 2}).message
+    assert "got 2.5" in _error({"messages": USER, "temperature": 2.5}).message
+
+
 def test_the_retrieval_header() -> None:
     assert retrieval_header(None) is None
     assert retrieval_header("off") is False and retrieval_header("FALSE") is False and retrieval_header("0") is False
