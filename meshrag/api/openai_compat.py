@@ -11,9 +11,12 @@ timings, which generator answered and any failover) in the response, or in
 the final chunk of a stream.
 
 MeshRAG's own request fields arrive as top-level body fields (the openai
-client's ``extra_body``): ``retrieval`` (false turns it off; so does the header
-``X-Meshrag-Retrieval: off``), ``k``, ``filter`` (the /v1/search syntax) and
-``session``. OpenAI fields that only tune sampling or label the request
+client's ``extra_body``): ``retrieval`` (false turns it off; without it in the
+body the header ``X-Meshrag-Retrieval: on|off`` decides), ``k``, ``filter`` (the
+/v1/search syntax) and ``session``. ``max_tokens`` above generation.max_tokens is
+clamped to it (finish_reason "length" says when it ran out), as is usual for a
+proxy whose clients send a fixed budget. ``model``: with one model in the cluster
+any name means it; with several, it must be one of them (else 404 model_not_found). OpenAI fields that only tune sampling or label the request
 (top_p, seed, user, ...) are accepted and ignored; a value this API cannot
 honour (n > 1, tools, logprobs, JSON output, audio) is a 400 naming the field,
 and so is an unknown field (a misspelt ``retreival`` must not silently ask
