@@ -268,6 +268,9 @@ def cmd_ask(args: argparse.Namespace, client: Any) -> int:
             return 1
         elif event == "done":
             print()
+            for failover in (data.get("generation") or {}).get("failover") or []:
+                print(f"(the answer continued on another generator after {failover['after_tokens']} tokens: "
+                      f"{failover['reason']})", file=sys.stderr)
     _print_sources(sources)
     return 0
 

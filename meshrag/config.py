@@ -35,8 +35,9 @@ ENV_NOT_SETTINGS = frozenset({
 })
 DEFAULT_CONFIG_PATH = Path("conf/meshrag.toml")
 ROLES = ("storage", "coordinator", "generator")
-# vllm and OpenAI-compatible URLs arrive with the generation issue.
-BACKENDS = ("llama.cpp",)
+# In-process llama.cpp (CPU default), in-process vLLM (the gpu extra), any OpenAI-compatible URL.
+BACKENDS = ("llama.cpp", "vllm", "openai")
+OPENAI_APIS = ("completions", "chat")
 
 
 def _check(predicate: Callable[[Any], bool], allowed: str) -> dict[str, Any]:
@@ -146,6 +147,17 @@ class GenerationConfig:
     temperature: float = field(default=0.0, metadata=_check(lambda v: 0 <= v <= 2, "a number 0..2"))
     queue_size: int = field(default=8, metadata=_check(lambda v: 1 <= v <= 10000, "an integer 1..10000"))
     stall_timeout_s: float = field(default=30.0, metadata=_check(_positive, "seconds > 0"))
+    first_token_timeout_s: float = field(default=120.0, metadata=_check(_positive, "seconds > 0"))
+    max_attempts: int = field(default=3, metadata=_check(lambda v: 1 <= v <= 16, "an integer 1..16"))
+    max_failovers: int = field(default=2, metadata=_check(lambda v: 0 <= v <= 16, "an integer 0..16"))
+    breaker_failures: int = field(default=3, metadata=_check(lambda v: 1 <= v <= 100, "an integer 1..100"))
+    breaker_open_s: float = field(default=2.0, metadata=_check(_positive, "seconds > 0"))
+    parallel: int = field(default=16, metadata=_check(lambda v: 1 <= v <= 4096, "an integer 1..4096"))
+    openai_base_url: str = field(default="", metadata=_check(lambda v: v == "" or v.startswith(("http://", "https://")), "'' or an http(s):// URL"))
+    openai_model: str = field(default="", metadata=_check(lambda v: True, "the model name the server expects"))
+    openai_api_key_env: str = field(default="OPENAI_API_KEY", metadata=_check(lambda v: True, "an environment variable name"))
+    openai_api: str = field(default="completions", metadata=_check(lambda v: v in OPENAI_APIS, " | ".join(OPENAI_APIS)))
+    gpu_memory_utilization: float = field(default=0.85, metadata=_check(lambda v: 0 < v <= 1, "a share 0..1"))
 
 
 @dataclass
@@ -342,6 +354,17 @@ def _validate_relations(config: Config) -> None:
             f"chunking.overlap_tokens = {config.chunking.overlap_tokens}: must be smaller than "
             f"chunking.max_tokens = {config.chunking.max_tokens}",
             field="chunking.overlap_tokens",
+        )
+    generation = config.generation
+    if generation.backend == "openai" and not (generation.openai_base_url and generation.openai_model):
+        raise ConfigError(
+            "generation.backend = 'openai' needs generation.openai_base_url (the server's URL, e.g. "
+            "http://127.0.0.1:8000/v1) and generation.openai_model", field="generation.openai_base_url",
+        )
+    if generation.backend == "vllm" and not generation.model:
+        raise ConfigError(
+            "generation.backend = 'vllm' needs generation.model (a model directory or name vLLM can load "
+            "offline); the bundled GGUF is for llama.cpp", field="generation.model",
         )
     host, _ = parse_host_port(config.node.bind)
     if not config.node.secret and not config.node.dev and not is_loopback(host):

@@ -15,7 +15,6 @@ import signal
 import socket
 import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -24,6 +23,8 @@ from aiohttp import web
 from meshrag import __version__
 from meshrag.api.errors import error_middleware, metrics_middleware
 from meshrag.api.internal import InternalApi
+from meshrag.api.mesh_generate import GenerateRoute
+from meshrag.api.openai_compat import OpenAICompatApi
 from meshrag.api.public import PublicApi
 from meshrag.clock import HybridLogicalClock, SystemClock, pack_hlc
 from meshrag.cluster.ringstate import UNRECORDED_ANALYSIS, ClusterSettings, RingState
@@ -31,7 +32,12 @@ from meshrag.cluster.rpc import BodyCodec, PeerClient, PeerError
 from meshrag.cluster.messages import RING_PATH
 from meshrag.cluster.service import ClusterService
 from meshrag.config import Config, as_dict, parse_host_port
-from meshrag.generation.base import GeneratorBackend
+from meshrag.cluster.breaker import BreakerBoard, BreakerSettings
+from meshrag.generation.admission import Admission, LocalGenerator
+from meshrag.generation.backends import build_backend
+from meshrag.generation.remote import RemoteGenerators
+from meshrag.generation.router import GeneratorRouter, RouterSettings
+from meshrag.generation.service import GenerationService
 from meshrag.gossip import AsyncioTransport, GossipDatagramProtocol, MemberEvent, Memberlist
 from meshrag.identity import NodeIdentity, load_or_create
 from meshrag.observability import (
@@ -80,7 +86,8 @@ class Node:
         self._storage_snapshot = StorageSnapshot()
         self._engine: StorageEngine | None = None
         self._embedder: Embedder | None = None
-        self._generator: GeneratorBackend | None = None
+        self.local_generator: LocalGenerator | None = None  # this node's own, with the generator role
+        self.generation: GenerationService | None = None  # routing to every generator in the cluster
         self._components = {"storage": False, "embedder": False}
         if "generator" in config.node.roles:
             self._components["generator"] = False
@@ -120,7 +127,8 @@ class Node:
             "members": members,
             "ring": await self._ring_view(),
             "storage": storage,
-            "generator": self._generator.stats() if self._generator and self._components.get("generator") else None,
+            "generator": self.local_generator.stats() if self.local_generator else None,
+            "generation": self.generation.view() if self.generation else None,
             "embedder": {"model": self._embedder.model_name, "dim": self._embedder.dim} if self._embedder and self._components["embedder"] else None,
             "config": as_dict(self.config),
         }
@@ -154,6 +162,8 @@ class Node:
         app.add_routes(InternalApi(
             self, self.config.gossip_settings(), self.config.node.secret, self.config.cluster.max_message_bytes, self._codec,
         ).routes())
+        app.add_routes(GenerateRoute(self).routes())
+        app.add_routes(OpenAICompatApi(self, self._offload_pool).routes())
         # handler_cancellation: a client that disconnects cancels its handler,
         # which is how an abandoned /v1/ask stops its generation.
         self._runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
@@ -183,6 +193,7 @@ class Node:
             listener=self._on_member_event,
         )
         self.metrics.registry.register(GossipCollector(self.members))
+        self.generation = self._build_generation()
         self.members.start()
         if self.config.node.join:
             self.members.join(self.config.node.join)
@@ -202,9 +213,8 @@ class Node:
         meta: dict[str, Any] = {"roles": self.config.node.roles, "zone": self.config.node.zone, "http": self.config.advertise_address}
         if self._embedder is not None and self._components["embedder"]:
             meta["embedder"] = self._embedder.model_name
-        if self._generator is not None:
-            stats = self._generator.stats()
-            meta["generator"] = {"model": self._generator.model, "capacity": stats.get("capacity"), "load": stats.get("active", 0) + stats.get("waiting", 0)}
+        if self.local_generator is not None:
+            meta["generator"] = self.local_generator.metadata()
         return meta
 
     async def _advertise_metadata_changes(self) -> None:
@@ -252,7 +262,7 @@ class Node:
             self._tasks.append(asyncio.create_task(self._save_indexes_periodically(), name="index-saver"))
             self._tasks.append(asyncio.create_task(self._purge_tombstones_periodically(), name="tombstone-purge"))
             if "generator" in self._components:
-                self._generator = await loop.run_in_executor(None, self._load_generator)
+                self.local_generator = await loop.run_in_executor(None, self._load_generator)
                 self._components["generator"] = True
             self.pipeline = self._build_pipeline(embedder)
             self._tasks.append(asyncio.create_task(self._advertise_metadata_changes(), name="metadata"))
@@ -355,21 +365,36 @@ class Node:
         engine.open()
         return engine
 
-    def _load_generator(self) -> GeneratorBackend:
+    def _load_generator(self) -> LocalGenerator:
+        """This node's backend, loaded (blocking), behind its admission queue."""
         generation = self.config.generation
-        from meshrag.generation.llamacpp import LlamaCppBackend, assemble_default_model
-
-        model_path = Path(generation.model) if generation.model else assemble_default_model(self.config.data_path)
-        backend = LlamaCppBackend(
-            model_path,
-            executor=self._generation_pool,
-            n_threads=generation.threads,
-            n_ctx=generation.context_tokens,
-            queue_size=generation.queue_size,
-            stall_timeout_s=generation.stall_timeout_s,
-        )
+        backend = build_backend(generation, self.config.data_path, self._generation_pool)
         backend.load()
-        return backend
+        capacity = max(generation.queue_size, backend.parallel)
+        return LocalGenerator(backend, Admission(capacity, backend.parallel, self._clock))
+
+    def _build_generation(self) -> GenerationService:
+        """Routing of answers to the cluster's generators (this node's own included)."""
+        assert self.identity is not None and self.members is not None and self._peers is not None
+        generation = self.config.generation
+        breakers = BreakerBoard(
+            BreakerSettings(consecutive_failures=generation.breaker_failures, open_s=generation.breaker_open_s,
+                            max_open_s=max(30.0, generation.breaker_open_s)),
+            self._clock,
+        )
+        settings = RouterSettings(
+            max_attempts=generation.max_attempts, max_failovers=generation.max_failovers,
+            first_piece_timeout_s=generation.first_token_timeout_s, stall_timeout_s=generation.stall_timeout_s,
+        )
+        members = self.members
+        return GenerationService(
+            local_id=self.identity.node_id,
+            members=members.members,
+            local=lambda: self.local_generator,
+            remote=RemoteGenerators(self._peers),
+            router_factory=lambda open_stream: GeneratorRouter(breakers, random.Random(), open_stream, settings),
+            metrics=self.metrics,
+        )
 
     def _build_pipeline(self, embedder: Embedder) -> RagPipeline:
         assert self.cluster is not None
@@ -381,8 +406,7 @@ class Node:
             hlc=self._hlc,
             executor=self._storage_pool,
             metrics=self.metrics,
-            generator=self._generator,
-            stall_timeout_s=self.config.generation.stall_timeout_s,
+            generation=self.generation,
             search_timeout_s=self.config.search.timeout_ms / 1000,
         )
 
@@ -461,8 +485,8 @@ class Node:
             self._udp.close()
         if self._http_session is not None:
             await self._http_session.close()
-        if self._generator is not None:
-            await self._generator.close()
+        if self.local_generator is not None:
+            await self.local_generator.backend.close()
         if self._embedder is not None:
             await self._embedder.close()
         if self._engine is not None:

@@ -53,6 +53,10 @@ class Metrics:
         self.generation_ttft = Histogram("meshrag_generation_first_token_seconds", "Time to first generated token", buckets=LATENCY_BUCKETS, registry=r)
         self.generated_tokens = Counter("meshrag_generated_tokens_total", "Generated stream pieces", registry=r)
         self.generations = Counter("meshrag_generations_total", "Generations by outcome", ["outcome"], registry=r)
+        self.generation_failovers = Counter(
+            "meshrag_generation_failovers_total", "Answers continued on another generator after a mid-stream failure", registry=r)
+        self.generation_retries = Counter(
+            "meshrag_generation_retries_total", "Generation attempts that failed before their first piece and were retried", registry=r)
         self.stored_documents = Gauge("meshrag_stored_documents", "Live documents held by this node", registry=r)
         self.stored_chunks = Gauge("meshrag_stored_chunks", "Chunks held by this node", registry=r)
         self.ready = Gauge("meshrag_ready", "1 when the node serves every role it has", registry=r)

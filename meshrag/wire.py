@@ -66,6 +66,11 @@ def unpack(data: bytes) -> Any:
         raise ValidationError(f"body is not valid msgpack: {exc}", field="body") from None
 
 
+def stream_unpacker(max_buffer_bytes: int = 16 * 1024 * 1024) -> msgpack.Unpacker:
+    """Decodes msgpack objects written one after another (a streamed reply) as bytes arrive."""
+    return msgpack.Unpacker(ext_hook=_unpack_ext, raw=False, strict_map_key=True, max_buffer_size=max_buffer_bytes)
+
+
 def _json_default(obj: Any) -> Any:
     if isinstance(obj, np.ndarray):
         return obj.tolist()

@@ -66,8 +66,7 @@ class InternalApi:
 
     def _mesh_route(self, pick: Callable[[ClusterService], Handler]) -> Callable[[web.Request], Awaitable[web.Response]]:
         async def route(request: web.Request) -> web.Response:
-            if not secret_matches(request.headers.get(SECRET_HEADER), self._secret):
-                raise Unauthorized("missing or wrong cluster secret", field=SECRET_HEADER)
+            check_secret(request, self._secret)
             cluster = self._node.cluster
             if cluster is None:
                 raise Unavailable("cluster storage is not started yet", retry_after_s=1)
@@ -95,6 +94,12 @@ class InternalApi:
         if reply is None:
             return web.Response(status=400, text="rejected")
         return web.Response(body=reply, content_type=PUSH_PULL_CONTENT_TYPE)
+
+
+def check_secret(request: web.Request, secret: str) -> None:
+    """Every /_mesh/ route: the cluster secret, compared in constant time."""
+    if not secret_matches(request.headers.get(SECRET_HEADER), secret):
+        raise Unauthorized("missing or wrong cluster secret", field=SECRET_HEADER)
 
 
 def _bound(handler: ClusterHandler) -> Callable[[ClusterService], Handler]:

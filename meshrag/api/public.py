@@ -20,10 +20,11 @@ from meshrag.cluster.rpc import OFFLOAD_BYTES
 from meshrag.cluster.service import ClusterService
 from meshrag.cluster.writes import CONSISTENCY_LEVELS
 from meshrag.errors import MeshragError, PayloadTooLarge, Unavailable, UnsupportedMediaType, ValidationError
+from meshrag.generation.base import StreamReport
+from meshrag.generation.service import GenerationService
 from meshrag.observability import Metrics, Stopwatch
 from meshrag.rag.pipeline import RagPipeline
 from meshrag.rag.prompt import Passage
-from meshrag.rag.requests import AskRequest
 from meshrag.store.types import Hit, StoredDocument
 from meshrag.wire import JSON, MSGPACK_TYPES, decode_body, dumps_json
 
@@ -41,6 +42,7 @@ class NodeView(Protocol):
     def readiness(self) -> dict[str, bool]: ...
 
     cluster: ClusterService | None
+    generation: GenerationService | None
 
     async def cluster_view(self) -> dict[str, Any]: ...
 
@@ -101,6 +103,14 @@ def hit_dict(hit: Hit) -> dict[str, Any]:
 def document_dict(doc: StoredDocument) -> dict[str, Any]:
     chunks = [{"chunk_id": c.chunk_id, "seq": c.seq, "text": c.text, "start": c.start, "end": c.end} for c in doc.chunks]
     return {"id": doc.doc_id, "text": doc.text, "metadata": doc.metadata, "version": doc.version, "chunks": chunks}
+
+
+def report_dict(report: StreamReport) -> dict[str, Any]:
+    """Which generator answered, and every failover on the way (the client's ``failover`` note)."""
+    return {
+        "generator": report.generator, "generator_name": report.generator_name, "model": report.model, "attempts": report.attempts,
+        "failover": [f.as_dict() for f in report.failovers], "retries": report.retries,
+    }
 
 
 def source_dict(passage: Passage) -> dict[str, Any]:
@@ -187,48 +197,53 @@ class PublicApi:
         watch = Stopwatch()
         passages, outcome = await pipeline.retrieve_for_ask(parsed)
         timings = dict(outcome.timings, retrieve_ms=watch.ms())
+        report = StreamReport()
+        stream = pipeline.generate(parsed.query, passages, parsed.max_tokens, self._node.config.generation.temperature, report)
         if parsed.stream:
-            return await self._ask_stream(request, pipeline, parsed, passages, outcome.coverage, timings, watch)
+            return await self._ask_stream(request, stream, passages, outcome.coverage, timings, watch, report)
         pieces: list[str] = []
-        async for piece in pipeline.generate(parsed.query, passages, parsed.max_tokens, self._node.config.generation.temperature):
-            if not pieces:
-                timings["first_token_ms"] = watch.ms()
-            pieces.append(piece)
+        try:
+            async for piece in stream:
+                if not pieces:
+                    timings["first_token_ms"] = watch.ms()
+                pieces.append(piece)
+        finally:
+            await stream.aclose()
         timings.update(total_ms=watch.ms(), tokens=len(pieces))
         return json_response(request, {
             "answer": "".join(pieces).strip(),
             "sources": [source_dict(p) for p in passages],
             "coverage": outcome.coverage,
             "timings": timings,
+            "generation": report_dict(report),
         })
 
     async def _ask_stream(
-        self, request: web.Request, pipeline: RagPipeline, parsed: AskRequest,
-        passages: list[Passage], coverage: float, timings: dict[str, Any], watch: Stopwatch,
+        self, request: web.Request, stream: Any, passages: list[Passage], coverage: float,
+        timings: dict[str, Any], watch: Stopwatch, report: StreamReport,
     ) -> web.StreamResponse:
         """Server-sent events: sources, tokens, then done (or a typed error, never a bare end).
 
-        The first piece is awaited before the response starts, so a full
-        generator queue is still a plain 503 with Retry-After.
+        The first piece is awaited before the response starts, so a cluster whose
+        generators are all busy is still a plain 503 with Retry-After.
         """
-        stream = pipeline.generate(parsed.query, passages, parsed.max_tokens, self._node.config.generation.temperature)
         try:
             first = await anext(stream, None)
             timings["first_token_ms"] = watch.ms()
             response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
             await response.prepare(request)
             await _sse(response, "sources", {"sources": [source_dict(p) for p in passages], "coverage": coverage})
-            tokens = await self._relay_tokens(response, first, stream)
+            tokens = await self._relay_tokens(response, first, stream, report)
         finally:
             await stream.aclose()
         if tokens is not None:
             timings.update(total_ms=watch.ms(), tokens=tokens)
-            await _sse(response, "done", {"timings": timings, "coverage": coverage})
+            await _sse(response, "done", {"timings": timings, "coverage": coverage, "generation": report_dict(report)})
             await response.write_eof()
         return response
 
-    async def _relay_tokens(self, response: web.StreamResponse, first: str | None, stream: Any) -> int | None:
-        """Write token events; on a generator failure write an error event and return None."""
+    async def _relay_tokens(self, response: web.StreamResponse, first: str | None, stream: Any, report: StreamReport) -> int | None:
+        """Write token events; on a generation failure write a typed error event and return None."""
         tokens = 0
         try:
             if first is not None:
@@ -238,7 +253,8 @@ class PublicApi:
                     tokens += 1
                     await _sse(response, "token", {"text": piece})
         except MeshragError as exc:
-            await _sse(response, "error", {"error": exc.to_dict()})
+            await _sse(response, "error", {"error": exc.to_dict(), "generation": report_dict(report)})
+            await response.write_eof()
             return None
         return tokens
 

@@ -25,6 +25,7 @@ ROOTS_PATH = "/_mesh/repair/roots"
 ENTRIES_PATH = "/_mesh/repair/entries"
 FETCH_PATH = "/_mesh/repair/fetch"
 RING_PATH = "/_mesh/ring"
+GENERATE_PATH = "/_mesh/generate"  # streamed: msgpack frames, see generation/remote.py
 
 # Share of cluster.max_message_bytes a batch may fill by wire_size's estimate: the
 # estimate leaves out msgpack framing and metadata encoding.

@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 from concurrent.futures import Executor
-from typing import Any, Sequence
+from typing import Any, AsyncIterator, Sequence
 
 import aiohttp
 import numpy as np
@@ -32,11 +32,12 @@ _SAMPLED_ABOVE = 16  # containers with more items are estimated from their first
 
 
 class PeerError(Exception):
-    def __init__(self, address: str, reason: str, status: int | None = None) -> None:
+    def __init__(self, address: str, reason: str, status: int | None = None, retry_after_s: float | None = None) -> None:
         super().__init__(f"{address}: {reason}")
         self.address = address
         self.reason = reason
         self.status = status
+        self.retry_after_s = retry_after_s  # from a 503's Retry-After
 
 
 def secret_matches(presented: str | None, secret: str) -> bool:
@@ -98,11 +99,15 @@ class PeerClient:
     async def call(self, address: str, path: str, body: dict[str, Any], timeout_s: float | None = None) -> Any:
         return await self.call_packed(address, path, await self._codec.pack(body), timeout_s)
 
-    async def call_packed(self, address: str, path: str, payload: bytes, timeout_s: float | None = None) -> Any:
-        """Send an already-packed body (hints are stored packed)."""
+    def _headers(self) -> dict[str, str]:
         headers = {"Content-Type": wire.MSGPACK, "Accept": wire.MSGPACK}
         if self._secret:
             headers[SECRET_HEADER] = self._secret
+        return headers
+
+    async def call_packed(self, address: str, path: str, payload: bytes, timeout_s: float | None = None) -> Any:
+        """Send an already-packed body (hints are stored packed)."""
+        headers = self._headers()
         timeout = aiohttp.ClientTimeout(total=timeout_s or self.timeout_s)
         try:
             async with self._session.post(f"http://{address}{path}", data=payload, headers=headers, timeout=timeout) as response:
@@ -118,6 +123,39 @@ class PeerClient:
             raise PeerError(address, f"{type(exc).__name__}: {exc}") from None
         except Exception as exc:  # a garbled reply must not crash the caller's loop
             raise PeerError(address, f"bad reply: {exc!r}") from None
+
+
+    async def stream(self, address: str, path: str, body: dict[str, Any]) -> AsyncIterator[Any]:
+        """A streamed reply: the msgpack objects the peer writes one after another, as they
+        arrive. Connecting and the status line are bounded by the client's timeout; gaps in
+        the stream are the caller's to bound (the generation router's stall timeout).
+        Closing the iterator closes the connection, which cancels the peer's handler."""
+        timeout = aiohttp.ClientTimeout(total=None, connect=self.timeout_s, sock_connect=self.timeout_s)
+        try:
+            async with self._session.post(f"http://{address}{path}", data=wire.pack(body), headers=self._headers(), timeout=timeout) as response:
+                if response.status != 200:
+                    payload = await asyncio.wait_for(response.read(), self.timeout_s)
+                    raise PeerError(address, _error_text(payload, response.status), response.status, _retry_after(response))
+                unpacker = wire.stream_unpacker()
+                async for data in response.content.iter_any():
+                    unpacker.feed(data)
+                    for item in unpacker:
+                        yield item
+        except PeerError:
+            raise
+        except asyncio.TimeoutError:
+            raise PeerError(address, f"no answer within {self.timeout_s:.1f} s") from None
+        except (aiohttp.ClientError, OSError) as exc:
+            raise PeerError(address, f"{type(exc).__name__}: {exc}") from None
+        except ValueError as exc:  # a garbled frame
+            raise PeerError(address, f"bad stream: {exc!r}") from None
+
+
+def _retry_after(response: aiohttp.ClientResponse) -> float | None:
+    try:
+        return float(response.headers.get("Retry-After", ""))
+    except ValueError:
+        return None
 
 
 def _error_text(payload: bytes, status: int) -> str:

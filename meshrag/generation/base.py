@@ -137,7 +137,8 @@ class Failover:
 class StreamReport:
     """What the coordinator learned while streaming one answer (filled as it goes)."""
 
-    generator: str = ""  # the node that finished the answer
+    generator: str = ""  # the node id of the generator that finished the answer
+    generator_name: str = ""  # and its name, for people
     model: str = ""
     attempts: int = 0
     pieces: int = 0

@@ -125,10 +125,15 @@ class _Counters:
 
 @dataclass(frozen=True)
 class _Prompt:
-    """A rendered prompt as tokens, and the stop strings of its format."""
+    """A rendered prompt as tokens, and the stop strings of its format.
+
+    ``answer_from``: where the continuation's tokens start in ``tokens`` (len(tokens) when there
+    is none), or None when tokenising prompt and continuation together changed the prompt's own
+    last tokens (the seam merged), so the two cannot be told apart."""
 
     tokens: list[int]
     stop: tuple[str, ...]
+    answer_from: int | None = None
 
 
 class LlamaCppBackend:
@@ -144,6 +149,7 @@ class LlamaCppBackend:
         n_threads: int = DEFAULT_THREADS,
         n_ctx: int = 4096,
         stall_timeout_s: float = 30.0,
+        first_piece_timeout_s: float = 120.0,
         chat_format: str | None = None,
     ) -> None:
         """`executor`: one worker thread of its own, where every generation runs (node.py's;
@@ -156,6 +162,7 @@ class LlamaCppBackend:
         self.context_tokens = n_ctx
         self._n_threads = n_threads
         self._stall_timeout_s = stall_timeout_s
+        self._first_piece_timeout_s = first_piece_timeout_s  # prompt processing comes first
         self._chat_format = chat_format
         self._llm: Llama | None = None
         self._template: Any = None  # a llama-cpp-python Jinja2ChatFormatter, for GGUFs that ship one
@@ -195,9 +202,11 @@ class LlamaCppBackend:
         if self._llm is None or self._closed:
             raise Unavailable("the generation model is not loaded", retry_after_s=5)
         job = await self._wait_for_turn(request)
+        first = True
         try:
             while True:
-                item = await self._next_item(job)
+                item = await self._next_item(job, first)
+                first = False
                 if item is _END:
                     # The thread is about to let go; once it has, the model is
                     # free for whoever iterates next.
@@ -228,13 +237,14 @@ class LlamaCppBackend:
         job.finished.add_done_callback(functools.partial(self._finish, job))
         return job
 
-    async def _next_item(self, job: _Generation) -> object:
+    async def _next_item(self, job: _Generation, first: bool) -> object:
         if not job.pieces.empty():
             return job.pieces.get_nowait()
+        timeout = self._first_piece_timeout_s if first else self._stall_timeout_s
         try:
-            return await asyncio.wait_for(job.pieces.get(), timeout=self._stall_timeout_s)
+            return await asyncio.wait_for(job.pieces.get(), timeout=timeout)
         except asyncio.TimeoutError:
-            raise Unavailable(f"the model produced nothing for {self._stall_timeout_s:g} s", retry_after_s=1) from None
+            raise Unavailable(f"the model produced nothing for {timeout:g} s", retry_after_s=1) from None
 
     def _finish(self, job: _Generation, future: asyncio.Future[str]) -> None:
         """On the loop, once the generation thread has let go of the model."""
@@ -287,6 +297,12 @@ class LlamaCppBackend:
     def _start_completion(self, request: GenerationRequest) -> Iterator[Any]:
         assert self._llm is not None
         prompt = self.render(request)
+        # No reuse of a previous prompt's KV cache: the prompt is evaluated from position 0 in
+        # the same batches every time, which _replay_answer relies on (and RAG prompts rarely
+        # share more than the instructions anyway).
+        self._llm.reset()
+        if request.continuation and request.temperature == 0 and prompt.answer_from is not None:
+            self._replay_answer(prompt.tokens, prompt.answer_from)
         return self._llm.create_completion(  # type: ignore[return-value]
             prompt=prompt.tokens,
             stream=True,
@@ -295,21 +311,41 @@ class LlamaCppBackend:
             stop=list(prompt.stop + request.stop),
         )
 
+    def _replay_answer(self, tokens: list[int], answer_from: int) -> None:
+        """Evaluate the prompt as a fresh generation does (in batches), then the answer so far one
+        token at a time, as it was generated. llama.cpp's kernels are not batch-invariant:
+        evaluating the answer's tokens in one batch with the prompt gives logits that differ in
+        the last bits, enough to flip a near-tie (one year for another) under greedy decoding.
+        Replayed step by step, the KV cache is the one the first generator had, so what follows
+        is what it would have written. create_completion then finds the whole prompt cached and
+        samples at once. Costs one decode step per token already sent (failover is rare)."""
+        assert self._llm is not None
+        self._llm.eval(tokens[:answer_from])
+        for token in tokens[answer_from:]:
+            self._llm.eval([token])
+
     def render(self, request: GenerationRequest) -> _Prompt:
         """The request's prompt as tokens: message text with special tokens off, the template's
         markers (if any) with them on, then the continuation (blocking: the generation thread's)."""
         assert self._llm is not None
         llm = self._llm
         if self._template is None:
-            text = render_plain_prompt(request.messages) + request.continuation
-            return _Prompt([llm.token_bos()] + llm.tokenize(text.encode(), add_bos=False, special=False), PLAIN_STOPS)
+            text = render_plain_prompt(request.messages)
+            prompt = [llm.token_bos()] + llm.tokenize(text.encode(), add_bos=False, special=False)
+            if not request.continuation:
+                return _Prompt(prompt, PLAIN_STOPS, len(prompt))
+            # Together, as the text reads: the seam tokenises as it would have been generated.
+            joined = [llm.token_bos()] + llm.tokenize((text + request.continuation).encode(), add_bos=False, special=False)
+            return _Prompt(joined, PLAIN_STOPS, len(prompt) if joined[: len(prompt)] == prompt else None)
         segments, stop = _render_template(self._template, request.messages)
-        segments.append((request.continuation, False))
         tokens: list[int] = []
         for text, special in segments:
             if text:
                 tokens += llm.tokenize(text.encode(), add_bos=False, special=special)
-        return _Prompt(tokens, stop)
+        answer_from = len(tokens)
+        if request.continuation:
+            tokens += llm.tokenize(request.continuation.encode(), add_bos=False, special=False)
+        return _Prompt(tokens, stop, answer_from)
 
     # ---------------------------------------------------------------- state
     def stats(self) -> dict[str, Any]:

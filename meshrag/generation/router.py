@@ -126,9 +126,9 @@ class GeneratorRouter:
                             report.model = target.model
                         sent.append(piece)
                         report.pieces = len(sent)
-                        report.generator = target.node_id
+                        report.generator, report.generator_name = target.node_id, target.name
                         yield piece
-                report.generator, report.model = target.node_id, target.model
+                report.generator, report.generator_name, report.model = target.node_id, target.name, target.model
                 return
             except _AttemptFailed as failure:
                 self._note_failure(target, failure, sent, report, busy)

@@ -14,6 +14,7 @@ import hashlib
 import json
 import logging
 from concurrent.futures import Executor
+from contextlib import aclosing
 from dataclasses import dataclass, field
 from typing import Any, AsyncIterator, Callable, Sequence, TypeVar
 
@@ -21,7 +22,8 @@ import numpy as np
 
 from meshrag.clock import HybridLogicalClock
 from meshrag.errors import NotFound, Unavailable
-from meshrag.generation.base import GenerationRequest, GeneratorBackend
+from meshrag.generation.base import GenerationRequest, StreamReport
+from meshrag.generation.service import GenerationService
 from meshrag.observability import Metrics, Stopwatch
 from meshrag.rag.chunking import Chunker, TextChunk
 from meshrag.rag.embedder import Embedder
@@ -84,8 +86,7 @@ class RagPipeline:
         hlc: HybridLogicalClock,
         executor: Executor,
         metrics: Metrics,
-        generator: GeneratorBackend | None = None,
-        stall_timeout_s: float = 30.0,
+        generation: GenerationService | None = None,
         search_timeout_s: float = 2.0,
     ) -> None:
         self._cluster = cluster
@@ -94,8 +95,7 @@ class RagPipeline:
         self._hlc = hlc
         self._executor = executor
         self._metrics = metrics
-        self._generator = generator
-        self._stall_timeout_s = stall_timeout_s
+        self._generation = generation
         self._search_timeout_s = search_timeout_s
 
     async def _blocking(self, fn: Callable[..., T], *args: Any) -> T:
@@ -236,34 +236,35 @@ class RagPipeline:
         ]
         return passages, outcome
 
-    async def generate(self, question: str, passages: Sequence[Passage], max_tokens: int, temperature: float) -> AsyncIterator[str]:
-        """Stream the answer; fails if the generator stalls longer than the stall timeout."""
-        if self._generator is None:
-            raise Unavailable("this node has no generator role; ask a node that has one", retry_after_s=5)
+    async def generate(
+        self, question: str, passages: Sequence[Passage], max_tokens: int, temperature: float, report: StreamReport | None = None,
+    ) -> AsyncIterator[str]:
+        """Stream the answer from the cluster's generators (any node can ask; the router fails
+        over between them); ``report`` fills with the generator used and any failover."""
         request = GenerationRequest(messages=build_messages(question, passages), max_tokens=max_tokens, temperature=temperature)
-        stream = self._generator.stream(request).__aiter__()
-        watch = Stopwatch()
-        first = True
-        try:
-            while True:
-                try:
-                    piece = await asyncio.wait_for(stream.__anext__(), timeout=self._stall_timeout_s)
-                except StopAsyncIteration:
-                    break
-                if first:
-                    self._metrics.generation_ttft.observe(watch.ms() / 1000)
-                    first = False
-                self._metrics.generated_tokens.inc()
+        async with aclosing(self.generate_messages(request, report or StreamReport())) as pieces:
+            async for piece in pieces:
                 yield piece
-            self._metrics.generations.labels(outcome="completed").inc()
-        except asyncio.TimeoutError:
-            self._metrics.generations.labels(outcome="stalled").inc()
-            raise Unavailable(f"generator produced nothing for {self._stall_timeout_s:.0f} s", retry_after_s=1) from None
+
+    async def generate_messages(self, request: GenerationRequest, report: StreamReport) -> AsyncIterator[str]:
+        """Any prepared request (the OpenAI-compatible API's own messages too), with metrics."""
+        if self._generation is None:
+            raise Unavailable("generation is not started yet", retry_after_s=2)
+        watch = Stopwatch()
+        outcome = "failed"
+        try:
+            async with aclosing(self._generation.stream(request, report)) as pieces:
+                async for piece in pieces:
+                    if report.pieces == 1:
+                        self._metrics.generation_ttft.observe(watch.ms() / 1000)
+                    self._metrics.generated_tokens.inc()
+                    yield piece
+            outcome = "completed"
         except (asyncio.CancelledError, GeneratorExit):
-            self._metrics.generations.labels(outcome="cancelled").inc()
+            outcome = "cancelled"
             raise
         finally:
-            await _close_quietly(stream)
+            self._metrics.generations.labels(outcome=outcome).inc()
 
 
 def _verdict(applied: WriteResult, superseded: dict[str, int]) -> WriteResult:
@@ -271,12 +272,3 @@ def _verdict(applied: WriteResult, superseded: dict[str, int]) -> WriteResult:
     (a concurrent write won), then superseded with that version, never updated."""
     newer = superseded.get(applied.doc_id)
     return applied if newer is None else WriteResult(applied.doc_id, WriteStatus.SUPERSEDED, newer)
-
-
-async def _close_quietly(stream: AsyncIterator[str]) -> None:
-    aclose = getattr(stream, "aclose", None)
-    if aclose is not None:
-        try:
-            await aclose()
-        except Exception:  # the stream's own failure was already reported to the caller
-            log.debug("generator stream failed while closing", exc_info=True)
