@@ -22,7 +22,8 @@ import pytest
 from aiohttp import web
 
 from meshrag.api.errors import error_middleware
-from meshrag.api.openai_compat import OpenAICompatApi, citations, parse_chat, rag_messages, retrieval_header
+from meshrag.api.openai_compat import OpenAICompatApi, citations, rag_messages
+from meshrag.api.openai_schema import parse_chat, retrieval_header
 from meshrag.config import ApiConfig, Config, GenerationConfig
 from meshrag.errors import GeneratorBusy, ValidationError
 from meshrag.generation.base import GenerationFailed, GenerationRequest, GeneratorInfo, StreamReport
