@@ -64,11 +64,12 @@ class RouterSettings:
 class _AttemptFailed(Exception):
     """One generator failed this attempt; ``busy`` when it refused admission."""
 
-    def __init__(self, reason: str, *, busy: GeneratorBusy | None = None, pieces: int = 0) -> None:
+    def __init__(self, reason: str, *, busy: GeneratorBusy | None = None, pieces: int = 0, final: MeshragError | None = None) -> None:
         super().__init__(reason)
         self.reason = reason
         self.busy = busy
         self.pieces = pieces
+        self.final = final  # the request itself is at fault: another generator would refuse it too
 
 
 class GeneratorRouter:
@@ -132,6 +133,8 @@ class GeneratorRouter:
                 return
             except _AttemptFailed as failure:
                 self._note_failure(target, failure, sent, report, busy)
+                if failure.final is not None:
+                    raise failure.final from None
 
     def _next_target(self, request: GenerationRequest, listed: Sequence[GeneratorInfo], tried: set[str], report: StreamReport) -> GeneratorInfo | None:
         if report.pieces:
@@ -191,6 +194,9 @@ class GeneratorRouter:
                     outcome = False
                     what = "first token" if pieces == 0 else "next token"
                     raise _AttemptFailed(f"no {what} within {timeout:g} s", pieces=pieces) from None
+                except GenerationFailed as exc:
+                    outcome = False if exc.retryable else None  # a request it rightly refused is not its failure
+                    raise _AttemptFailed(exc.message, pieces=pieces, final=None if exc.retryable else exc) from None
                 except MeshragError as exc:
                     outcome = False
                     raise _AttemptFailed(exc.message, pieces=pieces) from None

@@ -340,3 +340,22 @@ def test_a_client_that_goes_away_closes_the_generator_stream_and_blames_nobody()
 
     (closed, state, outstanding), _ = run_virtual(scenario)
     assert closed == 1 and state is BreakerState.CLOSED and outstanding == 0
+
+
+def test_a_request_the_generator_refuses_as_malformed_is_not_retried_elsewhere() -> None:
+    class Refusing(ScriptedGenerator):
+        async def stream(self, request: GenerationRequest) -> AsyncIterator[str]:
+            self.requests.append(request)
+            raise GenerationFailed("the prompt does not fit the context", retryable=False)
+            yield ""  # pragma: no cover  (an async generator)
+
+    async def scenario() -> tuple[dict[str, ScriptedGenerator], BreakerState]:
+        gens: dict[str, ScriptedGenerator] = {"a": Refusing("a"), "b": Refusing("b")}
+        r = router(gens, breaker=BreakerSettings(consecutive_failures=1))
+        with pytest.raises(GenerationFailed, match="does not fit"):
+            await answer(r, [g.info() for g in gens.values()])
+        return gens, r.breakers.state("a")
+
+    (gens, state), _ = run_virtual(scenario)
+    assert sum(len(g.requests) for g in gens.values()) == 1
+    assert state is BreakerState.CLOSED
