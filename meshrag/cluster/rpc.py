@@ -17,9 +17,10 @@ the executor node.py hands in. Small ones stay inline: an executor hop
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 from concurrent.futures import Executor
-from typing import Any, AsyncIterator, Sequence
+from typing import Any, AsyncIterator, Iterator, Sequence
 
 import aiohttp
 import numpy as np
@@ -109,21 +110,12 @@ class PeerClient:
         """Send an already-packed body (hints are stored packed)."""
         headers = self._headers()
         timeout = aiohttp.ClientTimeout(total=timeout_s or self.timeout_s)
-        try:
+        with _as_peer_error(address, timeout.total or self.timeout_s):
             async with self._session.post(f"http://{address}{path}", data=payload, headers=headers, timeout=timeout) as response:
                 payload = await response.read()
                 if response.status != 200:
                     raise PeerError(address, _error_text(payload, response.status), response.status)
                 return await self._codec.unpack(payload)
-        except PeerError:
-            raise
-        except asyncio.TimeoutError:
-            raise PeerError(address, f"no answer within {timeout.total:.1f} s") from None
-        except (aiohttp.ClientError, OSError) as exc:
-            raise PeerError(address, f"{type(exc).__name__}: {exc}") from None
-        except Exception as exc:  # a garbled reply must not crash the caller's loop
-            raise PeerError(address, f"bad reply: {exc!r}") from None
-
 
     async def stream(self, address: str, path: str, body: dict[str, Any]) -> AsyncIterator[Any]:
         """A streamed reply: the msgpack objects the peer writes one after another, as they
@@ -131,7 +123,7 @@ class PeerClient:
         the stream are the caller's to bound (the generation router's stall timeout).
         Closing the iterator closes the connection, which cancels the peer's handler."""
         timeout = aiohttp.ClientTimeout(total=None, connect=self.timeout_s, sock_connect=self.timeout_s)
-        try:
+        with _as_peer_error(address, self.timeout_s):
             async with self._session.post(f"http://{address}{path}", data=wire.pack(body), headers=self._headers(), timeout=timeout) as response:
                 if response.status != 200:
                     payload = await asyncio.wait_for(response.read(), self.timeout_s)
@@ -141,14 +133,22 @@ class PeerClient:
                     unpacker.feed(data)
                     for item in unpacker:
                         yield item
-        except PeerError:
-            raise
-        except asyncio.TimeoutError:
-            raise PeerError(address, f"no answer within {self.timeout_s:.1f} s") from None
-        except (aiohttp.ClientError, OSError) as exc:
-            raise PeerError(address, f"{type(exc).__name__}: {exc}") from None
-        except ValueError as exc:  # a garbled frame
-            raise PeerError(address, f"bad stream: {exc!r}") from None
+
+
+@contextlib.contextmanager
+def _as_peer_error(address: str, timeout_s: float) -> Iterator[None]:
+    """Every failure of a call to ``address`` as a PeerError naming it (cancellation and a
+    closed stream, BaseExceptions, pass through)."""
+    try:
+        yield
+    except PeerError:
+        raise
+    except asyncio.TimeoutError:
+        raise PeerError(address, f"no answer within {timeout_s:.1f} s") from None
+    except (aiohttp.ClientError, OSError) as exc:
+        raise PeerError(address, f"{type(exc).__name__}: {exc}") from None
+    except Exception as exc:  # a garbled reply or frame must not crash the caller's loop
+        raise PeerError(address, f"bad reply: {exc!r}") from None
 
 
 def _retry_after(response: aiohttp.ClientResponse) -> float | None:
