@@ -124,7 +124,8 @@ class StorageConfig:
 
 @dataclass
 class ChunkingConfig:
-    max_tokens: int = field(default=200, metadata=_check(lambda v: 16 <= v <= 8192, "an integer 16..8192"))
+    # 0: the embedding model's window (rag/chunking.py MODEL_WINDOW, resolved when the model loads).
+    max_tokens: int = field(default=0, metadata=_check(lambda v: v == 0 or 16 <= v <= 8192, "0 (the model's window) or an integer 16..8192"))
     overlap_tokens: int = field(default=40, metadata=_check(_non_negative, "an integer >= 0 and < max_tokens"))
 
 
@@ -349,7 +350,8 @@ def _validate_relations(config: Config) -> None:
             f"search.breaker_open_s = {config.search.breaker_open_s}: must not exceed "
             f"search.breaker_max_open_s = {config.search.breaker_max_open_s}", field="search.breaker_open_s",
         )
-    if config.chunking.overlap_tokens >= config.chunking.max_tokens:
+    # With max_tokens 0 the window is known only once the model loads; the chunker checks then.
+    if config.chunking.max_tokens and config.chunking.overlap_tokens >= config.chunking.max_tokens:
         raise ConfigError(
             f"chunking.overlap_tokens = {config.chunking.overlap_tokens}: must be smaller than "
             f"chunking.max_tokens = {config.chunking.max_tokens}",

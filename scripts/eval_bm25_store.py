@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import json
 import math
 import statistics
 import sys
@@ -58,10 +59,13 @@ def default_chunker() -> Chunker:
 
     from meshrag.rag.embedder import default_model_path
 
-    tokenizer = Tokenizer.from_file(str(Path(default_model_path()) / "tokenizer.json"))
+    model = Path(default_model_path())
+    tokenizer = Tokenizer.from_file(str(model / "tokenizer.json"))
     tokenizer.no_truncation()
     tokenizer.no_padding()
-    return Chunker(ChunkingSettings(), lambda text: list(tokenizer.encode(text, add_special_tokens=False).offsets))
+    # The model's window as Embedder.max_seq_tokens gives it: max_seq_length less [CLS] and [SEP].
+    window = json.loads((model / "sentence_bert_config.json").read_text())["max_seq_length"] - 2
+    return Chunker(ChunkingSettings(), lambda text: list(tokenizer.encode(text, add_special_tokens=False).offsets), window=window)
 
 
 def document_writes(documents: Sequence[SourceDocument], chunker: Chunker) -> list[DocumentWrite]:

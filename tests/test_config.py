@@ -139,6 +139,15 @@ def test_overlap_must_be_smaller_than_chunk() -> None:
     assert err.value.field == "chunking.overlap_tokens"
 
 
+def test_chunk_size_defaults_to_the_model_window() -> None:
+    # 0 = the embedding model's window, resolved by the chunker once the model is loaded.
+    config = load_config(None, {}, environ={})
+    assert config.chunking.max_tokens == 0
+    with pytest.raises(ConfigError) as err:
+        load_config(None, {"chunking.max_tokens": 8}, environ={})
+    assert err.value.field == "chunking.max_tokens"
+
+
 def test_public_bind_requires_secret_or_dev() -> None:
     with pytest.raises(ConfigError) as err:
         load_config(None, {"node.bind": "0.0.0.0:7070"}, environ={})

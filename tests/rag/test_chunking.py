@@ -9,7 +9,7 @@ from typing import Iterator
 import pytest
 
 from meshrag.errors import ConfigError
-from meshrag.rag.chunking import Chunker, ChunkingSettings, TextChunk
+from meshrag.rag.chunking import MODEL_WINDOW, Chunker, ChunkingSettings, TextChunk
 from meshrag.rag.embedder import Embedder, default_model_path
 
 CRANFIELD = Path(__file__).resolve().parents[3] / "shared" / "data" / "cranfield" / "corpus.jsonl"
@@ -86,10 +86,43 @@ def test_fingerprint_is_stable_and_follows_the_settings() -> None:
     assert len(a.fingerprint()) < 40
 
 
+# ------------------------------------------------------------ model window
+def test_default_chunk_size_is_the_model_window() -> None:
+    # The default follows the model (Cranfield: 254 tokens beat 200 in every mode).
+    assert ChunkingSettings().max_tokens == MODEL_WINDOW
+    chunker = Chunker(ChunkingSettings(), whitespace_offsets, window=254)
+    assert chunker.settings == ChunkingSettings(max_tokens=254, overlap_tokens=40)
+    assert chunker.fingerprint() == Chunker(ChunkingSettings(254, 40), whitespace_offsets).fingerprint()
+
+
+def test_model_window_is_read_from_the_embedder_token_offsets_belong_to() -> None:
+    class FakeEmbedder:
+        max_seq_tokens = 128
+
+        def token_offsets(self, text: str) -> list[tuple[int, int]]:
+            return whitespace_offsets(text)
+
+    assert Chunker(ChunkingSettings(), FakeEmbedder().token_offsets).settings.max_tokens == 128
+    # An explicit size is kept whatever the model's window.
+    assert Chunker(ChunkingSettings(64, 8), FakeEmbedder().token_offsets).settings.max_tokens == 64
+
+
+def test_model_window_without_a_model_is_refused() -> None:
+    with pytest.raises(ConfigError) as info:
+        Chunker(ChunkingSettings(), whitespace_offsets)
+    assert info.value.field == "chunking.max_tokens"
+
+
+def test_overlap_must_fit_the_model_window() -> None:
+    with pytest.raises(ConfigError) as info:
+        Chunker(ChunkingSettings(overlap_tokens=40), whitespace_offsets, window=40)
+    assert info.value.field == "chunking.overlap_tokens"
+
+
 # ------------------------------------------------------------ small inputs
 @pytest.mark.parametrize("text", ["", "   ", "\n\t \n"])
 def test_empty_or_blank_text_gives_no_chunks(text: str) -> None:
-    assert Chunker(ChunkingSettings(), whitespace_offsets).chunk(text) == []
+    assert Chunker(ChunkingSettings(), whitespace_offsets, window=254).chunk(text) == []
 
 
 def test_short_text_is_one_trimmed_chunk() -> None:
@@ -193,8 +226,12 @@ def test_real_tokenizer_chunks_stay_within_the_model_window(embedder: Embedder) 
 
 def test_real_tokenizer_default_settings_fit_the_embedder(embedder: Embedder) -> None:
     text = " ".join(cranfield_texts(20))
-    chunks = Chunker(ChunkingSettings(), embedder.token_offsets).chunk(text)
-    assert max(c.n_tokens for c in chunks) <= ChunkingSettings().max_tokens <= embedder.max_seq_tokens
+    chunker = Chunker(ChunkingSettings(), embedder.token_offsets)
+    chunks = chunker.chunk(text)
+    assert chunker.settings.max_tokens == embedder.max_seq_tokens == 254  # all-MiniLM-L6-v2: 256 - [CLS], [SEP]
+    assert max(c.n_tokens for c in chunks) <= embedder.max_seq_tokens
+    # Each chunk, with the special tokens, is read whole: nothing is truncated away.
+    assert all(len(embedder.token_offsets(c.text)) <= embedder.max_seq_tokens for c in chunks)
 
 
 def test_real_tokenizer_keeps_characters_it_skips(embedder: Embedder) -> None:
