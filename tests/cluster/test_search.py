@@ -123,6 +123,24 @@ def test_candidates_come_from_one_replica_per_partition_with_full_coverage() -> 
     assert all(gathered.holders[pid] in ring().read_owners(pid) for pid in range(P))
 
 
+def test_replicas_rank_each_owner_set_once_and_give_every_partition_its_own_list() -> None:
+    async def scenario() -> tuple[dict[int, list[str]], int]:
+        engine = search(Cluster())
+        ranked = []
+        order = engine.scatterer.order
+        engine.scatterer.order = lambda nodes: ranked.append(list(nodes)) or order(nodes)  # type: ignore[method-assign]
+        replicas = engine.replicas({3: ["c"]})
+        return replicas, len(ranked)
+
+    (replicas, rankings), _ = run_virtual(scenario)
+    assert all(sorted(replicas[pid]) == sorted(ring().read_owners(pid)) for pid in range(P) if pid != 3)
+    assert replicas[3][0] == "c", "the session's writer first"
+    owner_sets = {(tuple(ring().read_owners(pid)), ("c",) if pid == 3 else ()) for pid in range(P)}
+    assert rankings == 2 * len(owner_sets), "one ranking (session nodes, then owners) per distinct owner set"
+    replicas[0].clear()
+    assert all(replicas[pid] for pid in range(1, P)), "lists are not shared between partitions"
+
+
 def test_term_statistics_are_summed_over_every_partition_sent_with_the_query_and_cached() -> None:
     async def scenario() -> tuple[DistributedSearch, Cluster]:
         cluster = Cluster()
