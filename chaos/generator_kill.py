@@ -20,7 +20,8 @@ Acceptance (exit status 0 on pass, 1 on failure):
 2. Every stream cut mid-way either finishes through g2 (its done event carries
    a failover note) or ends with a typed error event; none ends bare.
 3. c's breaker for g1 opens within 2 s of the kill (or gossip declares g1 dead
-   first, which takes it out of the candidates just the same).
+   first, which takes it out of the candidates just the same). The kill waits
+   until g1 is generating while a client is mid-stream, so it cuts an answer.
 4. After the restart, g1 generates again for c's clients within ``--after-s``.
 """
 
@@ -60,8 +61,7 @@ class Outcome:
     generator: str = ""
 
 
-def ask_once(url: str, question: str, max_tokens: int) -> Outcome:
-    outcome = Outcome(started=time.monotonic())
+def ask_once(url: str, question: str, max_tokens: int, outcome: Outcome) -> Outcome:
     try:
         for event, data in MeshClient(url, timeout=120).ask_stream(question, k=3, max_tokens=max_tokens):
             if event == "token" and outcome.first_token is None:
@@ -87,6 +87,18 @@ def breaker_state(c_url: str, g1_id: str) -> str:
     return "not a candidate (gossip: not alive)"
 
 
+def wait_for_a_stream_on(g1: Any, outcomes: list[Outcome], lock: threading.Lock, timeout_s: float) -> None:
+    """Until g1 is generating while some client is mid-stream: the kill should cut an answer."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        with lock:
+            streaming = any(o.first_token is not None and not o.result for o in outcomes)
+        generator = MeshClient(g1.url, timeout=5).cluster().get("generator") or {}
+        if streaming and generator.get("active"):
+            return
+        time.sleep(0.05)
+
+
 def run(args: argparse.Namespace, cluster: LocalCluster) -> dict[str, Any]:
     cluster.start(3, node_env={"n3": {"MESHRAG_NODE_ROLES": "storage,coordinator"}})
     g1, g2, c = cluster.nodes
@@ -102,15 +114,17 @@ def run(args: argparse.Namespace, cluster: LocalCluster) -> dict[str, Any]:
     def client(worker: int) -> None:
         i = worker
         while not stop.is_set():
-            outcome = ask_once(c.url, QUESTIONS[i % len(QUESTIONS)], args.max_tokens)
+            outcome = Outcome(started=time.monotonic())
             with lock:
-                outcomes.append(outcome)
+                outcomes.append(outcome)  # visible while in flight (wait_for_a_stream_on)
+            ask_once(c.url, QUESTIONS[i % len(QUESTIONS)], args.max_tokens, outcome)
             i += 1
 
     threads = [threading.Thread(target=client, args=(w,), daemon=True) for w in range(args.clients)]
     for thread in threads:
         thread.start()
     time.sleep(args.healthy_s)
+    wait_for_a_stream_on(g1, outcomes, lock, timeout_s=args.healthy_s)
     killed_at = time.monotonic()
     g1.kill9()
     print(f"[chaos] kill -9 g1 at {killed_at:.1f}", file=sys.stderr)
@@ -173,10 +187,10 @@ def render(report: dict[str, Any], failures: list[str]) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--clients", type=int, default=4)
-    parser.add_argument("--healthy-s", type=float, default=20.0)
+    parser.add_argument("--healthy-s", type=float, default=30.0, help="load before the kill (then until g1 is mid-stream, at most as long again)")
     parser.add_argument("--down-s", type=float, default=20.0)
     parser.add_argument("--after-s", type=float, default=30.0)
-    parser.add_argument("--max-tokens", type=int, default=48)
+    parser.add_argument("--max-tokens", type=int, default=96)
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="meshrag-chaos-gen-") as work:
         cluster = LocalCluster(Path(work), partitions=8, replicas=2, extra_args=(),

@@ -151,7 +151,7 @@ class GenerationConfig:
     first_token_timeout_s: float = field(default=120.0, metadata=_check(_positive, "seconds > 0"))
     max_attempts: int = field(default=3, metadata=_check(lambda v: 1 <= v <= 16, "an integer 1..16"))
     max_failovers: int = field(default=2, metadata=_check(lambda v: 0 <= v <= 16, "an integer 0..16"))
-    breaker_failures: int = field(default=3, metadata=_check(lambda v: 1 <= v <= 100, "an integer 1..100"))
+    breaker_failures: int = field(default=2, metadata=_check(lambda v: 1 <= v <= 100, "an integer 1..100"))
     breaker_open_s: float = field(default=2.0, metadata=_check(_positive, "seconds > 0"))
     parallel: int = field(default=16, metadata=_check(lambda v: 1 <= v <= 4096, "an integer 1..4096"))
     openai_base_url: str = field(default="", metadata=_check(lambda v: v == "" or v.startswith(("http://", "https://")), "'' or an http(s):// URL"))
