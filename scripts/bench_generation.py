@@ -45,7 +45,6 @@ sys.path.insert(0, str(REPO))
 
 from meshrag.client import MeshClient  # noqa: E402
 from meshrag.localcluster import LocalCluster  # noqa: E402
-from meshrag.localnode import LocalNode  # noqa: E402
 
 MESSAGES = [{"role": "user", "content": "Write the numbers from 1 to 100, separated by commas."}]
 ASK = "What limits the dome's operation in wind?"
@@ -102,9 +101,9 @@ def direct(port: int, tokens: int) -> dict[str, float]:
     return timing.done()
 
 
-def routed(port: int, tokens: int) -> dict[str, float]:
+def routed(port: int, tokens: int, model: str) -> dict[str, float]:
     """c's /v1/chat/completions, streamed, retrieval off: one SSE chunk per piece."""
-    body = json.dumps({"model": "", "messages": MESSAGES, "max_tokens": tokens, "temperature": 0, "stream": True, "retrieval": False})
+    body = json.dumps({"model": model, "messages": MESSAGES, "max_tokens": tokens, "temperature": 0, "stream": True, "retrieval": False})
     timing = Timing()
     connection = http.client.HTTPConnection("127.0.0.1", port, timeout=300)
     try:
@@ -124,7 +123,7 @@ def routed(port: int, tokens: int) -> dict[str, float]:
     return timing.done()
 
 
-def paired(g: int, c: int, tokens: int, requests: int, in_flight: int) -> dict[str, Any]:
+def paired(g: int, c: int, model: str, tokens: int, requests: int, in_flight: int) -> dict[str, Any]:
     """``requests`` of each kind, ``in_flight`` clients each alternating direct and routed."""
     results: dict[str, list[dict[str, float]]] = {"direct": [], "routed": []}
     lock = threading.Lock()
@@ -132,7 +131,7 @@ def paired(g: int, c: int, tokens: int, requests: int, in_flight: int) -> dict[s
     def client(worker: int) -> None:
         for i in range(requests // in_flight):
             order: list[tuple[str, Callable[[], dict[str, float]]]] = [
-                ("direct", lambda: direct(g, tokens)), ("routed", lambda: routed(c, tokens)),
+                ("direct", lambda: direct(g, tokens)), ("routed", lambda: routed(c, tokens, model)),
             ]
             for name, call in order if (i + worker) % 2 == 0 else reversed(order):
                 measured = call()
@@ -213,14 +212,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             for path in sorted((REPO / "samples" / "corpus").rglob("*.md")):
                 MeshClient(c.url).upsert([{"id": path.stem, "text": path.read_text()}])
             cluster.wait_for(lambda: bool(MeshClient(c.url).cluster()["generation"]["generators"]), 60, "c sees the generator")
+            model = MeshClient(c.url).cluster()["generation"]["generators"][0]["model"]
             log("warming up")
             for _ in range(3):
                 direct(g.port, args.tokens)
-                routed(c.port, args.tokens)
+                routed(c.port, args.tokens, model)
             overhead = []
             for level in args.concurrency:
                 log(f"overhead at {level} in flight")
-                overhead.append(paired(g.port, c.port, args.tokens, max(args.requests, level), level))
+                overhead.append(paired(g.port, c.port, model, args.tokens, max(args.requests, level), level))
             log("ask through both nodes")
             ask = {
                 "generator_node": ask_figures(g.url, args.ask_repeats, 48),
