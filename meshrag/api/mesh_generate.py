@@ -11,6 +11,7 @@ Admitted, the reply streams msgpack frames: pieces, then "end" or a typed
 from __future__ import annotations
 
 import logging
+import time
 from typing import Protocol
 
 from aiohttp import web
@@ -41,6 +42,7 @@ class GenerateRoute:
         return [web.post(GENERATE_PATH, self.generate)]
 
     async def generate(self, request: web.Request) -> web.StreamResponse:
+        received = time.perf_counter()
         config = self._node.config
         check_secret(request, config.node.secret)
         generator = self._node.local_generator
@@ -56,16 +58,18 @@ class GenerateRoute:
         try:
             response = web.StreamResponse(headers={"Content-Type": wire.MSGPACK})
             await response.prepare(request)
-            pieces = 0
+            pieces, first_piece_ms = 0, 0.0
             try:
                 async for piece in stream:
                     pieces += 1
+                    if pieces == 1:
+                        first_piece_ms = (time.perf_counter() - received) * 1000
                     await response.write(piece_frame(piece))
             except MeshragError as exc:
                 log.warning("generation for %s failed after %d pieces: %s", request.remote, pieces, exc.message)
                 await response.write(error_frame(exc))
             else:
-                await response.write(end_frame(pieces))
+                await response.write(end_frame(pieces, first_piece_ms, (time.perf_counter() - received) * 1000))
             await response.write_eof()
             return response
         finally:

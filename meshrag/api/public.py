@@ -110,6 +110,7 @@ def report_dict(report: StreamReport) -> dict[str, Any]:
     return {
         "generator": report.generator, "generator_name": report.generator_name, "model": report.model, "attempts": report.attempts,
         "failover": [f.as_dict() for f in report.failovers], "retries": report.retries,
+        "timings": report.timings,
     }
 
 

@@ -144,3 +144,7 @@ class StreamReport:
     pieces: int = 0
     failovers: list[Failover] = field(default_factory=list)
     retries: list[str] = field(default_factory=list)  # failures before the first piece
+    # Where the time went (ms): the coordinator's own view from the moment it starts routing,
+    # and the generator node's own from the moment its route got the request. Their difference
+    # is what routing through another node adds (scripts/bench_generation.py).
+    timings: dict[str, float] = field(default_factory=dict)

@@ -6,7 +6,7 @@ before anything streams; once admitted, the reply is a sequence of msgpack
 maps written as they happen:
 
     {"p": "text"}                       a piece of the answer (about one token)
-    {"end": {"pieces": n}}              the answer is complete
+    {"end": {"pieces", "first_piece_ms", "total_ms"}}   complete; the generator's own timings
     {"error": {"code", "message", ...}} the generator failed; nothing follows
 
 A stream that stops without "end" or "error" means the generator (or the
@@ -96,8 +96,10 @@ def piece_frame(text: str) -> bytes:
     return wire.pack({"p": text})
 
 
-def end_frame(pieces: int) -> bytes:
-    return wire.pack({"end": {"pieces": pieces}})
+def end_frame(pieces: int, first_piece_ms: float, total_ms: float) -> bytes:
+    """The generator's own timings ride on the end: from its route getting the request
+    (queue included) to the first piece and to the end."""
+    return wire.pack({"end": {"pieces": pieces, "first_piece_ms": round(first_piece_ms, 3), "total_ms": round(total_ms, 3)}})
 
 
 def error_frame(exc: MeshragError) -> bytes:
@@ -110,9 +112,29 @@ class RemoteGenerators:
     def __init__(self, peers: PeerClient) -> None:
         self._peers = peers
 
-    async def open(self, target: GeneratorInfo, request: GenerationRequest) -> AsyncIterator[str]:
+    def open(self, target: GeneratorInfo, request: GenerationRequest) -> RemoteStream:
+        return RemoteStream(self._peers, target, request)
+
+
+class RemoteStream:
+    """One answer from another node: its pieces, then (once complete) the generator's timings."""
+
+    def __init__(self, peers: PeerClient, target: GeneratorInfo, request: GenerationRequest) -> None:
+        self.timings: dict[str, float] = {}
+        self._pieces = self._read(peers, target, request)
+
+    def __aiter__(self) -> RemoteStream:
+        return self
+
+    async def __anext__(self) -> str:
+        return await self._pieces.__anext__()
+
+    async def aclose(self) -> None:
+        await self._pieces.aclose()
+
+    async def _read(self, peers: PeerClient, target: GeneratorInfo, request: GenerationRequest) -> AsyncIterator[str]:
         """The pieces; GeneratorBusy for a 503, GenerationFailed for anything else that goes wrong."""
-        frames = self._peers.stream(target.address, GENERATE_PATH, request_to_wire(request))
+        frames = peers.stream(target.address, GENERATE_PATH, request_to_wire(request))
         try:
             async for frame in frames:
                 if not isinstance(frame, dict):
@@ -120,6 +142,8 @@ class RemoteGenerators:
                 if "p" in frame:
                     yield str(frame["p"])
                 elif "end" in frame:
+                    end = frame["end"] if isinstance(frame["end"], dict) else {}
+                    self.timings = {f"generator_{key}": float(end[key]) for key in ("first_piece_ms", "total_ms") if isinstance(end.get(key), (int, float))}
                     return
                 elif "error" in frame:
                     error = frame["error"] if isinstance(frame["error"], dict) else {}

@@ -121,7 +121,7 @@ class GeneratorRouter:
             )
             try:
                 # aclosing: when our consumer goes away, the attempt (and the generator's stream) closes now.
-                async with aclosing(self._attempt(target, attempt)) as pieces:
+                async with aclosing(self._attempt(target, attempt, report.timings)) as pieces:
                     async for piece in pieces:
                         if not sent:
                             report.model = target.model
@@ -172,8 +172,9 @@ class GeneratorRouter:
             return Unavailable("no live generator serves this model; start a node with the generator role", retry_after_s=5)
         return Unavailable(f"generation failed on every generator tried: {'; '.join(report.retries)}", retry_after_s=2)
 
-    async def _attempt(self, target: GeneratorInfo, request: GenerationRequest) -> AsyncIterator[str]:
-        """One generator's pieces; its failure as _AttemptFailed, its breaker told the outcome."""
+    async def _attempt(self, target: GeneratorInfo, request: GenerationRequest, timings: dict[str, float]) -> AsyncIterator[str]:
+        """One generator's pieces; its failure as _AttemptFailed, its breaker told the outcome;
+        ``timings`` gets the generator's own when it reports them."""
         node = target.node_id
         self._outstanding[node] = self.outstanding(node) + 1
         outcome: bool | None = None  # None: nobody's fault (busy, or the client went away)
@@ -187,6 +188,7 @@ class GeneratorRouter:
                     piece = await asyncio.wait_for(anext(stream), timeout)
                 except StopAsyncIteration:
                     outcome = True
+                    timings.update(getattr(stream, "timings", None) or {})  # a remote generator's own
                     return
                 except GeneratorBusy as exc:
                     raise _AttemptFailed(f"busy: {exc.message}", busy=exc) from None

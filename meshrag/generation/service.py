@@ -8,6 +8,7 @@ this node's own generator (called in-process, its load read live), the peers
 
 from __future__ import annotations
 
+import time
 from contextlib import aclosing
 from typing import Any, AsyncIterator, Callable, Sequence
 
@@ -69,10 +70,14 @@ class GenerationService:
 
     async def stream(self, request: GenerationRequest, report: StreamReport) -> AsyncIterator[str]:
         """The answer's pieces (the router's failover included); metrics from the report at the end."""
+        started = time.perf_counter()
         try:
             async with aclosing(self.router.stream(request, self.candidates, report)) as pieces:
                 async for piece in pieces:
+                    if "coordinator_first_piece_ms" not in report.timings:
+                        report.timings["coordinator_first_piece_ms"] = round((time.perf_counter() - started) * 1000, 3)
                     yield piece
+            report.timings["coordinator_total_ms"] = round((time.perf_counter() - started) * 1000, 3)
         finally:
             self._metrics.generation_retries.inc(len(report.retries))
             self._metrics.generation_failovers.inc(len(report.failovers))
