@@ -34,6 +34,7 @@ from meshrag.cluster import messages as msg
 from meshrag.cluster.bm25stats import TermStatsCache
 from meshrag.cluster.scatter import NodeAnswer, Scattered, Scatterer
 from meshrag.errors import Unavailable
+from meshrag.observability import Stopwatch
 from meshrag.ring import Ring
 from meshrag.store.analysis import Analyzer
 from meshrag.store.engine import StorageEngine
@@ -202,12 +203,14 @@ class DistributedSearch:
         terms = await self._query_terms(plan) if "bm25" in plan.kinds and plan.query else []
         stats = None
         if terms:
-            started = loop.time()
+            watch = Stopwatch()
             stats = await self._global_stats(terms, replicas, deadline)
-            timings["term_stats_ms"] = round(1000 * (loop.time() - started), 2)
-        started = loop.time()
+            timings["term_stats_ms"] = watch.ms()
+        # Phase timings by Stopwatch (perf_counter), not loop.time(): uvloop's clock is libuv's
+        # millisecond tick, cached per loop iteration, so every phase read as 0, 3.0 or 6.0 ms.
+        watch = Stopwatch()
         scattered = await self._candidates(plan, terms, stats, replicas, max(0.0, deadline - loop.time()))
-        timings["candidates_ms"] = round(1000 * (loop.time() - started), 2)
+        timings["candidates_ms"] = watch.ms()
         lists: dict[str, list[Candidate]] = {kind: [] for kind in plan.kinds}
         for per_kind in scattered.payloads.values():
             for kind, candidates in per_kind.items():
