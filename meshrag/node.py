@@ -402,7 +402,7 @@ class Node:
         return RagPipeline(
             cluster=self.cluster,
             embedder=embedder,
-            chunker=Chunker(chunking, embedder.token_offsets),
+            chunker=Chunker(chunking, embedder.token_offsets, window=embedder.max_seq_tokens),
             hlc=self._hlc,
             executor=self._storage_pool,
             metrics=self.metrics,

@@ -98,12 +98,8 @@ class TextChunk:
 
 class Chunker:
     def __init__(self, settings: ChunkingSettings, token_offsets: TokenOffsets, window: int | None = None) -> None:
-        """``window``: the model's content tokens, for ``max_tokens = MODEL_WINDOW``. Without it
-        the window is read from the object ``token_offsets`` is bound to, when that is an
-        embedder (``Embedder.token_offsets``, as node.py hands it), so the chunk size follows
-        whatever model the node loads."""
-        if window is None and settings.max_tokens == MODEL_WINDOW:
-            window = _window_of(token_offsets)
+        """``window``: the model's content tokens (``Embedder.max_seq_tokens``, as node.py hands
+        it), needed for ``max_tokens = MODEL_WINDOW``: the chunk size follows the model loaded."""
         self._settings = settings.resolved(window)
         self._token_offsets = token_offsets
 
@@ -180,12 +176,6 @@ class Chunker:
             if strengths[candidate] > strengths[best]:
                 best = candidate
         return best
-
-
-def _window_of(token_offsets: TokenOffsets) -> int | None:
-    """The model window of the embedder a bound ``token_offsets`` belongs to, if it tells one."""
-    window = getattr(getattr(token_offsets, "__self__", None), "max_seq_tokens", None)
-    return window if isinstance(window, int) else None
 
 
 def cut_strengths(text: str, spans: list[tuple[int, int]]) -> list[int]:

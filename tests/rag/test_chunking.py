@@ -95,16 +95,10 @@ def test_default_chunk_size_is_the_model_window() -> None:
     assert chunker.fingerprint() == Chunker(ChunkingSettings(254, 40), whitespace_offsets).fingerprint()
 
 
-def test_model_window_is_read_from_the_embedder_token_offsets_belong_to() -> None:
-    class FakeEmbedder:
-        max_seq_tokens = 128
-
-        def token_offsets(self, text: str) -> list[tuple[int, int]]:
-            return whitespace_offsets(text)
-
-    assert Chunker(ChunkingSettings(), FakeEmbedder().token_offsets).settings.max_tokens == 128
+def test_model_window_is_the_chunk_size_unless_one_is_given() -> None:
+    assert Chunker(ChunkingSettings(), whitespace_offsets, window=128).settings.max_tokens == 128
     # An explicit size is kept whatever the model's window.
-    assert Chunker(ChunkingSettings(64, 8), FakeEmbedder().token_offsets).settings.max_tokens == 64
+    assert Chunker(ChunkingSettings(64, 8), whitespace_offsets, window=128).settings.max_tokens == 64
 
 
 def test_model_window_without_a_model_is_refused() -> None:
@@ -226,7 +220,7 @@ def test_real_tokenizer_chunks_stay_within_the_model_window(embedder: Embedder) 
 
 def test_real_tokenizer_default_settings_fit_the_embedder(embedder: Embedder) -> None:
     text = " ".join(cranfield_texts(20))
-    chunker = Chunker(ChunkingSettings(), embedder.token_offsets)
+    chunker = Chunker(ChunkingSettings(), embedder.token_offsets, window=embedder.max_seq_tokens)
     chunks = chunker.chunk(text)
     assert chunker.settings.max_tokens == embedder.max_seq_tokens == 254  # all-MiniLM-L6-v2: 256 - [CLS], [SEP]
     assert max(c.n_tokens for c in chunks) <= embedder.max_seq_tokens
