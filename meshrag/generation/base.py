@@ -14,6 +14,7 @@ stream cut mid-way can be finished elsewhere without the client noticing.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, AsyncIterator, Mapping, Protocol
 
@@ -56,6 +57,24 @@ class GeneratorBackend(Protocol):
     async def close(self) -> None:
         """Cancel everything running and release the model."""
         ...
+
+
+@dataclass
+class BackendCounters:
+    """What every backend's stats() reports: generations running and how the others ended."""
+
+    running: int = 0
+    completed: int = 0
+    cancelled: int = 0
+    failed: int = 0
+    tokens_generated: int = 0  # pieces: about one token each
+
+    def count(self, outcome: str) -> None:
+        """One more generation ended as ``outcome`` (completed, cancelled or failed)."""
+        setattr(self, outcome, getattr(self, outcome) + 1)
+
+    def as_dict(self) -> dict[str, int]:
+        return dataclasses.asdict(self)
 
 
 class GenerationFailed(MeshragError):

@@ -45,7 +45,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, AsyncIterator, Iterator
 
 from meshrag.errors import MeshragError, Unavailable
-from meshrag.generation.base import GenerationRequest
+from meshrag.generation.base import BackendCounters, GenerationRequest
 
 if TYPE_CHECKING:
     from llama_cpp import Llama
@@ -114,15 +114,6 @@ class _Generation:
         return True
 
 
-@dataclass
-class _Counters:
-    active: int = 0
-    completed: int = 0
-    cancelled: int = 0
-    failed: int = 0
-    tokens_generated: int = 0
-
-
 @dataclass(frozen=True)
 class _Prompt:
     """A rendered prompt as tokens, and the stop strings of its format.
@@ -170,7 +161,7 @@ class LlamaCppBackend:
         # Bound to the event loop that first waits on it: a backend serves one loop.
         self._turn = asyncio.Lock()
         self._current: _Generation | None = None
-        self._counters = _Counters()
+        self._counters = BackendCounters()
         self._closed = False
         self.prompt_format = ""
 
@@ -231,7 +222,7 @@ class LlamaCppBackend:
             raise Unavailable("the generator is shutting down", retry_after_s=1)
         loop = asyncio.get_running_loop()
         job = _Generation(request=request, loop=loop)
-        self._counters.active += 1
+        self._counters.running += 1
         self._current = job
         job.finished = loop.run_in_executor(self._executor, self._generate, job)
         job.finished.add_done_callback(functools.partial(self._finish, job))
@@ -250,9 +241,9 @@ class LlamaCppBackend:
         """On the loop, once the generation thread has let go of the model."""
         outcome = self._outcome_of(job, future)
         counters = self._counters
-        counters.active -= 1
+        counters.running -= 1
         counters.tokens_generated += job.tokens
-        setattr(counters, outcome, getattr(counters, outcome) + 1)
+        counters.count(outcome)
         if self._current is job:
             self._current = None
         self._turn.release()
@@ -349,14 +340,7 @@ class LlamaCppBackend:
 
     # ---------------------------------------------------------------- state
     def stats(self) -> dict[str, Any]:
-        counters = self._counters
-        return {
-            "running": counters.active,
-            "completed": counters.completed,
-            "cancelled": counters.cancelled,
-            "failed": counters.failed,
-            "tokens_generated": counters.tokens_generated,
-        }
+        return self._counters.as_dict()
 
     async def close(self) -> None:
         """Fail the running request with Unavailable, wait for the generation thread to let

@@ -26,13 +26,12 @@ import json
 import logging
 import urllib.error
 import urllib.request
-from dataclasses import dataclass
 from typing import Any, AsyncIterator
 
 import aiohttp
 
 from meshrag.errors import ConfigError, GeneratorBusy, MeshragError, Unavailable
-from meshrag.generation.base import GenerationFailed, GenerationRequest
+from meshrag.generation.base import BackendCounters, GenerationFailed, GenerationRequest
 from meshrag.generation.llamacpp import PLAIN_STOPS, render_plain_prompt
 
 log = logging.getLogger(__name__)
@@ -44,15 +43,6 @@ CONNECT_TIMEOUT_S = 10.0
 BUSY_STATUSES = (429, 503)
 # Statuses that blame the request itself: another generator would refuse it too.
 REQUEST_FAULT_STATUSES = (400, 413, 422)
-
-
-@dataclass
-class _Counters:
-    running: int = 0
-    completed: int = 0
-    cancelled: int = 0
-    failed: int = 0
-    tokens_generated: int = 0  # pieces received: servers stream about one token per chunk
 
 
 class OpenAIBackend:
@@ -77,7 +67,7 @@ class OpenAIBackend:
         self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self._stall_timeout_s = stall_timeout_s
         self._session: aiohttp.ClientSession | None = None
-        self._counters = _Counters()
+        self._counters = BackendCounters()
         self._loaded = False
         self._closed = False
 
@@ -143,7 +133,7 @@ class OpenAIBackend:
                 else:
                     response.close()
             counters.running -= 1
-            setattr(counters, outcome, getattr(counters, outcome) + 1)
+            counters.count(outcome)
 
     def _request_body(self, request: GenerationRequest) -> tuple[str, dict[str, Any]]:
         body: dict[str, Any] = {
@@ -213,9 +203,7 @@ class OpenAIBackend:
 
     # ---------------------------------------------------------------- state
     def stats(self) -> dict[str, Any]:
-        c = self._counters
-        return {"running": c.running, "completed": c.completed, "cancelled": c.cancelled, "failed": c.failed,
-                "tokens_generated": c.tokens_generated}
+        return self._counters.as_dict()
 
     async def close(self) -> None:
         """Close the HTTP session: streams still open fail with a connection error (Unavailable)."""

@@ -26,11 +26,10 @@ import inspect
 import logging
 import re
 import uuid
-from dataclasses import dataclass
 from typing import Any, AsyncIterator
 
 from meshrag.errors import ConfigError, MeshragError, Unavailable
-from meshrag.generation.base import GenerationFailed, GenerationRequest
+from meshrag.generation.base import BackendCounters, GenerationFailed, GenerationRequest
 from meshrag.generation.llamacpp import PLAIN_FORMAT, PLAIN_STOPS, render_plain_prompt
 
 log = logging.getLogger(__name__)
@@ -42,14 +41,6 @@ GPU_EXTRA = "install the gpu extra: MESHRAG_EXTRAS=cpu,gpu,dev scripts/setup.sh"
 # no template produces them and no tokenizer treats them as markup.
 _SLOT = "\ue000meshrag-message-{}\ue000"
 _SLOT_PATTERN = re.compile("\ue000meshrag-message-(\\d+)\ue000")
-
-
-@dataclass
-class _Counters:
-    completed: int = 0
-    cancelled: int = 0
-    failed: int = 0
-    tokens_generated: int = 0
 
 
 class VllmBackend:
@@ -72,7 +63,7 @@ class VllmBackend:
         self._prefix: list[int] = []  # what the tokenizer puts before a text (BOS, for most models)
         self._sampling: Any = None  # (SamplingParams, RequestOutputKind, TokensPrompt), imported by load()
         self._running: set[str] = set()  # request ids, to abort them on close
-        self._counters = _Counters()
+        self._counters = BackendCounters()
         self._closed = False
 
     # -------------------------------------------------------------- loading
@@ -163,7 +154,7 @@ class VllmBackend:
             raise
         finally:
             self._running.discard(request_id)
-            setattr(self._counters, outcome, getattr(self._counters, outcome) + 1)
+            self._counters.count(outcome)
             # Recent vLLM aborts a request whose generator is closed; older releases only on
             # cancellation, so abort explicitly too (a no-op for a finished or unknown id).
             try:
@@ -198,9 +189,7 @@ class VllmBackend:
 
     # ---------------------------------------------------------------- state
     def stats(self) -> dict[str, Any]:
-        c = self._counters
-        return {"running": len(self._running), "completed": c.completed, "cancelled": c.cancelled, "failed": c.failed,
-                "tokens_generated": c.tokens_generated}
+        return dict(self._counters.as_dict(), running=len(self._running))
 
     async def close(self) -> None:
         """Abort what is running (those streams fail with Unavailable) and stop the engine."""
