@@ -15,6 +15,7 @@ import json
 import logging
 import re
 import shutil
+import sqlite3
 import threading
 from collections import defaultdict
 from functools import partial
@@ -310,7 +311,15 @@ class StorageEngine:
         return [partition for partition in map(self._open.get, wanted) if partition is not None]
 
     def stats(self) -> dict[str, Any]:
-        per_partition = {pid: partition.stats() for pid, partition in sorted(self._open.items())}
+        with self._lock:  # a transfer may create, and a handoff drop, a partition meanwhile
+            held = sorted(self._open.items())
+        per_partition = {}
+        for pid, partition in held:
+            try:
+                per_partition[pid] = partition.stats()
+            except (RuntimeError, sqlite3.Error, FileNotFoundError):
+                if pid in self._open:  # not a concurrent drop: a real fault
+                    raise
         totals = {
             key: sum(stats[key] for stats in per_partition.values())
             for key in ("documents", "tombstones", "chunks", "index_size", "bytes")

@@ -159,6 +159,36 @@ def test_stats_total_the_partitions(engine: StorageEngine) -> None:
     assert set(stats["partitions"]) == set(engine.local_partitions())
 
 
+def test_stats_skip_a_partition_dropped_while_they_are_read(engine: StorageEngine, monkeypatch: pytest.MonkeyPatch) -> None:
+    """/v1/cluster reads stats in a thread while a handoff may drop a partition: no 500."""
+    first, second = ids_in_distinct_partitions(2)
+    engine.upsert([make_doc(first), make_doc(second)])
+    dropped = partition_for(second, PARTITIONS)
+    victim = engine.partition(dropped)
+    read_stats = victim.stats
+
+    def dropped_meanwhile() -> dict[str, object]:
+        engine.drop_partition(dropped)
+        return read_stats()
+
+    monkeypatch.setattr(victim, "stats", dropped_meanwhile)
+    stats = engine.stats()
+    assert set(stats["partitions"]) == {partition_for(first, PARTITIONS)}
+    assert stats["documents"] == 1
+
+
+def test_stats_still_fail_for_a_fault_in_a_held_partition(engine: StorageEngine, monkeypatch: pytest.MonkeyPatch) -> None:
+    engine.upsert([make_doc("held")])
+    held = engine.partition(partition_for("held", PARTITIONS))
+
+    def broken() -> dict[str, object]:
+        raise RuntimeError("disk fault")
+
+    monkeypatch.setattr(held, "stats", broken)
+    with pytest.raises(RuntimeError, match="disk fault"):
+        engine.stats()
+
+
 def test_save_indexes_saves_only_changed_partitions(engine: StorageEngine) -> None:
     ids = ids_in_distinct_partitions(3)
     engine.upsert([make_doc(doc_id) for doc_id in ids])
