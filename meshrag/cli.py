@@ -1,7 +1,8 @@
 """`meshrag` command line: start a node, or talk to one over HTTP.
 
     meshrag start [--config FILE] [--name NAME] [--bind HOST:PORT] ...
-    meshrag status | ingest PATH... | search QUERY | ask QUESTION   [--node URL]
+    meshrag status | search QUERY | ask QUESTION   [--node URL]
+    meshrag ingest PATH... [--node URL]... [--no-discover] [--concurrency N] [--max-wait S]
 """
 
 from __future__ import annotations
@@ -12,12 +13,13 @@ import os
 import sys
 import textwrap
 import time
-from collections import deque
-from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 from meshrag.errors import ConfigError
+
+if TYPE_CHECKING:
+    from meshrag.ingest_client import ParallelIngest
 
 DEFAULT_NODE = os.environ.get("MESHRAG_NODE", "http://127.0.0.1:7070")
 
@@ -53,14 +55,28 @@ def _add_start(sub: Any) -> None:
     start.add_argument("--replicas", type=int, help="replicas per partition (fixed at cluster creation)")
 
 
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def _add_client_commands(sub: Any) -> None:
     status = sub.add_parser("status", help="show the node and its cluster")
     status.add_argument("--json", action="store_true", help="print the raw /v1/cluster document")
 
     ingest = sub.add_parser("ingest", help="ingest files (txt, md, html, jsonl) or directories")
     ingest.add_argument("paths", nargs="+", type=Path)
-    ingest.add_argument("--batch-size", type=int, default=32)
-    ingest.add_argument("--concurrency", type=int, default=2, help="batches in flight (keeps the embedder's batches full)")
+    ingest.add_argument("--node", dest="nodes", action="append", metavar="URL",
+                        help=f"node URL; repeat for several (default {DEFAULT_NODE})")
+    ingest.add_argument("--no-discover", action="store_true",
+                        help="send only to the --node URLs instead of every alive storage/coordinator node of their cluster")
+    ingest.add_argument("--batch-size", type=_positive_int, default=32)
+    ingest.add_argument("--concurrency", type=_positive_int, default=2,
+                        help="batches in flight per node (keeps each embedder's batches full)")
+    ingest.add_argument("--max-wait", type=float, default=600.0,
+                        help="seconds a batch may wait in all for busy or unreachable nodes before the run gives up")
     ingest.add_argument("--consistency", choices=("one", "quorum", "all"))
     ingest.add_argument("--json", action="store_true")
 
@@ -91,7 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     _add_start(sub)
     _add_client_commands(sub)
-    for name in ("status", "ingest", "search", "ask", "decommission", "remove"):
+    for name in ("status", "search", "ask", "decommission", "remove"):  # ingest: repeatable, above
         sub.choices[name].add_argument("--node", default=DEFAULT_NODE, help=f"node URL (default {DEFAULT_NODE})")
     return parser
 
@@ -192,46 +208,65 @@ def _batches(documents: Iterator[Any], size: int) -> Iterator[list[dict[str, Any
         yield batch
 
 
-def _bounded_map(pool: ThreadPoolExecutor, fn: Any, items: Iterator[Any], window: int) -> Iterator[Any]:
-    """Like pool.map, in order, but reads `items` lazily: at most `window` in flight."""
-    pending: deque[Future[Any]] = deque()
-    for item in items:
-        pending.append(pool.submit(fn, item))
-        if len(pending) >= window:
-            yield pending.popleft().result()
-    while pending:
-        yield pending.popleft().result()
+def _ingest_nodes(args: argparse.Namespace) -> list[str]:
+    """The --node URLs, or (unless --no-discover) the ingest nodes of their cluster."""
+    from meshrag.client import MeshClient
+    from meshrag.ingest_client import discover_nodes
+
+    if args.no_discover:
+        return list(dict.fromkeys(args.nodes))
+    return discover_nodes(args.nodes, lambda url: MeshClient(url, timeout=10).cluster())
+
+
+def _ingest_summary(counts: dict[str, int], skipped: int, elapsed: float, ingest: "ParallelIngest") -> dict[str, Any]:
+    """The --json summary; the text line is built from it too."""
+    documents = sum(counts.values())
+    return {
+        "documents": documents, "by_status": counts, "skipped": skipped, "seconds": round(elapsed, 2),
+        "docs_per_s": round(documents / elapsed, 1) if elapsed > 0 else 0.0, "nodes": ingest.nodes_used, "retries": ingest.retries,
+    }
 
 
 def cmd_ingest(args: argparse.Namespace, client: Any) -> int:
+    """Batches from the sources, spread over the nodes (ingest_client.py); counts and a summary here."""
     from tqdm import tqdm
 
+    from meshrag.client import MeshClient
+    from meshrag.ingest_client import IngestGaveUp, ParallelIngest
     from meshrag.sources import SourceError, count_documents, iter_documents
 
+    urls = _ingest_nodes(args)
+    clients = {url: MeshClient(url) for url in urls}
+    ingest = ParallelIngest(urls, lambda url, batch: clients[url].upsert(batch, consistency=args.consistency),
+                            concurrency=args.concurrency, max_wait_s=args.max_wait)
     counts: dict[str, int] = {}
     skipped: list[str] = []
     started = time.perf_counter()
     total = count_documents(args.paths)
     documents = iter_documents(args.paths, on_skip=lambda path, why: skipped.append(f"{path}: {why}"))
-    with tqdm(total=total, unit="doc", desc="ingest", disable=args.json, file=sys.stderr) as bar, ThreadPoolExecutor(args.concurrency) as pool:
-        upload = lambda batch: client.upsert(batch, consistency=args.consistency)  # noqa: E731
+    with tqdm(total=total, unit="doc", desc="ingest", disable=args.json, file=sys.stderr) as bar:
         try:
-            for response in _bounded_map(pool, upload, _batches(documents, args.batch_size), args.concurrency):
+            for _, response in ingest.run(_batches(documents, args.batch_size)):
                 for result in response["results"]:
                     counts[result["status"]] = counts.get(result["status"], 0) + 1
                 bar.update(len(response["results"]))
         except SourceError as exc:
             print(f"meshrag: {exc} (documents before it were ingested; fix it and re-run: re-runs are idempotent)", file=sys.stderr)
             return 1
+        except IngestGaveUp as exc:
+            print(f"meshrag: {exc}", file=sys.stderr)
+            return 1
     for line in skipped:
         print(f"skipped {line}", file=sys.stderr)
-    elapsed = time.perf_counter() - started
-    summary = {"documents": sum(counts.values()), "by_status": counts, "skipped": len(skipped), "seconds": round(elapsed, 2)}
+    summary = _ingest_summary(counts, len(skipped), time.perf_counter() - started, ingest)
     if args.json:
         print(json.dumps(summary))
     else:
         parts = ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))
-        print(f"ingested {summary['documents']} documents in {elapsed:.1f} s ({parts})")
+        nodes = len(summary["nodes"])
+        retried = f", {ingest.retries} batches re-sent" if ingest.retries else ""
+        print(f"ingested {summary['documents']} documents in {summary['seconds']:.1f} s ({parts}; "
+              f"{summary['docs_per_s']:g} docs/s over {nodes} node{'' if nodes == 1 else 's'}{retried})")
     return 0
 
 
@@ -310,7 +345,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return cmd_start(args)
     from meshrag.client import MeshClient, MeshClientError
 
-    client = MeshClient(args.node)
+    if args.command == "ingest":
+        args.nodes = args.nodes or [DEFAULT_NODE]
+    client = MeshClient(args.nodes[0] if args.command == "ingest" else args.node)
     try:
         return COMMANDS[args.command](args, client)
     except MeshClientError as exc:

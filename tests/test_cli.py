@@ -9,10 +9,12 @@ import sys
 import urllib.parse
 import urllib.request
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 
 from meshrag.cli import render_status
+from meshrag.localcluster import LocalCluster
 from meshrag.localnode import LocalNode
 
 pytestmark = pytest.mark.slow
@@ -144,3 +146,34 @@ def test_ingest_reports_bad_jsonl_line_and_skipped_files(node: LocalNode, tmp_pa
     result = meshrag("ingest", str(tmp_path), "--node", node.url)
     assert result.returncode == 1
     assert "broken.jsonl:2" in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
+    """Two storage+coordinator nodes (no generation model: cheaper than `node`), n2 joined through n1."""
+    cluster = LocalCluster(tmp_path_factory.mktemp("pair"), partitions=8, replicas=2)
+    try:
+        yield cluster.start(2)
+    finally:
+        cluster.stop()
+
+
+def test_ingest_spreads_over_the_discovered_nodes_and_a_rerun_finds_all_unchanged(pair: LocalCluster, tmp_path: Path) -> None:
+    corpus = tmp_path / "notes"
+    corpus.mkdir()
+    ids = [f"pier{i}.txt" for i in range(8)]
+    for i, name in enumerate(ids):
+        (corpus / name).write_text(f"The tide table for pier {i} lists high water at {i + 1} o'clock.\n")
+    # Only n1 is named: n2 comes from n1's /v1/cluster. One document per batch, so both nodes get some.
+    first = meshrag("ingest", str(corpus), "--node", pair.nodes[0].url, "--batch-size", "1", "--json")
+    assert first.returncode == 0, first.stderr
+    summary = json.loads(first.stdout)
+    assert sorted(summary["nodes"]) == sorted(node.url for node in pair.nodes)
+    assert summary["documents"] == 8 and summary["by_status"] == {"created": 8}, "each document created once"
+    assert summary["docs_per_s"] > 0 and isinstance(summary["retries"], int)
+    stored = set().union(*(pair.stored_ids(node) for node in pair.nodes))
+    assert stored == set(ids)
+
+    second = meshrag("ingest", str(corpus), "--node", pair.nodes[0].url, "--batch-size", "1", "--json")
+    assert second.returncode == 0, second.stderr
+    assert json.loads(second.stdout)["by_status"] == {"unchanged": 8}
