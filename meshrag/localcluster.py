@@ -51,8 +51,9 @@ class LocalCluster:
     def start(self, size: int, node_env: dict[str, dict[str, str]] | None = None) -> "LocalCluster":
         """``size`` nodes n1..nK; ``node_env`` gives some of them extra environment by name."""
         extra = node_env or {}
-        self.add(env=extra.get("n1"))
-        for i in range(2, size + 1):
+        # All at once: loading the models takes most of a start, and joiners wait for the
+        # seed's cluster settings by themselves (node.py retries the seeds every second).
+        for i in range(1, size + 1):
             self.add(wait=False, env=extra.get(f"n{i}"))
         for node in self.nodes:
             node.wait_ready()

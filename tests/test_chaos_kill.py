@@ -76,7 +76,7 @@ def test_rare_words_prefer_words_no_other_document_has() -> None:
 @pytest.mark.slow
 @pytest.mark.skipif(not CRANFIELD.exists(), reason="needs ../shared/data/cranfield")
 def test_acknowledged_documents_survive_kill9_whole(tmp_path: Path) -> None:
-    documents = chaos.load_documents(CRANFIELD, 240)
+    documents = chaos.load_documents(CRANFIELD, 120)
     report = chaos.run_kill_during_ingest(
         documents, tmp_path, seed=7, batch_size=8, node_env={"MESHRAG_EMBEDDER_THREADS": "2"}, say=lambda message: None,
     )

@@ -92,7 +92,7 @@ def _metric(node: LocalNode, series: str) -> float:
 def test_a_flapping_node_moves_no_data(cluster: LocalCluster) -> None:
     n4 = cluster.node("n4")
     before = _snapshot(cluster)
-    for _ in range(6):
+    for _ in range(3):  # each pause shorter than the suspicion timeout: never dead, so nothing may move
         cluster.pause(n4)
         time.sleep(2.5)
         cluster.resume(n4)
