@@ -34,10 +34,14 @@ ENV_NOT_SETTINGS = frozenset({
     "MESHRAG_DEMO_PORT", "MESHRAG_DEMO_DATA",
 })
 DEFAULT_CONFIG_PATH = Path("conf/meshrag.toml")
-ROLES = ("storage", "coordinator", "generator")
+# "embedder": serve /_mesh/embed without storage (a GPU host); a storage node embeds for the
+# cluster anyway, since it loads the model for its own ingests and searches.
+ROLES = ("storage", "coordinator", "generator", "embedder")
+DEFAULT_ROLES = ("storage", "coordinator", "generator")
 # In-process llama.cpp (CPU default), in-process vLLM (the gpu extra), any OpenAI-compatible URL.
 BACKENDS = ("llama.cpp", "vllm", "openai")
 OPENAI_APIS = ("completions", "chat")
+EMBED_BACKENDS = ("sentence-transformers", "vllm")
 
 
 def _check(predicate: Callable[[Any], bool], allowed: str) -> dict[str, Any]:
@@ -87,7 +91,7 @@ class NodeConfig:
     advertise: str = field(default="", metadata=_check(lambda v: v == "" or _is_host_port(v), "HOST:PORT or '' (= bind)"))
     join: list[str] = field(default_factory=list, metadata=_check(lambda v: all(_is_host_port(s) for s in v), "a list of HOST:PORT"))
     data_dir: str = field(default="./meshrag-data", metadata=_check(bool, "a directory path"))
-    roles: list[str] = field(default_factory=lambda: list(ROLES), metadata=_check(lambda v: bool(v) and set(v) <= set(ROLES), f"a non-empty subset of {', '.join(ROLES)}"))
+    roles: list[str] = field(default_factory=lambda: list(DEFAULT_ROLES), metadata=_check(lambda v: bool(v) and set(v) <= set(ROLES), f"a non-empty subset of {', '.join(ROLES)}"))
     zone: str = field(default="default", metadata=_check(bool, "a non-empty zone name"))
     secret: str = field(default="", metadata=_check(lambda v: v == "" or len(v) >= 16, "'' or a shared secret of at least 16 characters"))
     dev: bool = False
@@ -136,6 +140,17 @@ class EmbedderConfig:
     max_batch: int = field(default=64, metadata=_check(lambda v: 1 <= v <= 4096, "an integer 1..4096"))
     max_wait_ms: float = field(default=0.0, metadata=_check(lambda v: 0 <= v <= 1000, "milliseconds 0..1000"))
     device: str = field(default="cpu", metadata=_check(bool, "a torch device such as cpu or cuda"))
+    backend: str = field(default="sentence-transformers", metadata=_check(lambda v: v in EMBED_BACKENDS, " | ".join(EMBED_BACKENDS)))
+    distribute: bool = field(default=True, metadata=_check(lambda v: isinstance(v, bool), "true or false"))
+    part_texts: int = field(default=32, metadata=_check(lambda v: 1 <= v <= 4096, "an integer 1..4096"))
+    queue_limit: int = field(default=1024, metadata=_check(lambda v: 1 <= v <= 1_000_000, "an integer 1..1000000 (texts)"))
+    window_s: float = field(default=2.0, metadata=_check(_positive, "seconds > 0"))
+    part_timeout_s: float = field(default=10.0, metadata=_check(_positive, "seconds > 0"))
+    busy_wait_s: float = field(default=30.0, metadata=_check(_positive, "seconds > 0"))
+    max_attempts: int = field(default=3, metadata=_check(lambda v: 1 <= v <= 16, "an integer 1..16"))
+    breaker_failures: int = field(default=2, metadata=_check(lambda v: 1 <= v <= 100, "an integer 1..100"))
+    breaker_open_s: float = field(default=2.0, metadata=_check(_positive, "seconds > 0"))
+    gpu_memory_utilization: float = field(default=0.3, metadata=_check(lambda v: 0 < v <= 1, "a share 0..1"))
 
 
 @dataclass
@@ -357,6 +372,10 @@ def _validate_relations(config: Config) -> None:
             f"chunking.max_tokens = {config.chunking.max_tokens}",
             field="chunking.overlap_tokens",
         )
+    roles = set(config.node.roles)
+    if "storage" not in roles and "coordinator" in roles:
+        # A coordinator reads and writes through the cluster service, which lives beside local partitions.
+        raise ConfigError(f"node.roles = {config.node.roles}: the coordinator role needs the storage role", field="node.roles")
     generation = config.generation
     if generation.backend == "openai" and not (generation.openai_base_url and generation.openai_model):
         raise ConfigError(

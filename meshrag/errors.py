@@ -62,6 +62,19 @@ class GeneratorBusy(Unavailable):
     code = "generator_busy"
 
 
+class EmbedderBusy(Unavailable):
+    """Every embedder's queue is full: nothing was embedded or written; retry after a while."""
+
+    code = "embedder_busy"
+
+
+class NotServedHere(MeshragError):
+    """This node's roles do not include what the request needs (an embedder-only host got a search)."""
+
+    status = 421
+    code = "misdirected_request"
+
+
 class ConfigError(MeshragError):
     """A configuration value is invalid; raised at start, never at request time."""
 

@@ -23,6 +23,7 @@ from aiohttp import web
 from meshrag import __version__
 from meshrag.api.errors import error_middleware, metrics_middleware
 from meshrag.api.internal import InternalApi
+from meshrag.api.mesh_embed import EmbedRoute
 from meshrag.api.mesh_generate import GenerateRoute
 from meshrag.api.openai_compat import OpenAICompatApi
 from meshrag.api.public import PublicApi
@@ -33,6 +34,10 @@ from meshrag.cluster.messages import RING_PATH
 from meshrag.cluster.service import ClusterService
 from meshrag.config import Config, as_dict, parse_host_port
 from meshrag.cluster.breaker import BreakerBoard, BreakerSettings
+from meshrag.embedding.local import LocalEmbedding, RateMeter
+from meshrag.embedding.remote import RemoteEmbedders
+from meshrag.embedding.router import EmbedRouter, EmbedRouterSettings
+from meshrag.embedding.service import EmbeddingService
 from meshrag.generation.admission import Admission, LocalGenerator
 from meshrag.generation.backends import build_backend
 from meshrag.generation.remote import RemoteGenerators
@@ -86,9 +91,13 @@ class Node:
         self._storage_snapshot = StorageSnapshot()
         self._engine: StorageEngine | None = None
         self._embedder: Embedder | None = None
+        self._embed_rate = RateMeter()  # texts/s of this node's embedding batches, advertised
+        self.local_embedding: LocalEmbedding | None = None  # parts coordinators send here (ours too)
+        self.embedding: EmbeddingService | None = None  # an ingest's texts split over the cluster's embedders
         self.local_generator: LocalGenerator | None = None  # this node's own, with the generator role
         self.generation: GenerationService | None = None  # routing to every generator in the cluster
-        self._components = {"storage": False, "embedder": False}
+        self.stores_data = "storage" in config.node.roles  # without it: no partitions, not in the ring
+        self._components = {"storage": False, "embedder": False} if self.stores_data else {"embedder": False}
         if "generator" in config.node.roles:
             self._components["generator"] = False
         self._runner: web.AppRunner | None = None
@@ -129,6 +138,7 @@ class Node:
             "storage": storage,
             "generator": self.local_generator.stats() if self.local_generator else None,
             "generation": self.generation.view() if self.generation else None,
+            "embedding": self.embedding.view() if self.embedding else None,
             "embedder": {"model": self._embedder.model_name, "dim": self._embedder.dim} if self._embedder and self._components["embedder"] else None,
             "config": as_dict(self.config),
         }
@@ -163,6 +173,7 @@ class Node:
             self, self.config.gossip_settings(), self.config.node.secret, self.config.cluster.max_message_bytes, self._codec,
         ).routes())
         app.add_routes(GenerateRoute(self).routes())
+        app.add_routes(EmbedRoute(self, self._codec).routes())
         app.add_routes(OpenAICompatApi(self, self._offload_pool).routes())
         # handler_cancellation: a client that disconnects cancels its handler,
         # which is how an abandoned /v1/ask stops its generation.
@@ -213,6 +224,8 @@ class Node:
         meta: dict[str, Any] = {"roles": self.config.node.roles, "zone": self.config.node.zone, "http": self.config.advertise_address}
         if self._embedder is not None and self._components["embedder"]:
             meta["embedder"] = self._embedder.model_name
+        if self.local_embedding is not None:
+            meta["embedding"] = self.local_embedding.metadata()
         if self.local_generator is not None:
             meta["generator"] = self.local_generator.metadata()
         return meta
@@ -242,39 +255,66 @@ class Node:
                 device=self.config.embedder.device,
                 on_batch=self._record_embed_batch,
                 executor=self._embed_pool,
+                backend=self.config.embedder.backend,
+                gpu_memory_utilization=self.config.embedder.gpu_memory_utilization,
             )
             await loop.run_in_executor(None, embedder.load)
             await embedder.start()
             self._embedder = embedder
+            self.local_embedding = LocalEmbedding(embedder, self.config.embedder.queue_limit, self._embed_rate)
+            self.embedding = self._build_embedding(self.local_embedding)
             self._components["embedder"] = True
-            analyzer = self._analyzer()
-            ring_state = await self._cluster_membership(embedder.model_name, embedder.dim, analyzer.fingerprint())
-            assert ring_state.settings is not None
-            self._engine = await loop.run_in_executor(
-                self._storage_pool, self._open_engine, ring_state.settings.partitions, embedder.dim, analyzer,
-            )
-            self._hints = HintStore(self.config.data_path / "hints.sqlite", self.config.cluster.max_hint_bytes, self._clock.wall)
-            await loop.run_in_executor(self._storage_pool, self._hints.open)
-            self.cluster = self._build_cluster(ring_state)
-            self.metrics.registry.register(ClusterCollector(self.cluster, self._storage_snapshot))
-            self.cluster.loops.start()
-            self._components["storage"] = True
-            self._tasks.append(asyncio.create_task(self._save_indexes_periodically(), name="index-saver"))
-            self._tasks.append(asyncio.create_task(self._purge_tombstones_periodically(), name="tombstone-purge"))
+            if self.stores_data:
+                await self._start_storage(embedder)
+            else:
+                await self._check_cluster_settings(embedder)
             if "generator" in self._components:
                 self.local_generator = await loop.run_in_executor(None, self._load_generator)
                 self._components["generator"] = True
-            self.pipeline = self._build_pipeline(embedder)
+            if self.cluster is not None:
+                self.pipeline = self._build_pipeline(embedder)
             self._tasks.append(asyncio.create_task(self._advertise_metadata_changes(), name="metadata"))
-            await self._refresh_storage_metrics()
-            self._tasks.append(asyncio.create_task(self._refresh_storage_metrics_periodically(), name="storage-metrics"))
             log.info("node ready: %s", self.readiness())
         except Exception as exc:  # a node that cannot load must say why and stop
             log.exception("node failed to load its components")
             self.startup_error = exc
             self._stopped.set()
 
+    async def _start_storage(self, embedder: Embedder) -> None:
+        """Join the ring (or create the cluster), open the partitions and hints, start the cluster service."""
+        loop = asyncio.get_running_loop()
+        analyzer = self._analyzer()
+        ring_state = await self._cluster_membership(embedder.model_name, embedder.dim, analyzer.fingerprint())
+        assert ring_state.settings is not None
+        self._engine = await loop.run_in_executor(
+            self._storage_pool, self._open_engine, ring_state.settings.partitions, embedder.dim, analyzer,
+        )
+        self._hints = HintStore(self.config.data_path / "hints.sqlite", self.config.cluster.max_hint_bytes, self._clock.wall)
+        await loop.run_in_executor(self._storage_pool, self._hints.open)
+        self.cluster = self._build_cluster(ring_state)
+        self.metrics.registry.register(ClusterCollector(self.cluster, self._storage_snapshot))
+        self.cluster.loops.start()
+        self._components["storage"] = True
+        self._tasks.append(asyncio.create_task(self._save_indexes_periodically(), name="index-saver"))
+        self._tasks.append(asyncio.create_task(self._purge_tombstones_periodically(), name="tombstone-purge"))
+        await self._refresh_storage_metrics()
+        self._tasks.append(asyncio.create_task(self._refresh_storage_metrics_periodically(), name="storage-metrics"))
+
+    async def _check_cluster_settings(self, embedder: Embedder) -> None:
+        """A node without the storage role (an embedder or generator host) joins gossip, not the
+        ring. It still refuses to serve a cluster of another embedding model: its vectors would
+        sit in the index beside incomparable ones."""
+        seeds = [s for s in self.config.node.join if s != self.config.advertise_address]
+        if not seeds:
+            raise ConfigError("a node without the storage role needs node.join: it serves a cluster that others hold", field="node.join")
+        settings, _ = await self._fetch_cluster(seeds)
+        refusal = settings.refusal(embedder.model_name, embedder.dim)
+        if refusal:
+            raise ConfigError(f"refusing to join the cluster: {refusal}", field="embedder.model")
+        log.info("serving cluster %s without storage (roles %s)", settings, ",".join(self.config.node.roles))
+
     def _record_embed_batch(self, texts: int, seconds: float) -> None:
+        self._embed_rate.observe(texts, seconds)
         self.metrics.embed_batches.inc()
         self.metrics.embed_batch_size.observe(texts)
 
@@ -396,12 +436,34 @@ class Node:
             metrics=self.metrics,
         )
 
+    def _build_embedding(self, local: LocalEmbedding) -> EmbeddingService:
+        """Routing of an ingest's texts to the cluster's embedders (this node's own included)."""
+        assert self.identity is not None and self.members is not None and self._peers is not None
+        cfg = self.config.embedder
+        breakers = BreakerBoard(
+            BreakerSettings(consecutive_failures=cfg.breaker_failures, open_s=cfg.breaker_open_s, max_open_s=max(30.0, cfg.breaker_open_s)),
+            self._clock,
+        )
+        settings = EmbedRouterSettings(
+            part_texts=cfg.part_texts, window_s=cfg.window_s, max_attempts=cfg.max_attempts,
+            part_timeout_s=cfg.part_timeout_s, busy_wait_s=cfg.busy_wait_s,
+        )
+        return EmbeddingService(
+            local_id=self.identity.node_id,
+            members=self.members.members,
+            local=local,
+            remote=RemoteEmbedders(self._peers),
+            router_factory=lambda send: EmbedRouter(breakers, self._clock, send, settings),
+            distribute=cfg.distribute,
+        )
+
     def _build_pipeline(self, embedder: Embedder) -> RagPipeline:
         assert self.cluster is not None
         chunking = ChunkingSettings(max_tokens=self.config.chunking.max_tokens, overlap_tokens=self.config.chunking.overlap_tokens)
         return RagPipeline(
             cluster=self.cluster,
             embedder=embedder,
+            embedding=self.embedding,
             chunker=Chunker(chunking, embedder.token_offsets, window=embedder.max_seq_tokens),
             hlc=self._hlc,
             executor=self._storage_pool,

@@ -133,6 +133,24 @@ def test_unknown_role_rejected() -> None:
     assert err.value.field == "node.roles"
 
 
+def test_default_roles_leave_out_the_embedder_only_role() -> None:
+    assert Config().node.roles == ["storage", "coordinator", "generator"]
+    assert load_config(None, {"node.roles": "embedder"}).node.roles == ["embedder"]
+    assert load_config(None, {"node.roles": "embedder,generator"}).node.roles == ["embedder", "generator"]
+
+
+def test_the_coordinator_role_needs_the_storage_role() -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_config(None, {"node.roles": "coordinator,embedder"})
+    assert caught.value.field == "node.roles" and "needs the storage role" in caught.value.message
+
+
+def test_embedding_backend_is_checked() -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_config(None, {"embedder.backend": "onnx"})
+    assert caught.value.field == "embedder.backend" and "sentence-transformers | vllm" in caught.value.message
+
+
 def test_overlap_must_be_smaller_than_chunk() -> None:
     with pytest.raises(ConfigError) as err:
         load_config(None, {"chunking.max_tokens": 64, "chunking.overlap_tokens": 64}, environ={})

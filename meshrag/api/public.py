@@ -19,7 +19,7 @@ from meshrag.config import Config
 from meshrag.cluster.rpc import OFFLOAD_BYTES
 from meshrag.cluster.service import ClusterService
 from meshrag.cluster.writes import CONSISTENCY_LEVELS
-from meshrag.errors import MeshragError, PayloadTooLarge, Unavailable, UnsupportedMediaType, ValidationError
+from meshrag.errors import MeshragError, NotServedHere, PayloadTooLarge, Unavailable, UnsupportedMediaType, ValidationError
 from meshrag.generation.base import StreamReport
 from meshrag.generation.service import GenerationService
 from meshrag.observability import Metrics, Stopwatch
@@ -49,7 +49,15 @@ class NodeView(Protocol):
     def embedding_dim(self) -> int: ...
 
 
+def _require_storage_role(node: NodeView) -> None:
+    """421, not 503: an embedder- or generator-only node will never serve this, so retrying is pointless."""
+    if "storage" not in node.config.node.roles:
+        roles = ",".join(node.config.node.roles)
+        raise NotServedHere(f"this node holds no data (roles {roles}); send documents, searches, questions and ring changes to a storage node")
+
+
 def _pipeline(node: NodeView) -> RagPipeline:
+    _require_storage_role(node)
     if node.pipeline is None:
         waiting = [name for name, ok in node.readiness().items() if not ok]
         raise Unavailable(f"node is starting; still loading: {', '.join(waiting)}", retry_after_s=2)
@@ -57,6 +65,7 @@ def _pipeline(node: NodeView) -> RagPipeline:
 
 
 def _cluster(node: NodeView) -> ClusterService:
+    _require_storage_role(node)
     if node.cluster is None:
         raise Unavailable("cluster storage is still starting", retry_after_s=2)
     return node.cluster

@@ -26,6 +26,7 @@ ENTRIES_PATH = "/_mesh/repair/entries"
 FETCH_PATH = "/_mesh/repair/fetch"
 RING_PATH = "/_mesh/ring"
 GENERATE_PATH = "/_mesh/generate"  # streamed: msgpack frames, see generation/remote.py
+EMBED_PATH = "/_mesh/embed"  # see embedding/remote.py
 
 # Share of cluster.max_message_bytes a batch may fill by wire_size's estimate: the
 # estimate leaves out msgpack framing and metadata encoding.

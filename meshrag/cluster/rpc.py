@@ -114,7 +114,7 @@ class PeerClient:
             async with self._session.post(f"http://{address}{path}", data=payload, headers=headers, timeout=timeout) as response:
                 payload = await response.read()
                 if response.status != 200:
-                    raise PeerError(address, _error_text(payload, response.status), response.status)
+                    raise PeerError(address, _error_text(payload, response.status), response.status, _retry_after(response))
                 return await self._codec.unpack(payload)
 
     async def stream(self, address: str, path: str, body: dict[str, Any]) -> AsyncIterator[Any]:

@@ -22,6 +22,7 @@ import numpy as np
 
 from meshrag.clock import HybridLogicalClock
 from meshrag.errors import NotFound, Unavailable
+from meshrag.embedding.service import EmbeddingService
 from meshrag.generation.base import GenerationRequest, StreamReport
 from meshrag.generation.service import GenerationService
 from meshrag.observability import Metrics, Stopwatch
@@ -87,10 +88,12 @@ class RagPipeline:
         executor: Executor,
         metrics: Metrics,
         generation: GenerationService | None = None,
+        embedding: EmbeddingService | None = None,
         search_timeout_s: float = 2.0,
     ) -> None:
         self._cluster = cluster
         self._embedder = embedder
+        self._embedding = embedding
         self._chunker = chunker
         self._hlc = hlc
         self._executor = executor
@@ -136,7 +139,7 @@ class RagPipeline:
         chunked = await self._blocking(self._chunk_all, docs)
         # A document that brings its vector is one chunk with that vector: nothing to embed.
         texts = [chunk.text for doc, doc_chunks in zip(docs, chunked) if doc.vector is None for chunk in doc_chunks]
-        vectors = await self._embedder.embed(texts) if texts else np.zeros((0, self._embedder.dim), np.float32)
+        vectors = await self._embed_for_ingest(texts)
         self._metrics.chunks_embedded.inc(len(texts))
         vector_rows = iter(vectors)
         writes = []
@@ -155,6 +158,15 @@ class RagPipeline:
             )
             writes.append(DocumentWrite(doc_id, version, digest, doc.text, doc.metadata, chunk_writes))
         return writes
+
+    async def _embed_for_ingest(self, texts: list[str]) -> np.ndarray:
+        """An ingest's texts over the cluster's embedders (embedding/service.py), or here alone
+        without the service. Before anything is written: a batch that cannot be embedded fails whole."""
+        if not texts:
+            return np.zeros((0, self._embedder.dim), np.float32)
+        if self._embedding is None:
+            return await self._embedder.embed(texts)
+        return await self._embedding.embed(texts)
 
     def _chunk_all(self, docs: list[IncomingDocument]) -> list[list[TextChunk]]:
         """Chunk every document; one given vector means one chunk of the whole text."""
