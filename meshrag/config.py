@@ -145,7 +145,7 @@ class EmbedderConfig:
     part_texts: int = field(default=32, metadata=_check(lambda v: 1 <= v <= 4096, "an integer 1..4096"))
     queue_limit: int = field(default=1024, metadata=_check(lambda v: 1 <= v <= 1_000_000, "an integer 1..1000000 (texts)"))
     window_s: float = field(default=2.0, metadata=_check(_positive, "seconds > 0"))
-    part_timeout_s: float = field(default=10.0, metadata=_check(_positive, "seconds > 0"))
+    part_timeout_s: float = field(default=60.0, metadata=_check(_positive, "seconds > 0"))
     busy_wait_s: float = field(default=30.0, metadata=_check(_positive, "seconds > 0"))
     max_attempts: int = field(default=3, metadata=_check(lambda v: 1 <= v <= 16, "an integer 1..16"))
     breaker_failures: int = field(default=2, metadata=_check(lambda v: 1 <= v <= 100, "an integer 1..100"))

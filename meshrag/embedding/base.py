@@ -39,9 +39,10 @@ class EmbedderInfo:
     queued: int  # texts waiting, as last advertised
     limit: int  # queue bound (texts)
     local: bool = False  # this node's own: called in-process
+    suspect: bool = False  # gossip suspects it: no new parts, but parts already there are left to finish
 
     @classmethod
-    def from_metadata(cls, node_id: str, name: str, meta: Mapping[str, Any], local: bool = False) -> EmbedderInfo | None:
+    def from_metadata(cls, node_id: str, name: str, meta: Mapping[str, Any], local: bool = False, suspect: bool = False) -> EmbedderInfo | None:
         """None when the metadata advertises no (well-formed) embedder."""
         model, figures = meta.get("embedder"), meta.get("embedding")
         if not isinstance(model, str) or not model or not isinstance(figures, Mapping):
@@ -59,6 +60,7 @@ class EmbedderInfo:
             queued=int(_number(figures.get("queued"), 0.0)),
             limit=max(1, int(_number(figures.get("limit"), 1.0))),
             local=local,
+            suspect=suspect,
         )
 
 

@@ -26,9 +26,9 @@ its queue is full) is not broken: it is skipped until its Retry-After, and
 when every embedder is busy or full the part waits, for at most
 ``busy_wait_s``, before the caller gets EmbedderBusy with a Retry-After.
 A killed embedder refuses or resets the connection at once. One that hangs
-(SIGSTOP, a network cut) is noticed by gossip within seconds: parts on an
-embedder that is no longer alive in the candidates (re-read every
-``liveness_check_s``) are given up and re-sent. A remote part's deadline,
+(SIGSTOP, a network cut) is noticed by gossip within seconds: a suspect gets
+no new parts, and parts on an embedder that left the candidates altogether
+(declared dead; re-read every ``liveness_check_s``) are given up and re-sent. A remote part's deadline,
 ``part_timeout_s`` plus a multiple of its expected time, is the backstop for
 one that hangs while it still gossips; this node's own embedder has none.
 
@@ -40,6 +40,7 @@ counted once: only the reply that is taken fills its rows.
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 from collections import Counter, deque
 from dataclasses import dataclass, field
@@ -52,6 +53,7 @@ from meshrag.cluster.breaker import BreakerBoard
 from meshrag.embedding.base import EmbedderInfo, EmbedFailed, EmbedReply
 from meshrag.errors import EmbedderBusy, MeshragError, Unavailable
 
+log = logging.getLogger(__name__)
 SendPart = Callable[[EmbedderInfo, Sequence[str]], Awaitable[EmbedReply]]
 Candidates = Callable[[], Sequence[EmbedderInfo]]  # the live embedders now (gossip's view), read again while parts run
 
@@ -152,7 +154,8 @@ class EmbedRouter:
         chosen: EmbedderInfo | None = None
         for target in untried or candidates:  # once all were tried, any may try again
             load = self._load(target.node_id)
-            if load.busy_until > now or load.parts >= self.window_parts(target) or not self.breakers.would_allow(target.node_id):
+            if (target.suspect or load.busy_until > now or load.parts >= self.window_parts(target)
+                    or not self.breakers.would_allow(target.node_id)):
                 continue
             key = (self.eta_s(target, len(part)), not target.local, target.name)
             if best is None or key < best:
@@ -297,6 +300,7 @@ class EmbedRouter:
         self.stats.parts[target.name] += 1
 
     def _failed(self, part: _Part, target: EmbedderInfo, reason: str, pending: deque[_Part]) -> None:
+        log.info("embedding part of %d texts failed on %s: %s", len(part), target.name, reason)
         self.breakers.record(target.node_id, False)
         self.stats.failures[target.name] += 1
         part.attempts += 1

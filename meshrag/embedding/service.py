@@ -21,7 +21,7 @@ from meshrag.embedding.local import LocalEmbedding
 from meshrag.embedding.remote import RemoteEmbedders
 from meshrag.embedding.router import EmbedRouter
 from meshrag.errors import Unavailable
-from meshrag.gossip.state import Member, MemberState
+from meshrag.gossip.state import LIVE_STATES, Member, MemberState
 
 
 class EmbeddingService:
@@ -49,7 +49,8 @@ class EmbeddingService:
         return self._local.embedder.model_name
 
     def candidates(self) -> list[EmbedderInfo]:
-        """Live embedders of this node's model and dimension: its own (figures read now), others' from gossip."""
+        """Live (alive or suspect) embedders of this node's model and dimension: its own (figures
+        read now), others' from gossip."""
         local = self._local
         if local is None:
             return []
@@ -59,8 +60,12 @@ class EmbeddingService:
             if member.node_id == self._local_id:
                 meta = {"http": member.address, "embedder": model, "embedding": local.metadata()}
                 info = EmbedderInfo.from_metadata(member.node_id, member.name, meta, local=True)
-            elif self._distribute and member.state is MemberState.ALIVE:
-                info = EmbedderInfo.from_metadata(member.node_id, member.name, member.meta)
+            elif self._distribute and member.state in LIVE_STATES:
+                # A suspect stays a candidate: a node whose CPU is saturated by embedding misses
+                # probe acks and is suspected for a while; abandoning its parts would throw away
+                # the work it is doing. The router sends it nothing new until it is alive again.
+                info = EmbedderInfo.from_metadata(member.node_id, member.name, member.meta,
+                                                  suspect=member.state is MemberState.SUSPECT)
             else:
                 continue
             if info is not None and info.model == model and info.dim == dim and (info.local or info.address):
@@ -90,7 +95,7 @@ class EmbeddingService:
                 {
                     "node": info.name, "id": info.node_id, "model": info.model, "dim": info.dim, "rate": info.rate,
                     "queued": info.queued, "limit": info.limit, "in_flight": self.router.in_flight(info.node_id),
-                    "local": info.local, "breaker": breakers.get(info.node_id, {"state": "closed"})["state"],
+                    "local": info.local, "suspect": info.suspect, "breaker": breakers.get(info.node_id, {"state": "closed"})["state"],
                     "texts": stats.texts[info.name], "failures": stats.failures[info.name], "busy": stats.busy[info.name],
                 }
                 for info in self.candidates()
