@@ -34,6 +34,7 @@ from meshrag.cluster.messages import RING_PATH
 from meshrag.cluster.service import ClusterService
 from meshrag.config import Config, as_dict, parse_host_port
 from meshrag.cluster.breaker import BreakerBoard, BreakerSettings
+from meshrag.embedding.base import EmbedderInfo
 from meshrag.embedding.local import LocalEmbedding, RateMeter
 from meshrag.embedding.remote import RemoteEmbedders
 from meshrag.embedding.router import EmbedRouter, EmbedRouterSettings
@@ -313,6 +314,9 @@ class Node:
             raise ConfigError(f"refusing to join the cluster: {refusal}", field="embedder.model")
         log.info("serving cluster %s without storage (roles %s)", settings, ",".join(self.config.node.roles))
 
+    def _record_embed_part(self, target: EmbedderInfo, outcome: str) -> None:
+        self.metrics.embed_parts.labels(where="local" if target.local else "remote", outcome=outcome).inc()
+
     def _record_embed_batch(self, texts: int, seconds: float) -> None:
         self._embed_rate.observe(texts, seconds)
         self.metrics.embed_batches.inc()
@@ -453,7 +457,7 @@ class Node:
             members=self.members.members,
             local=local,
             remote=RemoteEmbedders(self._peers),
-            router_factory=lambda send: EmbedRouter(breakers, self._clock, send, settings),
+            router_factory=lambda send: EmbedRouter(breakers, self._clock, send, settings, on_outcome=self._record_embed_part),
             distribute=cfg.distribute,
         )
 

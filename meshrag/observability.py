@@ -55,6 +55,10 @@ class Metrics:
         self.generations = Counter("meshrag_generations_total", "Generations by outcome", ["outcome"], registry=r)
         self.generation_failovers = Counter(
             "meshrag_generation_failovers_total", "Answers continued on another generator after a mid-stream failure", registry=r)
+        self.embed_parts = Counter(
+            "meshrag_embed_parts_total",
+            "Parts of ingest batches this coordinator sent to embedders, by where (local, remote) and outcome (ok, failed, busy)",
+            ["where", "outcome"], registry=r)
         self.generation_retries = Counter(
             "meshrag_generation_retries_total", "Generation attempts that failed before their first piece and were retried", registry=r)
         self.stored_documents = Gauge("meshrag_stored_documents", "Live documents held by this node", registry=r)

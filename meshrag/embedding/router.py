@@ -112,8 +112,11 @@ class EmbedStats:
 class EmbedRouter:
     """One per coordinator, shared by every batch it embeds (the windows are per embedder)."""
 
-    def __init__(self, breakers: BreakerBoard, clock: Clock, send: SendPart, settings: EmbedRouterSettings) -> None:
+    def __init__(self, breakers: BreakerBoard, clock: Clock, send: SendPart, settings: EmbedRouterSettings,
+                 on_outcome: Callable[[EmbedderInfo, str], None] | None = None) -> None:
+        """``on_outcome(target, "ok" | "failed" | "busy")`` after every part (metrics)."""
         self.breakers = breakers
+        self._on_outcome = on_outcome or (lambda target, outcome: None)
         self.settings = settings
         self.stats = EmbedStats()
         self._clock = clock
@@ -285,6 +288,7 @@ class EmbedRouter:
             self.breakers.record(target.node_id, True)  # it answered: busy is not broken
             self._load(target.node_id).busy_until = self._clock.now() + exc.retry_after_s
             self.stats.busy[target.name] += 1
+            self._on_outcome(target, "busy")
             pending.appendleft(part)
             return
         except (EmbedFailed, Unavailable) as exc:
@@ -298,11 +302,13 @@ class EmbedRouter:
         self._observe(target, reply)
         self.stats.texts[target.name] += len(part)
         self.stats.parts[target.name] += 1
+        self._on_outcome(target, "ok")
 
     def _failed(self, part: _Part, target: EmbedderInfo, reason: str, pending: deque[_Part]) -> None:
         log.info("embedding part of %d texts failed on %s: %s", len(part), target.name, reason)
         self.breakers.record(target.node_id, False)
         self.stats.failures[target.name] += 1
+        self._on_outcome(target, "failed")
         part.attempts += 1
         part.tried.add(target.node_id)
         part.reasons.append(reason)

@@ -103,14 +103,15 @@ class ScriptedEmbedder:
 
 
 def make_router(embedders: dict[str, ScriptedEmbedder], settings: EmbedRouterSettings = SETTINGS,
-                breaker: BreakerSettings | None = None) -> EmbedRouter:
+                breaker: BreakerSettings | None = None,
+                on_outcome: Callable[[EmbedderInfo, str], None] | None = None) -> EmbedRouter:
     clock = LoopClock(asyncio.get_running_loop())
     board = BreakerBoard(breaker or BreakerSettings(consecutive_failures=2, open_s=2.0), clock)
 
     async def send(target: EmbedderInfo, part: Sequence[str]) -> EmbedReply:
         return await embedders[target.node_id].embed(part)
 
-    return EmbedRouter(board, clock, send, settings)
+    return EmbedRouter(board, clock, send, settings, on_outcome)
 
 
 def live(embedders: Sequence[ScriptedEmbedder]) -> Callable[[], list[EmbedderInfo]]:
@@ -347,3 +348,20 @@ def test_cancelling_a_batch_cancels_its_parts_and_frees_the_windows() -> None:
     assert in_flight > 0
     assert all(router.in_flight(e.name) == 0 for e in embedders)
     assert sum(e.cancelled for e in embedders) == sum(e.started for e in embedders) - sum(len(e.parts) for e in embedders)
+
+
+def test_every_part_reports_its_outcome_for_metrics() -> None:
+    good, bad = ScriptedEmbedder("good", local=True), ScriptedEmbedder("bad", fails=True)
+    busy = ScriptedEmbedder("busy", busy_for=1000.0)
+    outcomes: list[tuple[str, str]] = []
+
+    async def scenario() -> np.ndarray:
+        router = make_router({e.name: e for e in (good, bad, busy)},
+                             on_outcome=lambda target, outcome: outcomes.append((target.name, outcome)))
+        return await router.embed(texts(96), live([good, bad, busy]))
+
+    rows, _ = run_virtual(scenario)
+    assert_complete(rows, texts(96))
+    assert outcomes.count(("good", "ok")) == 3
+    assert ("bad", "failed") in outcomes and ("busy", "busy") in outcomes
+    assert {name for name, outcome in outcomes if outcome == "ok"} == {"good"}
