@@ -73,6 +73,7 @@ def test_rare_words_prefer_words_no_other_document_has() -> None:
     assert words["b"][:3] == ["boundary", "subsonic", "layers"]
 
 
+@pytest.mark.long
 @pytest.mark.slow
 @pytest.mark.skipif(not CRANFIELD.exists(), reason="needs ../shared/data/cranfield")
 def test_acknowledged_documents_survive_kill9_whole(tmp_path: Path) -> None:

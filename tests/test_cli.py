@@ -158,6 +158,7 @@ def pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
         cluster.stop()
 
 
+@pytest.mark.long
 def test_ingest_spreads_over_the_discovered_nodes_and_a_rerun_finds_all_unchanged(pair: LocalCluster, tmp_path: Path) -> None:
     corpus = tmp_path / "notes"
     corpus.mkdir()

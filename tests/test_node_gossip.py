@@ -117,6 +117,7 @@ def test_kill9_is_dead_everywhere_within_10s_and_restart_alive_within_5s(cluster
     victim.wait_ready()
 
 
+@pytest.mark.long
 def test_fuzzed_datagrams_are_rejected_and_the_node_stays_healthy(cluster: list[LocalNode]) -> None:
     """100,000 random and mutated datagrams: all counted as rejected, the target stays alive everywhere."""
     target = cluster[1]

@@ -19,6 +19,7 @@ def _vector(seed: int) -> list[float]:
     return (vector / np.linalg.norm(vector)).tolist()
 
 
+@pytest.mark.long
 @pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_a_tombstone_outlives_the_delete_then_goes_after_the_grace_period(tmp_path: Path) -> None:

@@ -114,6 +114,7 @@ def test_the_node_ahead_keeps_a_tombstone_until_grace_has_passed_on_every_clock(
         time.sleep(0.5)
 
 
+@pytest.mark.long
 @pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_a_node_beyond_the_drift_bound_cannot_drag_versions_forward(cluster: LocalCluster) -> None:

@@ -23,30 +23,43 @@ from meshrag.client import MeshClient, MeshClientError
 from meshrag.localcluster import LocalCluster
 from meshrag.localnode import LocalNode
 from meshrag.rag.embedder import Embedder, default_model_path
-from tests.cluster.conftest import DIM, cranfield_documents, running
+from tests.cluster.conftest import DIM, cranfield_documents
 
 pytestmark = pytest.mark.slow
-BATCH = 64  # documents per request: about 85 texts, three parts of 32
+BATCH = 32  # documents per request: about 43 texts, two parts of 32
+SAMPLE = 64  # stored chunks whose vectors are recomputed here (each node's parts are 32 texts: all are hit)
 
 
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
-    yield from running(LocalCluster(tmp_path_factory.mktemp("embedding"), partitions=16, replicas=3), 3)
-
-
-@pytest.fixture(scope="module")
-def embedder_only(cluster: LocalCluster) -> Iterator[LocalNode]:
-    """e1: roles `embedder` alone (a GPU host's shape): in gossip, not in the ring, no partitions."""
-    seed = cluster.nodes[0]
-    node = LocalNode(cluster.root / "e1", name="e1", env=cluster.env,
-                     extra_args=["--roles", "embedder", "--join", f"127.0.0.1:{seed.port}"]).start()
+def nodes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LocalCluster, LocalNode]]:
+    """n1..n3 (storage) and e1, roles `embedder` alone (a GPU host's shape): in gossip, not in the
+    ring, no partitions. All four start at once; e1 waits for the seed by itself."""
+    cluster = LocalCluster(tmp_path_factory.mktemp("embedding"), partitions=16, replicas=3)
+    seed = cluster.add(wait=False)
+    e1 = LocalNode(cluster.root / "e1", name="e1", env=cluster.env,
+                   extra_args=["--roles", "embedder", "--join", f"127.0.0.1:{seed.port}"]).start()
     try:
-        node.wait_ready()
+        for _ in range(2):
+            cluster.add(wait=False)
+        for node in [*cluster.nodes, e1]:
+            node.wait_ready()
+        cluster.wait_for(lambda: all(cluster.ring_settled(n) for n in cluster.nodes), 120, "every node normal in every ring")
         client = cluster.client(seed, timeout=10)
-        cluster.wait_for(lambda: "e1" in embedded_by(client), 30, "n1 sees e1 as an embedder")
-        yield node
+        cluster.wait_for(lambda: {"n2", "n3", "e1"} <= set(embedded_by(client)), 30, "n1 sees every embedder")
+        yield cluster, e1
     finally:
-        node.stop()
+        e1.stop()
+        cluster.stop()
+
+
+@pytest.fixture(scope="module")
+def cluster(nodes: tuple[LocalCluster, LocalNode]) -> LocalCluster:
+    return nodes[0]
+
+
+@pytest.fixture(scope="module")
+def embedder_only(nodes: tuple[LocalCluster, LocalNode]) -> LocalNode:
+    return nodes[1]
 
 
 def stored_chunks(node: LocalNode) -> dict[str, tuple[str, bytes]]:
@@ -89,7 +102,7 @@ def test_an_ingest_through_one_node_is_embedded_everywhere_survives_a_kill_9_of_
     n1, n2, n3 = cluster.nodes
     client = cluster.client(n1, timeout=120)
     watcher = cluster.client(n1, timeout=10)
-    docs = cranfield_documents()[:192]
+    docs = cranfield_documents()[:96]
     killed = threading.Event()
 
     def kill_n3_while_it_holds_parts() -> None:
@@ -118,8 +131,6 @@ def test_an_ingest_through_one_node_is_embedded_everywhere_survives_a_kill_9_of_
     assert all(shares.get(name, 0) > 0 for name in ("n1", "n2", "e1")), shares  # n1 split its texts over the others
     assert view["retries"] > 0  # the parts the kill caught on n3 were embedded elsewhere
 
-    model = Embedder(default_model_path())
-    model.load()
     ids = {d["id"] for d in docs}
     for node in (n1, n2):  # N=3: each survivor holds every document
         assert ids <= cluster.stored_ids(node), node.name
@@ -127,7 +138,14 @@ def test_an_ingest_through_one_node_is_embedded_everywhere_survives_a_kill_9_of_
         assert ids <= {cid.split("#", 1)[0] for cid in chunks}, node.name  # no document stored without its chunks
         stored = np.stack([np.frombuffer(blob, dtype=np.float32) for _, blob in chunks.values()])
         assert stored.shape == (len(chunks), DIM) and np.isfinite(stored).all()
-        # Whoever embedded a chunk (n1, n2, n3 before the kill, e1), it is what n1 would have computed.
-        own = model.encode([text for text, _ in chunks.values()])
-        cosines = np.sum(stored * own, axis=1) / np.linalg.norm(stored, axis=1)
-        assert cosines.min() >= 0.99999, (node.name, float(cosines.min()))
+        assert np.allclose(np.linalg.norm(stored, axis=1), 1.0, atol=1e-3)
+
+    # Whoever embedded a chunk (n1, n2, n3 before the kill, e1), it is what n1 would have computed.
+    chunks = stored_chunks(n1)
+    sample = sorted(chunks)[:: max(1, len(chunks) // SAMPLE)]
+    model = Embedder(default_model_path())
+    model.load()
+    own = model.encode([chunks[cid][0] for cid in sample])
+    stored = np.stack([np.frombuffer(chunks[cid][1], dtype=np.float32) for cid in sample])
+    cosines = np.sum(stored * own, axis=1) / np.linalg.norm(stored, axis=1)
+    assert cosines.min() >= 0.99999, float(cosines.min())

@@ -93,6 +93,7 @@ def test_non_generator_nodes_answer_with_sources_streaming_and_not(ingested: Loc
         assert text.strip() and final["generation"]["failover"] == []
 
 
+@pytest.mark.long
 def test_meshrag_ask_works_through_a_non_generator_node(ingested: LocalCluster) -> None:
     result = subprocess.run(
         [sys.executable, "-m", "meshrag.cli", "ask", DOME, "--node", ingested.node("n3").url, "--max-tokens", "24"],
@@ -110,6 +111,7 @@ def test_the_generator_advertises_backend_model_context_capacity_and_load(ingest
     assert member["meta"]["generator"]["context"] == 4096
 
 
+@pytest.mark.long
 def test_the_openai_client_answers_with_sources_through_a_non_generator_node(ingested: LocalCluster) -> None:
     import openai
 

@@ -88,6 +88,7 @@ def _metric(node: LocalNode, series: str) -> float:
     raise AssertionError(f"{series} not in /metrics of {node.name}")
 
 
+@pytest.mark.long
 @pytest.mark.timeout(600)
 def test_a_flapping_node_moves_no_data(cluster: LocalCluster) -> None:
     n4 = cluster.node("n4")
@@ -130,6 +131,7 @@ def test_removing_a_dead_node_restores_three_copies_from_the_survivors(cluster: 
     cluster.wait_for(lambda: _holds_what_the_ring_assigns(cluster), 60, "survivors hold exactly their share")
 
 
+@pytest.mark.long
 @pytest.mark.timeout(600)
 def test_decommission_hands_everything_off_and_loses_nothing(cluster: LocalCluster) -> None:
     cluster.add("n5")

@@ -157,6 +157,7 @@ def _unit(i: int) -> list[float]:
     return (vector / np.linalg.norm(vector)).tolist()
 
 
+@pytest.mark.long
 @pytest.mark.timeout(600)
 def test_a_node_with_another_embedding_model_refuses_to_join(cluster: LocalCluster, tmp_path: Path) -> None:
     model_dir = _smaller_model(tmp_path / "minilm-128")
