@@ -85,12 +85,12 @@ def test_non_generator_nodes_answer_with_sources_streaming_and_not(ingested: Loc
     answer = MeshClient(ingested.node("n2").url, timeout=120).ask(DOME, k=3, max_tokens=24)
     assert answer["answer"] and answer["sources"], answer
     assert answer["generation"]["generator"] == MeshClient(ingested.node("n1").url).cluster()["node"]["id"]
-    for name in ("n2", "n3"):
-        node = ingested.node(name)
-        assert [g["node"] for g in generators_seen_by(node)] == ["n1"]
-        text, final, events = stream_answer(node, DOME, 24)
-        assert events[0] == "sources" and events[-1] == "done" and "token" in events
-        assert text.strip() and final["generation"]["failover"] == []
+    assert [g["node"] for g in generators_seen_by(ingested.node("n2"))] == ["n1"]
+    node = ingested.node("n3")  # the other non-generator streams
+    assert [g["node"] for g in generators_seen_by(node)] == ["n1"]
+    text, final, events = stream_answer(node, DOME, 24)
+    assert events[0] == "sources" and events[-1] == "done" and "token" in events
+    assert text.strip() and final["generation"]["failover"] == []
 
 
 @pytest.mark.long
