@@ -462,7 +462,7 @@ class Node:
         )
 
     def _build_pipeline(self, embedder: Embedder) -> RagPipeline:
-        assert self.cluster is not None
+        assert self.cluster is not None and self.embedding is not None
         chunking = ChunkingSettings(max_tokens=self.config.chunking.max_tokens, overlap_tokens=self.config.chunking.overlap_tokens)
         return RagPipeline(
             cluster=self.cluster,

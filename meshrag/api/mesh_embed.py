@@ -52,7 +52,8 @@ class EmbedRoute:
         limit = config.cluster.max_message_bytes
         if request.content_length is not None and request.content_length > limit:
             raise PayloadTooLarge(f"body over {limit} bytes", field="body")
-        model, texts = request_from_wire(await self._codec.unpack(await request.read()), config.api.max_text_chars)
+        parse = lambda body: request_from_wire(body, config.api.max_text_chars)  # noqa: E731
+        model, texts = await self._codec.decode(await request.read(), parse)
         own = local.embedder.model_name
         if model != own:
             raise ModelMismatch(f"this node embeds with {own}, not {model}", field="model")

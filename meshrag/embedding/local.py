@@ -53,7 +53,7 @@ class LocalEmbedding:
 
     @property
     def queued(self) -> int:
-        return int(self.embedder.stats()["queued_texts"])
+        return self.embedder.queued_texts
 
     @property
     def rate(self) -> float:

@@ -103,7 +103,6 @@ class _Load:
 @dataclass
 class EmbedStats:
     texts: Counter[str] = field(default_factory=Counter)  # embedded, per embedder name
-    parts: Counter[str] = field(default_factory=Counter)
     failures: Counter[str] = field(default_factory=Counter)
     busy: Counter[str] = field(default_factory=Counter)
     retries: int = 0
@@ -301,7 +300,6 @@ class EmbedRouter:
         rows[part.start : part.stop] = reply.vectors
         self._observe(target, reply)
         self.stats.texts[target.name] += len(part)
-        self.stats.parts[target.name] += 1
         self._on_outcome(target, "ok")
 
     def _failed(self, part: _Part, target: EmbedderInfo, reason: str, pending: deque[_Part]) -> None:

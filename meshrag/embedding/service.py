@@ -57,9 +57,8 @@ class EmbeddingService:
         model, dim = local.embedder.model_name, local.embedder.dim
         found: list[EmbedderInfo] = []
         for member in self._members():
-            if member.node_id == self._local_id:
-                meta = {"http": member.address, "embedder": model, "embedding": local.metadata()}
-                info = EmbedderInfo.from_metadata(member.node_id, member.name, meta, local=True)
+            if member.node_id == self._local_id:  # its figures read now, not as last gossiped
+                info = EmbedderInfo(member.node_id, member.name, member.address, model, dim, local.rate, local.queued, local.limit, local=True)
             elif self._distribute and member.state in LIVE_STATES:
                 # A suspect stays a candidate: a node whose CPU is saturated by embedding misses
                 # probe acks and is suspected for a while; abandoning its parts would throw away

@@ -257,8 +257,13 @@ class Embedder:
         # Cancelling the caller cancels the future; the batcher then skips its texts.
         return await future
 
-    def stats(self) -> dict[str, Any]:
+    @property
+    def queued_texts(self) -> int:
+        """Texts waiting for a batch (not the one running)."""
         batcher = self._batcher
+        return batcher.waiting_texts if batcher else 0
+
+    def stats(self) -> dict[str, Any]:
         return {
             "requests": self._stats.requests,
             "batches": self._stats.batches,
@@ -266,7 +271,7 @@ class Embedder:
             "failed_batches": self._stats.failed_batches,
             "largest_batch": self._stats.largest_batch,
             "encode_seconds": round(self._stats.encode_seconds, 3),
-            "queued_texts": batcher.waiting_texts if batcher else 0,
+            "queued_texts": self.queued_texts,
         }
 
     async def _run_batches(self, batcher: _Batcher) -> None:

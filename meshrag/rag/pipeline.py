@@ -83,12 +83,12 @@ class RagPipeline:
         self,
         cluster: ClusterService,
         embedder: Embedder,
+        embedding: EmbeddingService,
         chunker: Chunker,
         hlc: HybridLogicalClock,
         executor: Executor,
         metrics: Metrics,
         generation: GenerationService | None = None,
-        embedding: EmbeddingService | None = None,
         search_timeout_s: float = 2.0,
     ) -> None:
         self._cluster = cluster
@@ -160,12 +160,8 @@ class RagPipeline:
         return writes
 
     async def _embed_for_ingest(self, texts: list[str]) -> np.ndarray:
-        """An ingest's texts over the cluster's embedders (embedding/service.py), or here alone
-        without the service. Before anything is written: a batch that cannot be embedded fails whole."""
-        if not texts:
-            return np.zeros((0, self._embedder.dim), np.float32)
-        if self._embedding is None:
-            return await self._embedder.embed(texts)
+        """An ingest's texts over the cluster's embedders (embedding/service.py; queries stay on
+        this node's embedder). Before anything is written: a batch that cannot be embedded fails whole."""
         return await self._embedding.embed(texts)
 
     def _chunk_all(self, docs: list[IncomingDocument]) -> list[list[TextChunk]]:
