@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import random
 import socket
 from dataclasses import dataclass
+from typing import Callable
 
 import aiohttp
 from aiohttp import web
@@ -32,13 +34,30 @@ class RealMember:
         await self.runner.cleanup()
 
 
+async def bind_udp_and_tcp(loop: asyncio.AbstractEventLoop, make_protocol: Callable[[], GossipDatagramProtocol],
+                           runner: web.AppRunner) -> tuple[asyncio.DatagramTransport, GossipDatagramProtocol, int]:
+    """A UDP port the OS picked, and TCP on the same number. Another process (the node
+    processes of other tests) may hold that TCP port as an outgoing connection's
+    ephemeral port: then try another pair, a bounded number of times."""
+    for _ in range(20):
+        protocol = make_protocol()  # a fresh one per try: a closed endpoint's protocol is spent
+        endpoint, _ = await loop.create_datagram_endpoint(lambda: protocol, local_addr=("127.0.0.1", 0))
+        port = endpoint.get_extra_info("sockname")[1]
+        try:
+            await web.TCPSite(runner, "127.0.0.1", port).start()
+        except OSError as exc:
+            if exc.errno != errno.EADDRINUSE:
+                raise
+            endpoint.close()
+            continue
+        return endpoint, protocol, port
+    raise RuntimeError("no port number free for both UDP and TCP in 20 tries")
+
+
 async def start_member(name: str, session: aiohttp.ClientSession) -> RealMember:
     """UDP and HTTP on the same port number, wired as node.py does it."""
     loop = asyncio.get_running_loop()
     holder: list[Memberlist] = []
-    protocol = GossipDatagramProtocol(lambda data, addr: holder[0].handle_datagram(data, addr))
-    endpoint, _ = await loop.create_datagram_endpoint(lambda: protocol, local_addr=("127.0.0.1", 0))
-    port = endpoint.get_extra_info("sockname")[1]
 
     async def push_pull(request: web.Request) -> web.Response:
         reply = holder[0].handle_push_pull(await request.read(), str(request.remote))
@@ -48,7 +67,8 @@ async def start_member(name: str, session: aiohttp.ClientSession) -> RealMember:
     app.router.add_post(PUSH_PULL_PATH, push_pull)
     runner = web.AppRunner(app)
     await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
+    endpoint, protocol, port = await bind_udp_and_tcp(
+        loop, lambda: GossipDatagramProtocol(lambda data, addr: holder[0].handle_datagram(data, addr)), runner)
     member = Memberlist(NodeIdentity(f"id-{name}", name, 1), f"127.0.0.1:{port}",
                         transport=AsyncioTransport(loop, protocol, session), scheduler=loop, clock=SystemClock(),
                         rng=random.Random(name), settings=FAST, secret="a-real-cluster-secret",
