@@ -74,6 +74,17 @@ class SearchPlan:
 
 
 @dataclass
+class Prepared:
+    """A search's first steps, done before (or while) its query vector is computed."""
+
+    replicas: dict[int, list[str]]
+    deadline: float  # on the event loop's clock
+    terms: list[str] = field(default_factory=list)
+    stats: TermStats | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
 class Gathered:
     lists: dict[str, list[Candidate]]
     holders: dict[int, str]
@@ -195,22 +206,31 @@ class DistributedSearch:
             replicas[pid] = list(order)  # each partition's own list: the scatter consumes it
         return replicas
 
-    async def gather(self, plan: SearchPlan) -> Gathered:
+    async def prepare(self, plan: SearchPlan) -> Prepared:
+        """What a search needs besides the query vector: each partition's replicas in the
+        order to ask them, the query's terms and their cluster-wide statistics. It needs no
+        vector, so a coordinator runs it while the query is being embedded."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + plan.timeout_s
-        replicas = self.replicas(plan.session)
-        timings: dict[str, float] = {}
-        terms = await self._query_terms(plan) if "bm25" in plan.kinds and plan.query else []
-        stats = None
-        if terms:
+        prepared = Prepared(self.replicas(plan.session), deadline)
+        prepared.terms = await self._query_terms(plan) if "bm25" in plan.kinds and plan.query else []
+        if prepared.terms:
+            # Phase timings by Stopwatch (perf_counter), not loop.time(): uvloop's clock is libuv's
+            # millisecond tick, cached per loop iteration, so every phase read as 0, 3.0 or 6.0 ms.
             watch = Stopwatch()
-            stats = await self._global_stats(terms, replicas, deadline)
-            timings["term_stats_ms"] = watch.ms()
-        # Phase timings by Stopwatch (perf_counter), not loop.time(): uvloop's clock is libuv's
-        # millisecond tick, cached per loop iteration, so every phase read as 0, 3.0 or 6.0 ms.
+            prepared.stats = await self._global_stats(prepared.terms, prepared.replicas, deadline)
+            prepared.timings["term_stats_ms"] = watch.ms()
+        return prepared
+
+    async def gather(self, plan: SearchPlan, prepared: Prepared | None = None) -> Gathered:
+        """Candidates from every partition, within the deadline ``prepare`` set."""
+        loop = asyncio.get_running_loop()
+        if prepared is None:
+            prepared = await self.prepare(plan)
         watch = Stopwatch()
-        scattered = await self._candidates(plan, terms, stats, replicas, max(0.0, deadline - loop.time()))
-        timings["candidates_ms"] = watch.ms()
+        left_s = max(0.0, prepared.deadline - loop.time())
+        scattered = await self._candidates(plan, prepared.terms, prepared.stats, prepared.replicas, left_s)
+        timings = dict(prepared.timings, candidates_ms=watch.ms())
         lists: dict[str, list[Candidate]] = {kind: [] for kind in plan.kinds}
         for per_kind in scattered.payloads.values():
             for kind, candidates in per_kind.items():

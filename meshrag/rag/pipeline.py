@@ -10,6 +10,7 @@ goes through the embedder's micro-batcher.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import json
 import logging
@@ -31,7 +32,7 @@ from meshrag.rag.embedder import Embedder
 from meshrag.rag.prompt import Passage, build_messages
 from meshrag.rag.ranking import merge_top_k, reciprocal_rank_fusion
 from meshrag.rag.requests import AskRequest, IncomingDocument, SearchRequest
-from meshrag.cluster.search import SearchPlan, require_coverage
+from meshrag.cluster.search import Prepared, SearchPlan, require_coverage
 from meshrag.cluster.service import ClusterService
 from meshrag.cluster.session import decode_session, encode_session
 from meshrag.store.types import ChunkWrite, DocumentWrite, Hit, StoredDocument, WriteResult, WriteStatus
@@ -205,17 +206,13 @@ class RagPipeline:
         text and metadata for the final k only; all within the search's deadline."""
         watch = Stopwatch()
         timings: dict[str, float] = {}
-        vector = request.vector
-        if vector is None and request.mode in ("dense", "hybrid"):
-            assert request.query is not None
-            vector = (await self._embedder.embed([request.query]))[0]
-            timings["embed_ms"] = watch.ms()
         kinds = {"dense": ("dense",), "bm25": ("bm25",), "hybrid": ("dense", "bm25")}[request.mode]
         depth = request.k if request.mode != "hybrid" else max(request.k, HYBRID_CANDIDATES)
         timeout_s = request.timeout_ms / 1000 if request.timeout_ms is not None else self._search_timeout_s
         left_s = lambda: max(0.0, timeout_s - watch.ms() / 1000)  # noqa: E731  (the deadline covers embedding too)
-        plan = SearchPlan(kinds, vector, request.query, depth, request.filter, decode_session(request.session), left_s())
-        gathered = await self._cluster.search.gather(plan)
+        plan = SearchPlan(kinds, request.vector, request.query, depth, request.filter, decode_session(request.session), timeout_s)
+        prepared, vector = await self._prepare_while_embedding(plan, timings, watch)
+        gathered = await self._cluster.search.gather(dataclasses.replace(plan, vector=vector), prepared)
         if request.require_full_coverage:
             require_coverage(gathered)
         ranked = {kind: merge_top_k([gathered.lists.get(kind, [])], depth) for kind in kinds}
@@ -233,6 +230,27 @@ class RagPipeline:
         if gathered.missing:
             self._metrics.partial_searches.inc()
         return SearchOutcome(hits=hits, coverage=gathered.coverage, missing_partitions=gathered.missing, timings=timings)
+
+    async def _prepare_while_embedding(
+        self, plan: SearchPlan, timings: dict[str, float], watch: Stopwatch,
+    ) -> tuple[Prepared, np.ndarray | None]:
+        """The search's replica ranking, query terms and term statistics (a round trip to
+        other nodes for BM25), computed while the embedder works on the query: the event
+        loop is idle during an embedding, and neither needs the other."""
+        if plan.vector is not None or "dense" not in plan.kinds:
+            return await self._cluster.search.prepare(plan), plan.vector
+        assert plan.query is not None
+        embedding = asyncio.ensure_future(self._embedder.embed([plan.query]))
+        embedding.add_done_callback(lambda _: timings.setdefault("embed_ms", watch.ms()))
+        try:
+            prepared = await self._cluster.search.prepare(plan)
+            vectors = await embedding
+        finally:
+            if not embedding.done():
+                embedding.cancel()  # prepare failed: the batcher skips the query
+            elif not embedding.cancelled():
+                embedding.exception()  # seen: prepare's error, if any, is the one raised
+        return prepared, vectors[0]
 
     # ------------------------------------------------------------------- ask
     async def retrieve_for_ask(self, request: AskRequest) -> tuple[list[Passage], SearchOutcome]:
