@@ -88,14 +88,19 @@ def breaker_state(c_url: str, g1_id: str) -> str:
 
 
 def wait_for_a_stream_on(g1: Any, outcomes: list[Outcome], lock: threading.Lock, timeout_s: float) -> None:
-    """Until g1 is generating while some client is mid-stream: the kill should cut an answer."""
+    """Until g1 is emitting tokens while some client is mid-stream: the kill should cut an
+    answer that g1 is writing. An active generation alone may still be reading its prompt,
+    and then the stream that is mid-way belongs to g2."""
     deadline = time.monotonic() + timeout_s
+    last_tokens = None
     while time.monotonic() < deadline:
         with lock:
             streaming = any(o.first_token is not None and not o.result for o in outcomes)
         generator = MeshClient(g1.url, timeout=5).cluster().get("generator") or {}
-        if streaming and generator.get("active"):
+        tokens = generator.get("tokens_generated")
+        if streaming and generator.get("active") and last_tokens is not None and tokens is not None and tokens > last_tokens:
             return
+        last_tokens = tokens
         time.sleep(0.05)
 
 

@@ -340,7 +340,11 @@ class LlamaCppBackend:
 
     # ---------------------------------------------------------------- state
     def stats(self) -> dict[str, Any]:
-        return self._counters.as_dict()
+        stats = self._counters.as_dict()
+        current = self._current
+        if current is not None:  # live: the running generation's tokens so far count too
+            stats["tokens_generated"] += current.tokens
+        return stats
 
     async def close(self) -> None:
         """Fail the running request with Unavailable, wait for the generation thread to let

@@ -139,6 +139,19 @@ async def test_completed_stream_leaves_the_backend_idle_and_counts_tokens(backen
 
 
 @module_loop
+async def test_tokens_of_the_running_generation_count_while_it_streams(backend: LlamaCppBackend) -> None:
+    before = backend.stats()["tokens_generated"]
+    stream = backend.stream(LONG)
+    try:
+        for _ in range(4):
+            assert await anext(stream)
+        assert backend.stats()["tokens_generated"] - before >= 4  # before the generation ends
+    finally:
+        await stream.aclose()
+        await wait_until_idle(backend, within_s=5.0)  # counted as cancelled before the next test reads
+
+
+@module_loop
 async def test_aclose_stops_the_generation_and_frees_the_model(backend: LlamaCppBackend) -> None:
     before = backend.stats()
     stream = backend.stream(LONG)
