@@ -45,6 +45,8 @@ from meshrag.generation.remote import RemoteGenerators
 from meshrag.generation.router import GeneratorRouter, RouterSettings
 from meshrag.generation.service import GenerationService
 from meshrag.gossip import AsyncioTransport, GossipDatagramProtocol, MemberEvent, Memberlist
+from meshrag.gossip.events import EventKind
+from meshrag.gossip.known_peers import KnownPeers
 from meshrag.identity import NodeIdentity, load_or_create
 from meshrag.observability import (
     ClusterCollector, GossipCollector, LoopLagMonitor, Metrics, StorageSnapshot, configure_logging, start_monitor,
@@ -104,6 +106,7 @@ class Node:
         self._runner: web.AppRunner | None = None
         self._tasks: list[asyncio.Task[Any]] = []
         self._monitor: Any = None
+        self._known_peers: KnownPeers | None = None  # set when gossip starts
         self._stopped = asyncio.Event()
         self.startup_error: BaseException | None = None
 
@@ -207,8 +210,12 @@ class Node:
         self.metrics.registry.register(GossipCollector(self.members))
         self.generation = self._build_generation()
         self.members.start()
-        if self.config.node.join:
-            self.members.join(self.config.node.join)
+        self._known_peers = KnownPeers(self.config.data_path, self.config.advertise_address)
+        # Seeds first, then whom this node saw alive before it stopped: a node restarted
+        # without seeds would otherwise come back alone (gossip/known_peers.py).
+        seeds = list(dict.fromkeys([*self.config.node.join, *self._known_peers.load()]))
+        if seeds:
+            self.members.join(seeds)
 
     def _on_datagram(self, payload: bytes, address: str) -> None:
         if self.members is not None:
@@ -217,6 +224,8 @@ class Node:
     def _on_member_event(self, event: MemberEvent) -> None:
         member = event.member
         log.info("member %s (%s) at %s is %s", member.name, member.node_id[:12], member.address, event.kind.value)
+        if event.kind in (EventKind.JOINED, EventKind.ALIVE) and self._known_peers is not None:
+            self._known_peers.remember(member.address)
         if self.cluster is not None:
             self.cluster.loops.on_member_event(event)
 

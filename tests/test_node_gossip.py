@@ -144,6 +144,17 @@ def test_sigterm_is_shown_as_left_not_dead(cluster: list[LocalNode]) -> None:
     assert everyone_sees(others, "n2", "left")
 
 
+def test_the_seed_restarted_without_seeds_of_its_own_rejoins_the_members_it_knew(cluster: list[LocalNode]) -> None:
+    """n0 started with no --join: it finds its cluster again through the peers it remembered
+    (gossip/known_peers.py), instead of coming back alone while the others think it left."""
+    seed, others = cluster[0], [n for n in cluster[1:] if n.is_running()]
+    assert seed.stop() == 0
+    wait_until(lambda: everyone_sees(others, "n0", "left"), 10)
+    seed.start().wait_ready()
+    wait_until(lambda: everyone_sees(others, "n0", "alive"), 15)
+    wait_until(lambda: all(states(seed).get(n.name) == "alive" for n in others), 15)
+
+
 def rejected(node: LocalNode) -> float:
     text = urllib.request.urlopen(node.url + "/metrics", timeout=5).read().decode()
     return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith("meshrag_gossip_rejected_packets_total{"))
