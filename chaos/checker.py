@@ -42,7 +42,7 @@ from dataclasses import dataclass, field
 from typing import Iterable, Literal, Mapping, Sequence
 
 Outcome = Literal["ok", "failed", "unknown"]
-Kind = Literal["upsert", "delete", "read"]
+Kind = Literal["upsert", "delete", "read", "search"]
 
 ABSENT = "<absent>"  # what a read or a replica shows for a key it knows nothing of
 DELETED = "<deleted>"  # a tombstone, or a read answered "not found" after a delete

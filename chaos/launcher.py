@@ -1,0 +1,109 @@
+"""The chaos suite's cluster: K `meshrag start` processes, and how the checker reads them.
+
+Loopback mode (this module, works anywhere): every node on 127.0.0.1 with its
+own port and data directory, each in its own process group, all removed when
+the run ends, also on failure or Ctrl-C. A network-namespace mode (one netns
+per node behind a bridge, for partitions and packet loss) is the next step of
+the suite; the scenarios here need no network faults.
+
+What the checker needs is read the way an operator would: each node's
+partition SQLite files opened read-only (documents, versions, tombstones, by
+exact id, also while a node is stopped), the ring each node persisted (the
+owners of each key), and every node's gossip view over HTTP.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import tempfile
+from pathlib import Path
+from typing import Any, Sequence
+
+from chaos.checker import DELETED, Stored
+from meshrag.client import MeshClient
+from meshrag.localcluster import LocalCluster
+from meshrag.localnode import LocalNode
+from meshrag.ring import partition_for
+
+
+class LoopbackCluster:
+    def __init__(self, nodes: int, *, replicas: int = 3, partitions: int = 16, env: dict[str, str] | None = None,
+                 root: Path | None = None) -> None:
+        self._tmp = None if root is not None else tempfile.TemporaryDirectory(prefix="meshrag-chaos-")
+        self.root = Path(root) if root is not None else Path(self._tmp.name)  # type: ignore[union-attr]
+        self.size = nodes
+        self.cluster = LocalCluster(self.root, partitions=partitions, replicas=min(replicas, nodes), env=env)
+        self.down: set[str] = set()  # names the nemesis has taken down (killed, paused, stopped)
+
+    def __enter__(self) -> "LoopbackCluster":
+        self.cluster.start(self.size)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def close(self) -> None:
+        try:
+            self.cluster.stop()
+        finally:
+            if self._tmp is not None:
+                self._tmp.cleanup()
+
+    @property
+    def nodes(self) -> list[LocalNode]:
+        return self.cluster.nodes
+
+    def targets(self) -> list[str]:
+        """URLs of the nodes a client may send to: every node the nemesis has not taken down."""
+        return [node.url for node in self.nodes if node.name not in self.down]
+
+    # ------------------------------------------------------------ what the checker reads
+    def owners(self, keys: Sequence[str]) -> dict[str, list[str]]:
+        """Each key's owners (node names) in the ring the first running node persisted."""
+        reference = next(node for node in self.nodes if node.is_running())
+        ring = LocalCluster.ring_of(reference)
+        names = {LocalCluster.node_id(node): node.name for node in self.nodes}
+        return {key: sorted(names.get(n, n) for n in ring.target.owners(partition_for(key, ring.partitions))) for key in keys}
+
+    def replica_states(self, keys: Sequence[str]) -> dict[str, dict[str, Stored]]:
+        """node name -> key -> what its SQLite files hold (the value token, or DELETED)."""
+        return {node.name: _stored(node, set(keys)) for node in self.nodes}
+
+    def membership_views(self) -> dict[str, dict[str, str]]:
+        """node name -> member name -> state, as each reachable node's gossip sees it."""
+        views: dict[str, dict[str, str]] = {}
+        for node in self.nodes:
+            if not node.is_running() or node.name in self.down:
+                continue
+            try:
+                members = MeshClient(node.url, timeout=5).cluster()["members"]
+            except Exception:
+                continue  # counted as disagreeing below: the node does not answer
+            views[node.name] = {m["name"]: m["state"] for m in members}
+        return views
+
+
+def _stored(node: LocalNode, keys: set[str]) -> dict[str, Stored]:
+    found: dict[str, Stored] = {}
+    for db in sorted((node.data_dir / "partitions").glob("p*/store.sqlite")):
+        try:
+            conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10)
+            try:
+                rows = conn.execute("SELECT doc_id, version, deleted, metadata FROM documents").fetchall()
+            finally:
+                conn.close()
+        except sqlite3.OperationalError:
+            continue  # a partition dropped while we looked
+        for doc_id, version, deleted, metadata in rows:
+            if doc_id in keys:
+                value = DELETED if deleted else _token(metadata)
+                held = found.get(doc_id)
+                if held is None or version > held.version:  # a partition handed off and not dropped yet
+                    found[doc_id] = Stored(value, int(version))
+    return found
+
+
+def _token(metadata: str) -> str:
+    import json
+
+    return str(json.loads(metadata).get("v"))

@@ -1,0 +1,128 @@
+"""Faults the chaos suite injects into a loopback cluster, each with its heal.
+
+A nemesis ``inject``s a fault into a running cluster and later ``heal``s it;
+the runner records when each was in force, so the report can give
+availability and latency during faults. Each choice (which node) comes from
+the run's seeded ``random.Random``.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from chaos.launcher import LoopbackCluster
+from meshrag.localcluster import LocalCluster
+from meshrag.localnode import LocalNode
+
+
+class Nemesis(Protocol):
+    name: str
+
+    def inject(self, cluster: LoopbackCluster, rng: random.Random) -> str:
+        """Apply the fault; returns what was done, for the report."""
+        ...
+
+    def heal(self, cluster: LoopbackCluster) -> str:
+        ...
+
+
+def _victim(cluster: LoopbackCluster, rng: random.Random) -> LocalNode:
+    # Any node, the seed too: a node restarted without seeds rejoins through the peers it knew.
+    return rng.choice([node for node in cluster.nodes if node.name not in cluster.down])
+
+
+@dataclass
+class Kill:
+    """kill -9 one node; healed by restarting it on the same data directory (or not at all)."""
+
+    restart: bool = True
+    name: str = "kill"
+    victim: LocalNode | None = None
+
+    def inject(self, cluster: LoopbackCluster, rng: random.Random) -> str:
+        self.victim = _victim(cluster, rng)
+        cluster.down.add(self.victim.name)
+        self.victim.kill9()
+        return f"kill -9 {self.victim.name}"
+
+    def heal(self, cluster: LoopbackCluster) -> str:
+        assert self.victim is not None
+        if not self.restart:
+            return f"{self.victim.name} stays down"
+        self.victim.stop()  # reaps the killed process and closes its log
+        self.victim.start().wait_ready()
+        cluster.down.discard(self.victim.name)
+        return f"restarted {self.victim.name}"
+
+
+@dataclass
+class Pause:
+    """SIGSTOP one node (alive to the kernel, silent to everyone); healed by SIGCONT."""
+
+    name: str = "pause"
+    victim: LocalNode | None = None
+
+    def inject(self, cluster: LoopbackCluster, rng: random.Random) -> str:
+        self.victim = _victim(cluster, rng)
+        cluster.down.add(self.victim.name)
+        LocalCluster.pause(self.victim)
+        return f"SIGSTOP {self.victim.name}"
+
+    def heal(self, cluster: LoopbackCluster) -> str:
+        assert self.victim is not None
+        LocalCluster.resume(self.victim)
+        cluster.down.discard(self.victim.name)
+        return f"SIGCONT {self.victim.name}"
+
+
+@dataclass
+class ClockSkew:
+    """Restart nodes with their clocks moved (``node.clock_offset_s``): one behind, one ahead.
+    Healed by restarting them on the true time."""
+
+    offsets_s: tuple[float, ...] = (-120.0, 120.0)
+    name: str = "clock-skew"
+    skewed: list[LocalNode] = field(default_factory=list)
+
+    def inject(self, cluster: LoopbackCluster, rng: random.Random) -> str:
+        victims = rng.sample(cluster.nodes, min(len(self.offsets_s), len(cluster.nodes)))
+        done = []
+        for node, offset in zip(victims, self.offsets_s):
+            _restart_with(cluster, node, {"MESHRAG_NODE_CLOCK_OFFSET_S": str(offset)})
+            self.skewed.append(node)
+            done.append(f"{node.name} {offset:+g} s")
+        return "clocks: " + ", ".join(done)
+
+    def heal(self, cluster: LoopbackCluster) -> str:
+        for node in self.skewed:
+            _restart_with(cluster, node, {"MESHRAG_NODE_CLOCK_OFFSET_S": "0"})
+        return "clocks true again: " + ", ".join(node.name for node in self.skewed)
+
+
+@dataclass
+class RollingRestart:
+    """Every node in turn: graceful stop, start on the same data, wait until ready."""
+
+    pause_s: float = 2.0
+    name: str = "rolling-restart"
+
+    def inject(self, cluster: LoopbackCluster, rng: random.Random) -> str:
+        order = list(cluster.nodes)
+        for node in order:
+            _restart_with(cluster, node, {})
+            time.sleep(self.pause_s)
+        return "restarted in turn: " + ", ".join(node.name for node in order)
+
+    def heal(self, cluster: LoopbackCluster) -> str:
+        return "nothing to heal"
+
+
+def _restart_with(cluster: LoopbackCluster, node: LocalNode, env: dict[str, str]) -> None:
+    cluster.down.add(node.name)
+    node.stop()
+    node.env = {**node.env, **env}
+    node.start().wait_ready()
+    cluster.down.discard(node.name)

@@ -1,0 +1,34 @@
+"""The chaos suite end to end on real processes: one short scenario (CI's representative;
+`chaos/run all` runs the whole set)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from chaos.scenarios import SCENARIOS, RunSettings, run_scenario
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_the_list_names_every_scenario() -> None:
+    listed = subprocess.run([sys.executable, str(REPO / "chaos" / "run"), "--list"], capture_output=True, text=True, check=True)
+    assert [line.split()[0] for line in listed.stdout.splitlines()] == list(SCENARIOS)
+
+
+def test_an_unknown_scenario_is_refused_with_a_pointer_to_the_list() -> None:
+    refused = subprocess.run([sys.executable, str(REPO / "chaos" / "run"), "kill-everything"], capture_output=True, text=True)
+    assert refused.returncode == 2 and "chaos/run --list" in refused.stderr
+
+
+@pytest.mark.slow
+def test_kill_one_under_load_loses_nothing_and_converges() -> None:
+    report = run_scenario(SCENARIOS["kill-one"], RunSettings(duration_s=20.0, seed=3), progress=lambda line: None)
+    assert report["passed"], report
+    assert report["writes"]["ok"] > 50 and report["keys_checked"] > 0
+    assert [f["fault"].split()[0] for f in report["faults"]] == ["kill"]
+    assert report["writes"]["during_faults"]["ops"] > 0
+    assert all(count == 0 for count in report["anomalies"].values())
