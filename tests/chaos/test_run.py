@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -12,15 +13,17 @@ import pytest
 from chaos.scenarios import SCENARIOS, RunSettings, run_scenario
 
 REPO = Path(__file__).resolve().parents[2]
+RUN = ["bash", str(REPO / "chaos" / "run")]
+ENV = {**os.environ, "PYTHON": sys.executable}
 
 
 def test_the_list_names_every_scenario() -> None:
-    listed = subprocess.run([sys.executable, str(REPO / "chaos" / "run"), "--list"], capture_output=True, text=True, check=True)
+    listed = subprocess.run([*RUN, "--list"], capture_output=True, text=True, check=True, env=ENV)
     assert [line.split()[0] for line in listed.stdout.splitlines()] == list(SCENARIOS)
 
 
 def test_an_unknown_scenario_is_refused_with_a_pointer_to_the_list() -> None:
-    refused = subprocess.run([sys.executable, str(REPO / "chaos" / "run"), "kill-everything"], capture_output=True, text=True)
+    refused = subprocess.run([*RUN, "kill-everything"], capture_output=True, text=True, env=ENV)
     assert refused.returncode == 2 and "chaos/run --list" in refused.stderr
 
 
