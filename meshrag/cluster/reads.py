@@ -31,6 +31,10 @@ from meshrag.store.types import DocState, StoredDocument, write_order
 log = logging.getLogger(__name__)
 
 
+# How long the ingest's pre-read waits for the rest of the replicas once a majority of each
+# document's owners answered: healthy replicas on a busy host answer within milliseconds.
+STATES_GRACE_S = 0.1
+
 GetCall = Callable[[str, str], Awaitable[StoredDocument | None]]
 StatesCall = Callable[[str, list[str]], Awaitable[dict[str, DocState]]]
 
@@ -99,28 +103,68 @@ class ReplicaReader:
             await ask(remaining.pop(0))  # absence is not evidence: ask the others one by one
         return _newest(answers)
 
-    async def states_on_replicas(self, doc_ids: Sequence[str], states: StatesCall) -> dict[str, list[DocState]]:
-        """Each document's state on every live write owner of its partition (a replica that
-        does not answer, or does not hold the document, contributes nothing)."""
+    async def states_on_replicas(
+        self, doc_ids: Sequence[str], states: StatesCall, grace_s: float = STATES_GRACE_S,
+    ) -> dict[str, list[DocState]]:
+        """Each document's state on the live write owners of its partition that answer (a
+        replica that fails, or does not hold the document, contributes nothing).
+
+        Every owner is asked; the answer waits for all of them, or, once a majority of
+        each document's write owners has answered, ``grace_s`` more for the rest. A
+        frozen replica (SIGSTOP, a VM stall) counts as alive until gossip suspects it:
+        waiting for it held every write for the peer timeout. Not hearing from it is
+        what a dead replica costs anyway, and a majority still sees every version
+        acknowledged at QUORUM."""
         ring = self._ring()
         groups: dict[str, list[str]] = defaultdict(list)
+        majority: dict[str, int] = {}
         for doc_id in doc_ids:
-            for node in ring.write_owners(partition_for(doc_id, ring.partitions)):
-                if node == self._local_id or self._is_alive(node):
-                    groups[node].append(doc_id)
-
-        async def one(node: str, ids: list[str]) -> dict[str, DocState]:
-            try:
-                return await states(node, ids)
-            except Exception as exc:
-                log.info("states from %s failed: %s", node[:12], exc)
-                return {}
-
+            owners = ring.write_owners(partition_for(doc_id, ring.partitions))
+            asked = [node for node in owners if node == self._local_id or self._is_alive(node)]
+            for node in asked:
+                groups[node].append(doc_id)
+            majority[doc_id] = min(len(asked), len(owners) // 2 + 1)
+        answers = await _answers_within_grace(groups, states, majority, grace_s)
         found: dict[str, list[DocState]] = defaultdict(list)
-        for part in await asyncio.gather(*(one(node, ids) for node, ids in groups.items())):
+        for part in answers.values():
             for doc_id, state in part.items():
                 found[doc_id].append(state)
         return dict(found)
+
+
+async def _answers_within_grace(
+    groups: Mapping[str, list[str]], states: StatesCall, majority: Mapping[str, int], grace_s: float,
+) -> dict[str, dict[str, DocState]]:
+    """node -> its states, for the nodes that answered: all of them, or those in by ``grace_s``
+    after every document had a majority of answers. The others are cancelled."""
+    loop = asyncio.get_running_loop()
+    tasks = {asyncio.ensure_future(states(node, ids)): node for node, ids in groups.items()}
+    answers: dict[str, dict[str, DocState]] = {}
+    heard: dict[str, int] = defaultdict(int)
+    pending: set[asyncio.Future[dict[str, DocState]]] = set(tasks)
+    deadline: float | None = None
+    try:
+        while pending:
+            timeout = None if deadline is None else max(0.0, deadline - loop.time())
+            done, pending = await asyncio.wait(pending, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+            if not done:
+                break  # the grace is over
+            for task in done:
+                node = tasks[task]
+                if task.exception() is not None:
+                    log.info("states from %s failed: %s", node[:12], task.exception())
+                    continue
+                answers[node] = task.result()
+                for doc_id in groups[node]:
+                    heard[doc_id] += 1
+            if deadline is None and all(heard[doc_id] >= needed for doc_id, needed in majority.items()):
+                deadline = loop.time() + grace_s
+    finally:
+        for task in pending:
+            task.cancel()
+    if pending:
+        log.info("states: going on without %s after the grace", sorted(tasks[t][:12] for t in pending))
+    return answers
 
 
 def _newest(answers: Mapping[str, StoredDocument | None]) -> ReadOutcome:

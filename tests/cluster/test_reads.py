@@ -7,6 +7,7 @@ they were asked; the ring is a real Ring of 3-4 NORMAL nodes (P=8, N=3).
 
 from __future__ import annotations
 
+import asyncio
 from collections import defaultdict
 
 import pytest
@@ -15,6 +16,7 @@ from meshrag.cluster.reads import ReadUnavailable, ReplicaReader
 from meshrag.ring import Ring, RingEntry, RingStatus, RingTable
 from meshrag.ring import partition_for
 from meshrag.store.types import DocState, Hit, StoredDocument
+from tests.virtual_loop import run_virtual
 
 P = 8
 
@@ -177,3 +179,40 @@ async def test_states_ask_each_live_write_owner_once_for_the_ids_of_its_partitio
     for doc_id in ids:
         answered_by = set(ring.write_owners(partition_for(doc_id, P))) - {"c", "d"}
         assert {state.content_hash for state in found.get(doc_id, [])} == answered_by
+
+
+def frozen_and_answering(frozen: set[str], failing: set[str] = frozenset(), answer_s: float = 0.002, peer_timeout_s: float = 5.0):  # type: ignore[no-untyped-def]
+    """A states call: frozen nodes answer nothing until the peer timeout, failing ones raise at once."""
+
+    async def states(node: str, doc_ids: list[str]) -> dict[str, DocState]:
+        if node in failing:
+            raise ConnectionError(f"{node} refused")
+        if node in frozen:
+            await asyncio.sleep(peer_timeout_s)
+            raise TimeoutError(f"{node}: no answer within {peer_timeout_s} s")
+        await asyncio.sleep(answer_s)
+        return {doc_id: DocState(1, node, False) for doc_id in doc_ids}
+
+    return states
+
+
+def test_states_go_on_without_a_frozen_owner_once_a_majority_answered_and_the_grace_passed() -> None:
+    ring = make_ring("a", "b", "c")
+    ids = [f"doc{i}" for i in range(12)]
+    found, elapsed = run_virtual(reader("a", ring).states_on_replicas, ids, frozen_and_answering({"c"}), 0.1)
+    assert elapsed == pytest.approx(0.002 + 0.1)  # not the 5 s peer timeout
+    assert all({state.content_hash for state in found[doc_id]} == {"a", "b"} for doc_id in ids)
+
+
+def test_states_wait_for_nobody_when_every_owner_answers() -> None:
+    ring = make_ring("a", "b", "c")
+    found, elapsed = run_virtual(reader("a", ring).states_on_replicas, ["x", "y"], frozen_and_answering(set()), 0.1)
+    assert elapsed == pytest.approx(0.002)
+    assert {state.content_hash for state in found["x"]} == {"a", "b", "c"}
+
+
+def test_states_wait_for_a_frozen_owner_when_without_it_no_majority_answered() -> None:
+    ring = make_ring("a", "b", "c")
+    found, elapsed = run_virtual(reader("a", ring).states_on_replicas, ["x"], frozen_and_answering({"c"}, failing={"b"}), 0.1)
+    assert elapsed == pytest.approx(5.0)  # one answer of three is no majority: the old wait
+    assert {state.content_hash for state in found["x"]} == {"a"}
