@@ -4,6 +4,7 @@
 
     chaos/run SCENARIO [--seed N] [--duration S] [--nodes K] [--report FILE]
     chaos/run all [--seed N] [--report FILE]
+    chaos/run kill-restart --trials 100     # seeds 1..100, totals at the end
     chaos/run --list
 
 Each scenario starts K `meshrag start` processes on loopback (chaos/launcher.py),
@@ -43,6 +44,20 @@ def table(reports: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def trials_summary(reports: list[dict]) -> str:
+    """Totals over repeated runs: how many passed, and every anomaly and write outcome summed."""
+    anomalies: dict[str, int] = {}
+    for r in reports:
+        for kind, count in r["anomalies"].items():
+            anomalies[kind] = anomalies.get(kind, 0) + count
+    writes = {key: sum(r["writes"][key] for r in reports) for key in ("ok", "failed", "unknown")}
+    faults = sum(len(r["faults"]) for r in reports)
+    converged = [r["converged_s"] for r in reports if r["converged_s"] is not None]
+    return (f"trials: {sum(r['passed'] for r in reports)}/{len(reports)} passed; faults {faults}; "
+            f"writes ok {writes['ok']}, failed {writes['failed']}, unknown {writes['unknown']}; "
+            f"anomalies {anomalies}; slowest convergence {max(converged, default=None)} s")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("scenario", nargs="?", help="a scenario name, or all")
@@ -51,6 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--duration", type=float, help="seconds of workload (default: the scenario's)")
     parser.add_argument("--nodes", type=int, default=3)
     parser.add_argument("--report", type=Path, help="write the JSON report here")
+    parser.add_argument("--trials", type=int, default=1, help="run each scenario this many times, seeds --seed, --seed+1, ...")
     args = parser.parse_args(argv)
     if args.list or not args.scenario:
         for scenario in SCENARIOS.values():
@@ -60,11 +76,18 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [n for n in names if n not in SCENARIOS]
     if unknown:
         parser.error(f"no scenario {unknown[0]!r}; chaos/run --list names them")
-    settings = RunSettings(nodes=args.nodes, seed=args.seed, duration_s=args.duration)
     reports = []
-    for name in names:
-        reports.append(run_scenario(SCENARIOS[name], settings, progress=lambda line: print(line, file=sys.stderr, flush=True)))
+    for trial in range(args.trials):
+        settings = RunSettings(nodes=args.nodes, seed=args.seed + trial, duration_s=args.duration)
+        for name in names:
+            report = run_scenario(SCENARIOS[name], settings, progress=lambda line: print(line, file=sys.stderr, flush=True))
+            reports.append(report)
+            if args.trials > 1:
+                print(f"[trial {trial + 1}/{args.trials}, seed {settings.seed}] {name}: {'PASS' if report['passed'] else 'FAIL'}",
+                      file=sys.stderr, flush=True)
     print(table(reports))
+    if args.trials > 1:
+        print(trials_summary(reports))
     if args.report:
         args.report.write_text(json.dumps({"reports": reports}, indent=2))
     return 0 if all(r["passed"] for r in reports) else 1

@@ -35,3 +35,15 @@ def test_kill_one_under_load_loses_nothing_and_converges() -> None:
     assert [f["fault"].split()[0] for f in report["faults"]] == ["kill"]
     assert report["writes"]["during_faults"]["ops"] > 0
     assert all(count == 0 for count in report["anomalies"].values())
+
+
+def test_trials_are_summed_into_one_line() -> None:
+    from chaos.cli import trials_summary
+
+    def report(passed: bool, lost: int, converged: float | None) -> dict:
+        return {"passed": passed, "anomalies": {"lost": lost, "stale": 0}, "faults": [{}, {}],
+                "writes": {"ok": 10, "failed": 1, "unknown": 2}, "converged_s": converged}
+
+    line = trials_summary([report(True, 0, 0.3), report(False, 2, None), report(True, 0, 1.5)])
+    assert line.startswith("trials: 2/3 passed; faults 6; writes ok 30, failed 3, unknown 6;")
+    assert "'lost': 2" in line and line.endswith("slowest convergence 1.5 s")
