@@ -35,6 +35,10 @@ log = logging.getLogger(__name__)
 # document's owners answered: healthy replicas on a busy host answer within milliseconds.
 STATES_GRACE_S = 0.1
 
+# A document read asks one more replica each time this passes without enough answers:
+# healthy replicas answer in milliseconds, a frozen one not before the 5 s peer timeout.
+READ_HEDGE_S = 0.25
+
 GetCall = Callable[[str, str], Awaitable[StoredDocument | None]]
 StatesCall = Callable[[str, list[str]], Awaitable[dict[str, DocState]]]
 
@@ -76,13 +80,16 @@ class ReplicaReader:
 
     async def get(
         self, doc_id: str, session: Mapping[int, list[str]] | None, get: GetCall, consistency: str = "quorum",
+        hedge_s: float = READ_HEDGE_S,
     ) -> ReadOutcome:
-        """Read ``consistency`` replicas (failing over), the rest too if none holds it."""
+        """Read ``consistency`` replicas (failing over, and asking one more replica each
+        ``hedge_s`` that too few have answered), the rest too if none holds it."""
         ring = self._ring()
         pid = partition_for(doc_id, ring.partitions)
         candidates = self.replicas_for(pid, session)
         needed = min(required_acks(consistency, len(ring.read_owners(pid)) or 1), max(1, len(candidates)))
-        answers: dict[str, StoredDocument | None] = {}
+        remaining = list(candidates)
+        answers = await _first_answers(doc_id, remaining, needed, get, hedge_s)
 
         async def ask(node: str) -> None:
             try:
@@ -90,10 +97,6 @@ class ReplicaReader:
             except Exception as exc:
                 log.info("replica %s of partition %d failed: %s", node[:12], pid, exc)
 
-        remaining = list(candidates)
-        while len(answers) < needed and remaining:
-            wave, remaining = remaining[: needed - len(answers)], remaining[needed - len(answers):]
-            await asyncio.gather(*(ask(node) for node in wave))
         if len(answers) < needed:
             raise ReadUnavailable(
                 f"read of {doc_id!r} at {consistency}: {len(answers)} of the {needed} replicas needed answered "
@@ -164,6 +167,47 @@ async def _answers_within_grace(
             task.cancel()
     if pending:
         log.info("states: going on without %s after the grace", sorted(tasks[t][:12] for t in pending))
+    return answers
+
+
+async def _first_answers(
+    doc_id: str, remaining: list[str], needed: int, get: GetCall, hedge_s: float,
+) -> dict[str, StoredDocument | None]:
+    """Answers of the first ``needed`` replicas to answer, asked in order from ``remaining``
+    (consumed): ``needed`` at first, a replacement for each failure, and one more each
+    ``hedge_s`` that passes without enough answers. A frozen replica (alive to gossip for
+    seconds) held such a read for the peer timeout; the slower answers are cancelled."""
+    loop = asyncio.get_running_loop()
+    answers: dict[str, StoredDocument | None] = {}
+    pending: dict[asyncio.Future[StoredDocument | None], str] = {}
+    last_asked = loop.time()
+
+    def ask_next() -> None:
+        nonlocal last_asked
+        node = remaining.pop(0)
+        pending[asyncio.ensure_future(get(node, doc_id))] = node
+        last_asked = loop.time()
+
+    try:
+        while remaining and len(pending) < needed:
+            ask_next()
+        while pending and len(answers) < needed:
+            timeout = max(0.0, last_asked + hedge_s - loop.time()) if remaining else None
+            done, _ = await asyncio.wait(pending, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+            if not done:
+                ask_next()  # too slow: hedge on the next replica, the first asked may still win
+                continue
+            for task in done:
+                node = pending.pop(task)
+                if task.exception() is not None:
+                    log.info("replica %s failed reading %r: %s", node[:12], doc_id, task.exception())
+                else:
+                    answers[node] = task.result()
+            while remaining and len(pending) < needed - len(answers):
+                ask_next()
+    finally:
+        for task in pending:
+            task.cancel()
     return answers
 
 

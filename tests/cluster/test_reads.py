@@ -216,3 +216,33 @@ def test_states_wait_for_a_frozen_owner_when_without_it_no_majority_answered() -
     found, elapsed = run_virtual(reader("a", ring).states_on_replicas, ["x"], frozen_and_answering({"c"}, failing={"b"}), 0.1)
     assert elapsed == pytest.approx(5.0)  # one answer of three is no majority: the old wait
     assert {state.content_hash for state in found["x"]} == {"a"}
+
+
+def frozen_get(frozen: set[str], asked: list[str], answer_s: float = 0.002, peer_timeout_s: float = 5.0):  # type: ignore[no-untyped-def]
+    async def get(node: str, doc_id: str) -> StoredDocument | None:
+        asked.append(node)
+        if node in frozen:
+            await asyncio.sleep(peer_timeout_s)
+            raise TimeoutError(f"{node}: no answer within {peer_timeout_s} s")
+        await asyncio.sleep(answer_s)
+        return stored(doc_id, node)
+
+    return get
+
+
+def test_a_quorum_read_asks_the_next_replica_when_one_of_its_first_two_is_frozen() -> None:
+    ring = make_ring("a", "b", "c")
+    order = reader("a", ring).replicas_for(partition_for("x", P))
+    asked: list[str] = []
+    found, elapsed = run_virtual(reader("a", ring).get, "x", None, frozen_get({order[1]}, asked), "quorum", 0.25)
+    assert asked == order  # the frozen second, then the third after the hedge delay
+    assert elapsed == pytest.approx(0.25 + 0.002)  # not the 5 s peer timeout
+    assert found.doc is not None and found.holder in {order[0], order[2]}
+
+
+def test_a_healthy_quorum_read_asks_two_replicas_and_never_hedges() -> None:
+    ring = make_ring("a", "b", "c")
+    asked: list[str] = []
+    found, elapsed = run_virtual(reader("a", ring).get, "x", None, frozen_get(set(), asked), "quorum", 0.25)
+    assert len(asked) == 2 and elapsed == pytest.approx(0.002)
+    assert found.doc is not None
