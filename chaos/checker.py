@@ -63,6 +63,7 @@ class Op:
     observed: str | None = None  # a read's result: a value token, ABSENT or DELETED
     session: str | None = None  # the session this op carried (reads) or extended (writes)
     node: str = ""  # the node that coordinated it
+    error: str = ""  # why it was not ok: the error code, for the report
 
     @property
     def written(self) -> str:

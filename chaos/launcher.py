@@ -34,6 +34,7 @@ class LoopbackCluster:
         self.size = nodes
         self.cluster = LocalCluster(self.root, partitions=partitions, replicas=min(replicas, nodes), env=env)
         self.down: set[str] = set()  # names the nemesis has taken down (killed, paused, stopped)
+        self.retired: set[str] = set()  # decommissioned and stopped: no longer part of the cluster
 
     def __enter__(self) -> "LoopbackCluster":
         self.cluster.start(self.size)
@@ -53,6 +54,15 @@ class LoopbackCluster:
     def nodes(self) -> list[LocalNode]:
         return self.cluster.nodes
 
+    def retire(self, node: LocalNode) -> None:
+        """A node that left the ring for good: stopped, and no longer read by the checker."""
+        self.down.add(node.name)
+        node.stop()
+        self.retired.add(node.name)
+
+    def members(self) -> list[LocalNode]:
+        return [node for node in self.nodes if node.name not in self.retired]
+
     def targets(self) -> list[str]:
         """URLs of the nodes a client may send to: every node the nemesis has not taken down."""
         return [node.url for node in self.nodes if node.name not in self.down]
@@ -60,26 +70,26 @@ class LoopbackCluster:
     # ------------------------------------------------------------ what the checker reads
     def owners(self, keys: Sequence[str]) -> dict[str, list[str]]:
         """Each key's owners (node names) in the ring the first running node persisted."""
-        reference = next(node for node in self.nodes if node.is_running())
+        reference = next(node for node in self.members() if node.is_running())
         ring = LocalCluster.ring_of(reference)
         names = {LocalCluster.node_id(node): node.name for node in self.nodes}
         return {key: sorted(names.get(n, n) for n in ring.target.owners(partition_for(key, ring.partitions))) for key in keys}
 
     def replica_states(self, keys: Sequence[str]) -> dict[str, dict[str, Stored]]:
         """node name -> key -> what its SQLite files hold (the value token, or DELETED)."""
-        return {node.name: _stored(node, set(keys)) for node in self.nodes}
+        return {node.name: _stored(node, set(keys)) for node in self.members()}
 
     def membership_views(self) -> dict[str, dict[str, str]]:
         """node name -> member name -> state, as each reachable node's gossip sees it."""
         views: dict[str, dict[str, str]] = {}
-        for node in self.nodes:
+        for node in self.members():
             if not node.is_running() or node.name in self.down:
                 continue
             try:
                 members = MeshClient(node.url, timeout=5).cluster()["members"]
             except Exception:
                 continue  # counted as disagreeing below: the node does not answer
-            views[node.name] = {m["name"]: m["state"] for m in members}
+            views[node.name] = {m["name"]: m["state"] for m in members if m["name"] not in self.retired}
         return views
 
 

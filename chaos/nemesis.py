@@ -14,8 +14,11 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from chaos.launcher import LoopbackCluster
+from meshrag.client import MeshClient
 from meshrag.localcluster import LocalCluster
 from meshrag.localnode import LocalNode
+
+SETTLE_TIMEOUT_S = 180.0  # a join or a decommission moving its share of the data under load
 
 
 class Nemesis(Protocol):
@@ -126,3 +129,51 @@ def _restart_with(cluster: LoopbackCluster, node: LocalNode, env: dict[str, str]
     node.env = {**node.env, **env}
     node.start().wait_ready()
     cluster.down.discard(node.name)
+
+
+@dataclass
+class Join:
+    """One more node joins under load (it takes its share of the partitions from the owners)."""
+
+    name: str = "join"
+    joined: LocalNode | None = None
+
+    def inject(self, cluster: LoopbackCluster, rng: random.Random) -> str:
+        self.joined = cluster.cluster.add(wait=False)
+        cluster.down.add(self.joined.name)  # clients use it once it is ready, as a load balancer would
+        self.joined.wait_ready()
+        cluster.down.discard(self.joined.name)
+        return f"{self.joined.name} joined"
+
+    def heal(self, cluster: LoopbackCluster) -> str:
+        seconds = cluster.cluster.wait_for(lambda: all(cluster.cluster.ring_settled(n) for n in cluster.cluster.running()),
+                                           SETTLE_TIMEOUT_S, "every ring normal after the join")
+        return f"rings settled {seconds:.0f} s after the join"
+
+
+@dataclass
+class Decommission:
+    """One node hands its data off and leaves the ring under load; then its operator stops it."""
+
+    name: str = "decommission"
+    victim: LocalNode | None = None
+
+    def inject(self, cluster: LoopbackCluster, rng: random.Random) -> str:
+        self.victim = rng.choice([node for node in cluster.nodes[1:] if node.name not in cluster.down])
+        MeshClient(self.victim.url, timeout=30).decommission()
+        return f"decommission {self.victim.name}"
+
+    def heal(self, cluster: LoopbackCluster) -> str:
+        victim = self.victim
+        assert victim is not None
+        seconds = cluster.cluster.wait_for(lambda: _ring_status(victim) == "removed", SETTLE_TIMEOUT_S,
+                                           f"{victim.name} removed from the ring after handing off")
+        cluster.retire(victim)
+        return f"{victim.name} handed off and left in {seconds:.0f} s; stopped"
+
+
+def _ring_status(node: LocalNode) -> str | None:
+    try:
+        return str(MeshClient(node.url, timeout=5).cluster()["ring"]["status"])
+    except Exception:
+        return None

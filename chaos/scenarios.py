@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import random
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from chaos.checker import Verdict, availability, check
 from chaos.launcher import LoopbackCluster
-from chaos.nemesis import ClockSkew, Kill, Nemesis, Pause, RollingRestart
+from chaos.nemesis import ClockSkew, Decommission, Join, Kill, Nemesis, Pause, RollingRestart
 from chaos.workload import History, Workload, WorkloadSettings, key_name
 
 
@@ -21,6 +22,7 @@ class Scenario:
     rounds: int = 1
     duration_s: float = 45.0  # of the whole workload; faults sit in its middle
     env: dict[str, str] = field(default_factory=dict)
+    min_nodes: int = 1  # decommission runs on at least 4 so that N = 3 holds after one leaves
 
 
 SCENARIOS = {s.name: s for s in (
@@ -30,6 +32,9 @@ SCENARIOS = {s.name: s for s in (
     Scenario("clock-skew", "restart one node 2 minutes behind and one 2 minutes ahead, then on true time", ClockSkew,
              duration_s=60.0, env={"MESHRAG_CLUSTER_MAX_CLOCK_DRIFT_S": "300"}),
     Scenario("rolling-restart", "gracefully restart every node in turn", RollingRestart, duration_s=60.0),
+    Scenario("decommission", "one node hands its data off and leaves under load, then stops", Decommission,
+             duration_s=60.0, min_nodes=4),
+    Scenario("join-under-load", "a new node joins and takes its share under load", Join, duration_s=60.0),
 )}
 
 
@@ -45,8 +50,9 @@ class RunSettings:
 def run_scenario(scenario: Scenario, settings: RunSettings, progress: Callable[[str], None] = print) -> dict[str, Any]:
     rng = random.Random(settings.seed)
     duration = settings.duration_s or scenario.duration_s
-    progress(f"[{scenario.name}] starting {settings.nodes} nodes")
-    with LoopbackCluster(settings.nodes, env=scenario.env) as launched:
+    nodes = max(settings.nodes, scenario.min_nodes)
+    progress(f"[{scenario.name}] starting {nodes} nodes")
+    with LoopbackCluster(nodes, env=scenario.env) as launched:
         history = History()
         workload = Workload(launched.targets, history, settings.workload, settings.seed)
         t0 = history.clock()
@@ -57,7 +63,7 @@ def run_scenario(scenario: Scenario, settings: RunSettings, progress: Callable[[
         progress(f"[{scenario.name}] load stopped after {healed_at - t0:.0f} s; waiting for convergence")
         converged_s, verdict = _converge(launched, history, settings)
     ops = history.ops()
-    return _report(scenario, settings, ops, faults, converged_s, verdict, duration)
+    return _report(scenario, settings, nodes, ops, faults, converged_s, verdict, duration)
 
 
 def _inject(scenario: Scenario, launched: LoopbackCluster, rng: random.Random, duration: float, history: History,
@@ -89,14 +95,14 @@ def _converge(launched: LoopbackCluster, history: History, settings: RunSettings
     while True:
         views = launched.membership_views()
         verdict = check(history.ops(), launched.replica_states(keys), launched.owners(keys), views)
-        if verdict.passed and len(views) == len(launched.nodes):  # and every node answered
+        if verdict.passed and len(views) == len(launched.members()):  # and every node answered
             return round(time.monotonic() - started, 1), verdict
         if time.monotonic() - started > settings.converge_timeout_s:
             return None, verdict
         time.sleep(1.0)
 
 
-def _report(scenario: Scenario, settings: RunSettings, ops: list[Any], faults: list[dict[str, Any]],
+def _report(scenario: Scenario, settings: RunSettings, nodes: int, ops: list[Any], faults: list[dict[str, Any]],
             converged_s: float | None, verdict: Verdict, duration: float) -> dict[str, Any]:
     windows = [(f["start"], f["end"]) for f in faults]
     writes = [op for op in ops if op.kind in ("upsert", "delete")]
@@ -110,8 +116,9 @@ def _report(scenario: Scenario, settings: RunSettings, ops: list[Any], faults: l
                 "p50_ms": a.p50_ms, "p99_ms": a.p99_ms}
 
     return {
-        "scenario": scenario.name, "seed": settings.seed, "nodes": settings.nodes, "duration_s": duration,
+        "scenario": scenario.name, "seed": settings.seed, "nodes": nodes, "duration_s": duration,
         "faults": faults, "writes": share(writes), "reads": share(reads),
+        "errors": dict(Counter(op.error for op in writes if op.error).most_common(8)),
         "converged_s": converged_s, "anomalies": verdict.counts(),
         "examples": [a.__dict__ for a in verdict.anomalies[:10]],
         "keys_checked": verdict.keys_checked, "replicas_checked": verdict.replicas_checked,

@@ -153,25 +153,28 @@ class Workload:
         vector = vectors.standard_normal(DIM).astype(np.float32)
         document = {"id": key, "text": f"chaos value {token}", "metadata": {"v": token}, "vector": (vector / np.linalg.norm(vector)).tolist()}
         start = self._history.clock()
+        code = ""
         try:
             reply = client.upsert([document], consistency=consistency, session=session)
             outcome, session = "ok", reply.get("session") or session
         except MeshClientError as error:
-            outcome = outcome_of(error)
+            outcome, code = outcome_of(error), f"{error.status} {error.code}: {error.message[:60]}"
         self._history.add(Op(op_id, worker, "upsert", key, start, self._history.clock(), outcome,  # type: ignore[arg-type]
-                             value=token, session=session, node=client.base_url))
+                             value=token, session=session, node=client.base_url, error=code))
         return session
 
     def _delete(self, client: MeshClient, worker: int, key: str, consistency: str, session: str | None) -> str | None:
         op_id = self._history.new_id()
         start = self._history.clock()
+        code = ""
         try:
             reply = client.delete_document(key, consistency=consistency, session=session)
             outcome, session = "ok", reply.get("session") or session
         except MeshClientError as error:
             outcome = "unknown" if error.status == 404 else outcome_of(error)  # a 404 may still leave a tombstone
+            code = f"{error.status} {error.code}: {error.message[:60]}"
         self._history.add(Op(op_id, worker, "delete", key, start, self._history.clock(), outcome,  # type: ignore[arg-type]
-                             session=session, node=client.base_url))
+                             session=session, node=client.base_url, error=code))
         return session
 
     def _read(self, client: MeshClient, worker: int, key: str, session: str | None) -> None:
