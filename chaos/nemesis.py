@@ -159,7 +159,7 @@ class Decommission:
     victim: LocalNode | None = None
 
     def inject(self, cluster: LoopbackCluster, rng: random.Random) -> str:
-        self.victim = rng.choice([node for node in cluster.nodes[1:] if node.name not in cluster.down])
+        self.victim = _victim(cluster, rng)
         MeshClient(self.victim.url, timeout=30).decommission()
         return f"decommission {self.victim.name}"
 
