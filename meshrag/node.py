@@ -29,8 +29,8 @@ from meshrag.api.openai_compat import OpenAICompatApi
 from meshrag.api.public import PublicApi
 from meshrag.clock import HybridLogicalClock, SystemClock, pack_hlc
 from meshrag.cluster.ringstate import UNRECORDED_ANALYSIS, ClusterSettings, RingState
-from meshrag.cluster.rpc import BodyCodec, PeerClient, PeerError
-from meshrag.cluster.messages import RING_PATH
+from meshrag.cluster.rpc import BodyCodec, PeerClient
+from meshrag.cluster.seeds import announce_ring, fetch_cluster
 from meshrag.cluster.service import ClusterService
 from meshrag.config import Config, as_dict, parse_host_port
 from meshrag.cluster.breaker import BreakerBoard, BreakerSettings
@@ -55,7 +55,7 @@ from meshrag.rag.chunking import Chunker, ChunkingSettings
 from meshrag.rag.embedder import Embedder, default_model_path
 from meshrag.rag.pipeline import RagPipeline
 from meshrag.errors import ConfigError
-from meshrag.ring import CURRENT, RingEntry, RingStatus
+from meshrag.ring import CURRENT, RingStatus
 from meshrag.store.analysis import Analyzer
 from meshrag.store.engine import StorageEngine
 from meshrag.store.hints import HintStore
@@ -314,10 +314,11 @@ class Node:
         """A node without the storage role (an embedder or generator host) joins gossip, not the
         ring. It still refuses to serve a cluster of another embedding model: its vectors would
         sit in the index beside incomparable ones."""
-        seeds = [s for s in self.config.node.join if s != self.config.advertise_address]
+        seeds = self._seeds()
         if not seeds:
             raise ConfigError("a node without the storage role needs node.join: it serves a cluster that others hold", field="node.join")
-        settings, _ = await self._fetch_cluster(seeds)
+        assert self._peers is not None
+        settings, _ = await fetch_cluster(self._peers, seeds)
         refusal = settings.refusal(embedder.model_name, embedder.dim)
         if refusal:
             raise ConfigError(f"refusing to join the cluster: {refusal}", field="embedder.model")
@@ -344,9 +345,10 @@ class Node:
         loop = asyncio.get_running_loop()
         ring_state = RingState(self.config.data_path, self.identity.node_id, lambda fn: loop.run_in_executor(self._offload_pool, fn))
         if not ring_state.load():
-            seeds = [s for s in self.config.node.join if s != self.config.advertise_address]
+            seeds = self._seeds()
             if seeds:
-                settings, entries = await self._fetch_cluster(seeds)
+                assert self._peers is not None
+                settings, entries = await fetch_cluster(self._peers, seeds)
             else:
                 settings = ClusterSettings(self.config.cluster.partitions, self.config.cluster.replicas, model, dim, analysis)
                 entries = []
@@ -366,39 +368,13 @@ class Node:
             others_hold_data = any(e.status in CURRENT for e in ring_state.table.entries())
             status = RingStatus.JOINING if others_hold_data else RingStatus.NORMAL
             ring_state.add_self(self.config.node_name, self.config.node.zone, status, self._hlc.now())
-            await self._announce_ring(ring_state)
+            assert self._peers is not None
+            await announce_ring(self._peers, self._seeds(), ring_state)
         await ring_state.flush()  # on disk before this node serves as a member
         return ring_state
 
-    async def _fetch_cluster(self, seeds: list[str]) -> tuple[ClusterSettings, list[RingEntry]]:
-        """Ask the seeds for the cluster's settings and ring until one answers (they may still be starting)."""
-        assert self._peers is not None
-        attempt = 0
-        while True:
-            for seed in seeds:
-                try:
-                    reply = await self._peers.call(seed, RING_PATH, {"ring": []}, timeout_s=5.0)
-                except PeerError as exc:
-                    if attempt % 10 == 0:
-                        log.info("waiting for seed %s to share the cluster settings: %s", seed, exc.reason)
-                    continue
-                if reply.get("settings"):
-                    entries = [RingEntry.from_dict(item) for item in reply.get("ring") or []]
-                    return ClusterSettings.from_dict(reply["settings"]), entries
-            attempt += 1
-            await asyncio.sleep(1.0)
-
-    async def _announce_ring(self, ring_state: RingState) -> None:
-        """Tell the seeds at once that this node is in the ring (gossip would, a little later)."""
-        assert self._peers is not None
-        for seed in self.config.node.join:
-            if seed == self.config.advertise_address:
-                continue
-            try:
-                reply = await self._peers.call(seed, RING_PATH, {"ring": ring_state.table.to_list()}, timeout_s=5.0)
-                ring_state.merge(RingEntry.from_dict(item) for item in reply.get("ring") or [])
-            except PeerError as exc:
-                log.info("could not announce this node to seed %s yet: %s", seed, exc.reason)
+    def _seeds(self) -> list[str]:
+        return [s for s in self.config.node.join if s != self.config.advertise_address]
 
     def _build_cluster(self, ring_state: RingState) -> ClusterService:
         assert self.identity and self._engine and self._hints and self.members and self._peers
