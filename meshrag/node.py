@@ -224,8 +224,12 @@ class Node:
     def _on_member_event(self, event: MemberEvent) -> None:
         member = event.member
         log.info("member %s (%s) at %s is %s", member.name, member.node_id[:12], member.address, event.kind.value)
-        if event.kind in (EventKind.JOINED, EventKind.ALIVE) and self._known_peers is not None:
-            self._known_peers.remember(member.address)
+        known = self._known_peers
+        if event.kind in (EventKind.JOINED, EventKind.ALIVE) and known is not None and known.remember(member.address):
+            try:
+                self._offload_pool.submit(known.save)  # a file write: off the loop gossip shares
+            except RuntimeError:  # the pool is shut down: the node is stopping
+                pass
         if self.cluster is not None:
             self.cluster.loops.on_member_event(event)
 

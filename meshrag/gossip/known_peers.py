@@ -32,12 +32,10 @@ class KnownPeers:
         return list(self._addresses)
 
     def remember(self, address: str) -> bool:
-        """Note ``address`` as seen alive now; True when the file changed. Runs on member
-        events only (joins and returns), so the small atomic write is rare."""
+        """Note ``address`` as seen alive now, in memory; True when ``save`` has news to write."""
         if not address or address == self._own or (self._addresses and self._addresses[0] == address):
             return False
         self._addresses = [address, *(a for a in self._addresses if a != address)][:MAX_PEERS]
-        self._write()
         return True
 
     def _read(self) -> list[str]:
@@ -52,10 +50,13 @@ class KnownPeers:
             return []
         return [a for a in raw if isinstance(a, str) and a and a != self._own][:MAX_PEERS]
 
-    def _write(self) -> None:
+    def save(self) -> None:
+        """Write the addresses atomically. File I/O: node.py runs it in its offload thread
+        (one thread, so saves never overlap), never on the event loop."""
         tmp = self.path.with_suffix(".tmp")
+        addresses = list(self._addresses)  # the list remember() replaces, not one it mutates
         try:
-            tmp.write_text(json.dumps(self._addresses), encoding="utf-8")
+            tmp.write_text(json.dumps(addresses), encoding="utf-8")
             os.replace(tmp, self.path)  # never a half-written file
         except OSError as exc:
             log.warning("could not save known peers to %s: %s", self.path, exc)

@@ -15,13 +15,15 @@ def test_remembered_addresses_survive_a_restart_most_recent_first(tmp_path: Path
     assert peers.load() == []
     assert peers.remember("127.0.0.1:7001") and peers.remember("127.0.0.1:7002")
     assert peers.remember("127.0.0.1:7001")  # seen again: first once more
+    assert not (tmp_path / PEERS_FILE).exists()  # remember() touches no file; save() writes
+    peers.save()
     assert KnownPeers(tmp_path, OWN).load() == ["127.0.0.1:7001", "127.0.0.1:7002"]
 
 
-def test_its_own_address_and_a_repeat_of_the_latest_are_not_written(tmp_path: Path) -> None:
+def test_its_own_address_and_a_repeat_of_the_latest_are_no_news(tmp_path: Path) -> None:
     peers = KnownPeers(tmp_path, OWN)
     assert not peers.remember(OWN)
-    assert not (tmp_path / PEERS_FILE).exists()
+    assert peers.load() == []
     assert peers.remember("127.0.0.1:7001")
     assert not peers.remember("127.0.0.1:7001")
 
@@ -30,6 +32,7 @@ def test_only_the_most_recent_are_kept(tmp_path: Path) -> None:
     peers = KnownPeers(tmp_path, OWN)
     for port in range(MAX_PEERS + 10):
         peers.remember(f"10.0.0.1:{port}")
+    peers.save()
     kept = KnownPeers(tmp_path, OWN).load()
     assert len(kept) == MAX_PEERS and kept[0] == f"10.0.0.1:{MAX_PEERS + 9}"
 
@@ -39,6 +42,7 @@ def test_a_damaged_file_is_ignored_and_replaced(tmp_path: Path) -> None:
     peers = KnownPeers(tmp_path, OWN)
     assert peers.load() == []
     peers.remember("127.0.0.1:7001")
+    peers.save()
     assert json.loads((tmp_path / PEERS_FILE).read_text()) == ["127.0.0.1:7001"]
     (tmp_path / PEERS_FILE).write_text(json.dumps({"not": "a list"}))
     assert KnownPeers(tmp_path, OWN).load() == []
