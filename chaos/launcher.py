@@ -14,6 +14,7 @@ owners of each key), and every node's gossip view over HTTP.
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import tempfile
 from pathlib import Path
@@ -114,6 +115,4 @@ def _stored(node: LocalNode, keys: set[str]) -> dict[str, Stored]:
 
 
 def _token(metadata: str) -> str:
-    import json
-
     return str(json.loads(metadata).get("v"))
