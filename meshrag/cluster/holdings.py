@@ -6,7 +6,10 @@ reaches it, long before repair has brought the rest of its documents; an
 answer from it would count as coverage while missing most of the partition.
 So a partition is *held* only once repair found it in sync with another
 current owner, or this node is its only owner (repair.py's ``_claim_owned``),
-and stops being held when it is handed off and dropped.
+and stops being held the moment this node's ring no longer lists it among
+the partition's write owners: from then on writes stop reaching it, so a copy
+it keeps for hand-off goes stale, and if the ring gives the partition back
+later, repair must find it in sync again before it answers for it.
 
 Persisted in ``<data_dir>/holdings.json`` (atomically, by rename), so a
 restarted node answers for what it had caught up on. Methods that write block:
@@ -52,10 +55,26 @@ class Holdings:
         with self._lock:
             self._save(self._held - {pid})
 
+    def release_unowned(self, owned: set[int]) -> bool:
+        """Stop answering for held partitions outside ``owned``, in memory at once (no
+        file access: safe on the event loop); True when ``save()`` should persist it."""
+        with self._lock:
+            kept = self._held & owned
+            released, self._held = kept != self._held, kept
+        return released
+
+    def save(self) -> None:
+        """Persist the held set as it is now (blocks: run it in the storage executor)."""
+        with self._lock:
+            self._write(self._held)
+
     def _save(self, held: frozenset[int]) -> None:
         if held == self._held:
             return
+        self._write(held)
+        self._held = held
+
+    def _write(self, held: frozenset[int]) -> None:
         tmp = self.path.with_name(HOLDINGS_FILE + ".tmp")
         tmp.write_text(json.dumps(sorted(held)) + "\n")
         tmp.replace(self.path)
-        self._held = held

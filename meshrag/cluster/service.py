@@ -105,6 +105,7 @@ class ClusterService:
         )
         self.holdings = Holdings(ring_state.path.parent)
         self.holdings.load()  # a few bytes, once, before the loops start
+        self.holdings.release_unowned(_owned_by(ring_state.ring, node_id))  # the file catches up on the next change
         self.local = LocalStore(
             engine=engine, holdings=self.holdings, fence=self.fence, blocking=self._blocking,
             apply=self.apply_owned,
@@ -129,6 +130,7 @@ class ClusterService:
             node_id=node_id, ring_state=ring_state, hlc=hlc, engine=engine, hints=hints, repairer=self.repairer,
             is_alive=self.is_alive, name_of=self.name_of, blocking=self._blocking, spawn=self.loops.spawn,
         )
+        ring_state.on_change(self._release_unowned_holdings)
         ring_state.on_change(self.loops.on_ring_change)
         self.breakers, self.search = self._build_search(search or SearchConfig(), analyzer or Analyzer())
         ring_state.on_change(lambda ring: self.breakers.set_peers(n for n in ring.entries if n != node_id))
@@ -333,7 +335,18 @@ class ClusterService:
         reply = await self.peers.call(self.address_of(node_id), STATES_PATH, {"ids": doc_ids})
         return {doc_id: msg.state_from_wire(state) for doc_id, state in reply["states"].items()}
 
+    def _release_unowned_holdings(self, ring: Ring) -> None:
+        """A partition this ring moves away stops being held at once: writes no longer reach
+        this node, and should the ring give it back, repair must catch it up before it answers."""
+        if self.holdings.release_unowned(_owned_by(ring, self.node_id)):
+            self.loops.spawn(self._blocking(self.holdings.save))
+
     def _answering_for(self, pids: Sequence[int]) -> set[int]:
         """Of ``pids``, those this node holds (cluster/holdings.py) or is the only current owner of."""
         ring = self.ring()
         return {pid for pid in pids if pid in self.holdings or ring.current.owners(pid) == [self.node_id]}
+
+
+def _owned_by(ring: Ring, node_id: str) -> set[int]:
+    """The partitions ``node_id`` takes writes for in ``ring``."""
+    return {pid for pid in range(ring.partitions) if ring.owns(node_id, pid)}

@@ -43,8 +43,10 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
 def test_a_node_refuses_an_apply_for_a_partition_it_neither_owns_nor_holds(cluster: LocalCluster) -> None:
     """Item 3: before, the apply was taken and the partition recreated on a node that is no owner."""
     n1 = cluster.nodes[0]
-    ring, me = cluster.ring_of(n1), cluster.node_id(n1)
-    doc_id = next(f"foreign{i}" for i in range(1000) if me not in ring.write_owners(partition_for(f"foreign{i}", P)))
+    # n1 started alone and held every partition: wait until it handed one off and dropped it.
+    cluster.wait_for(lambda: bool(_foreign(cluster, n1)), 60, "n1 dropped a partition it no longer owns")
+    foreign = _foreign(cluster, n1)
+    doc_id = next(f"foreign{i}" for i in range(1000) if partition_for(f"foreign{i}", P) in foreign)
     doc = DocumentWrite(doc_id, pack_hlc(int(time.time() * 1000), 0), "h", "stray", {}, ())
     request = urllib.request.Request(n1.url + APPLY_PATH, data=wire.pack(msg.apply_body([doc])),
                                      headers={"Content-Type": wire.MSGPACK, "Accept": wire.MSGPACK})
@@ -54,6 +56,13 @@ def test_a_node_refuses_an_apply_for_a_partition_it_neither_owns_nor_holds(clust
     error = wire.unpack(refused.value.read())["error"]
     assert error["code"] == "not_owner" and "ring version" in error["message"]
     assert doc_id not in cluster.stored_ids(n1)
+
+
+def _foreign(cluster: LocalCluster, node: LocalNode) -> set[int]:
+    """Partitions ``node`` neither owns (in the ring it persisted) nor has on disk."""
+    ring, me = cluster.ring_of(node), cluster.node_id(node)
+    on_disk = {int(path.name[1:]) for path in (node.data_dir / "partitions").glob("p[0-9]*")}
+    return {pid for pid in range(P) if not ring.owns(me, pid) and pid not in on_disk}
 
 
 @pytest.fixture(scope="module")
