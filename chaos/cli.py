@@ -4,7 +4,7 @@
 
     chaos/run SCENARIO [--seed N] [--duration S] [--nodes K] [--report FILE]
     chaos/run all [--seed N] [--report FILE]
-    chaos/run kill-restart --trials 100     # seeds 1..100, totals at the end
+    chaos/run kill-restart --trials 100 --consistency quorum   # seeds 1..100, totals at the end
     chaos/run --list
 
 Each scenario starts K `meshrag start` processes on loopback (chaos/launcher.py),
@@ -26,6 +26,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from chaos.scenarios import SCENARIOS, RunSettings, run_scenario  # noqa: E402
+from chaos.workload import WorkloadSettings  # noqa: E402
 
 
 def table(reports: list[dict]) -> str:
@@ -58,6 +59,10 @@ def trials_summary(reports: list[dict]) -> str:
             f"anomalies {anomalies}; slowest convergence {max(converged, default=None)} s")
 
 
+def _workload(consistency: str) -> WorkloadSettings:
+    return WorkloadSettings() if consistency == "mixed" else WorkloadSettings(consistencies=(consistency,))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("scenario", nargs="?", help="a scenario name, or all")
@@ -66,6 +71,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--duration", type=float, help="seconds of workload (default: the scenario's)")
     parser.add_argument("--nodes", type=int, default=3)
     parser.add_argument("--report", type=Path, help="write the JSON report here")
+    parser.add_argument("--consistency", choices=("mixed", "quorum", "one", "all"), default="mixed",
+                        help="the workload's write and read consistency (mixed: QUORUM and ONE at random)")
     parser.add_argument("--trials", type=int, default=1, help="run each scenario this many times, seeds --seed, --seed+1, ...")
     args = parser.parse_args(argv)
     if args.list or not args.scenario:
@@ -78,7 +85,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"no scenario {unknown[0]!r}; chaos/run --list names them")
     reports = []
     for trial in range(args.trials):
-        settings = RunSettings(nodes=args.nodes, seed=args.seed + trial, duration_s=args.duration)
+        settings = RunSettings(nodes=args.nodes, seed=args.seed + trial, duration_s=args.duration,
+                               workload=_workload(args.consistency))
         for name in names:
             report = run_scenario(SCENARIOS[name], settings, progress=lambda line: print(line, file=sys.stderr, flush=True))
             reports.append(report)

@@ -117,6 +117,7 @@ def _report(scenario: Scenario, settings: RunSettings, nodes: int, ops: list[Any
 
     return {
         "scenario": scenario.name, "seed": settings.seed, "nodes": nodes, "duration_s": duration,
+        "consistencies": list(settings.workload.consistencies),
         "faults": faults, "writes": share(writes), "reads": share(reads),
         "errors": dict(Counter(op.error for op in writes if op.error).most_common(8)),
         "converged_s": converged_s, "anomalies": verdict.counts(),
