@@ -18,7 +18,7 @@ from typing import Any, Callable, Sequence
 
 from meshrag.client import MeshClient
 from meshrag.cluster.ringstate import RingState
-from meshrag.localnode import LocalNode
+from meshrag.localnode import LocalNode, Placement
 from meshrag.ring import Ring
 from meshrag.ring import partition_for
 
@@ -28,8 +28,9 @@ STORAGE_ROLES = ("--roles", "storage,coordinator")
 
 class LocalCluster:
     def __init__(self, root: Path, *, partitions: int = 16, replicas: int = 3, env: dict[str, str] | None = None,
-                 extra_args: Sequence[str] = STORAGE_ROLES) -> None:
+                 extra_args: Sequence[str] = STORAGE_ROLES, place: Callable[[str], Placement] | None = None) -> None:
         self.root = Path(root)
+        self.place = place  # node name -> where it runs (default: 127.0.0.1, this network namespace)
         self.partitions = partitions
         self.replicas = replicas
         self.env = {"MESHRAG_OBSERVABILITY_LOG_FORMAT": "text", **(env or {})}
@@ -41,8 +42,9 @@ class LocalCluster:
         name = name or f"n{len(self.nodes) + 1}"
         args = [*self.extra_args, "--partitions", str(self.partitions), "--replicas", str(self.replicas)]
         if self.nodes:
-            args += ["--join", f"127.0.0.1:{self.nodes[0].port}"]
-        node = LocalNode(self.root / name, name=name, extra_args=args, env={**self.env, **(env or {})}).start()
+            args += ["--join", f"{self.nodes[0].host}:{self.nodes[0].port}"]
+        host, prefix = self.place(name) if self.place is not None else Placement()
+        node = LocalNode(self.root / name, name=name, extra_args=args, env={**self.env, **(env or {})}, host=host, prefix=prefix).start()
         self.nodes.append(node)
         if wait:
             node.wait_ready()

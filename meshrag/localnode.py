@@ -15,9 +15,11 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import IO, Sequence
+from typing import IO, NamedTuple, Sequence
 
 READY_TIMEOUT_S = 180.0
+# No proxies: an http_proxy in the environment must not reroute a node's own address.
+_DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
 def free_port() -> int:
@@ -27,9 +29,20 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+class Placement(NamedTuple):
+    """Where a node runs: the address it binds and advertises, and a command prefix that puts
+    it there (e.g. ``("ip", "netns", "exec", NS)`` for a network namespace; empty: right here)."""
+
+    host: str = "127.0.0.1"
+    prefix: tuple[str, ...] = ()
+
+
 class LocalNode:
-    def __init__(self, data_dir: Path, *, port: int | None = None, name: str = "node", extra_args: Sequence[str] = (), env: dict[str, str] | None = None) -> None:
+    def __init__(self, data_dir: Path, *, port: int | None = None, name: str = "node", extra_args: Sequence[str] = (), env: dict[str, str] | None = None,
+                 host: str = "127.0.0.1", prefix: Sequence[str] = ()) -> None:
         self.data_dir = Path(data_dir)
+        self.host = host
+        self.prefix = tuple(prefix)
         self.port = port or free_port()
         self.name = name
         self.extra_args = list(extra_args)
@@ -39,7 +52,7 @@ class LocalNode:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"http://{self.host}:{self.port}"
 
     @property
     def log_path(self) -> Path:
@@ -49,7 +62,7 @@ class LocalNode:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self._log = self.log_path.open("ab")
         env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", TOKENIZERS_PARALLELISM="false", **self.env)
-        command = [sys.executable, "-m", "meshrag.cli", "start", "--bind", f"127.0.0.1:{self.port}",
+        command = [*self.prefix, sys.executable, "-m", "meshrag.cli", "start", "--bind", f"{self.host}:{self.port}",
                    "--data-dir", str(self.data_dir), "--name", self.name, "--dev", *self.extra_args]
         self.process = subprocess.Popen(command, stdout=self._log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
         return self
@@ -63,7 +76,7 @@ class LocalNode:
             if not self.is_running():
                 raise RuntimeError(f"node {self.name} exited with {self.process.returncode if self.process else None}; log:\n{self.log_tail()}")
             try:
-                with urllib.request.urlopen(self.url + "/ready", timeout=2) as response:
+                with _DIRECT.open(self.url + "/ready", timeout=2) as response:
                     if response.status == 200:
                         return self
             except (urllib.error.URLError, ConnectionError, TimeoutError):
