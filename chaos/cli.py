@@ -6,6 +6,7 @@
     chaos/run all [--seed N] [--report FILE]
     chaos/run kill-restart --trials 100 --consistency quorum   # seeds 1..100, totals at the end
     chaos/run --list
+    chaos/run --cleanup          # remove namespaces and links that crashed network runs left behind
 
 Each scenario starts K `meshrag start` processes on loopback (chaos/launcher.py),
 runs a recorded workload of upserts, updates, deletes, session reads and
@@ -25,12 +26,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from chaos.netns import NetworkUnavailable, require_root, sweep  # noqa: E402
 from chaos.scenarios import SCENARIOS, RunSettings, run_scenario  # noqa: E402
 from chaos.workload import WorkloadSettings  # noqa: E402
 
 
 def table(reports: list[dict]) -> str:
-    head = (f"{'scenario':<16} {'writes ok/failed/unknown':>24} {'faults':>6} {'avail. in faults':>16} "
+    head = (f"{'scenario':<18} {'writes ok/failed/unknown':>24} {'faults':>6} {'avail. in faults':>16} "
             f"{'p50/p99 ms in faults':>20} {'converged':>9}  verdict")
     lines = [head, "-" * len(head)]
     for r in reports:
@@ -40,7 +42,7 @@ def table(reports: list[dict]) -> str:
         converged = "no" if r["converged_s"] is None else f"{r['converged_s']} s"
         bad = {k: v for k, v in r["anomalies"].items() if v}
         verdict = "PASS" if r["passed"] else "FAIL " + (", ".join(f"{k} {v}" for k, v in bad.items()) or "(not converged)")
-        lines.append(f"{r['scenario']:<16} {w['ok']:>10}/{w['failed']}/{w['unknown']:<6} {len(r['faults']):>13} {ok_share:>16} "
+        lines.append(f"{r['scenario']:<18} {w['ok']:>10}/{w['failed']}/{w['unknown']:<6} {len(r['faults']):>13} {ok_share:>16} "
                      f"{latency:>20} {converged:>9}  {verdict}")
     return "\n".join(lines)
 
@@ -67,6 +69,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("scenario", nargs="?", help="a scenario name, or all")
     parser.add_argument("--list", action="store_true", help="list the scenarios")
+    parser.add_argument("--cleanup", action="store_true",
+                        help="remove the namespaces, links and node processes of network runs whose runner died (root)")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--duration", type=float, help="seconds of workload (default: the scenario's)")
     parser.add_argument("--nodes", type=int, default=3)
@@ -75,14 +79,30 @@ def main(argv: list[str] | None = None) -> int:
                         help="the workload's write and read consistency (mixed: QUORUM and ONE at random)")
     parser.add_argument("--trials", type=int, default=1, help="run each scenario this many times, seeds --seed, --seed+1, ...")
     args = parser.parse_args(argv)
+    if args.cleanup:
+        return cleanup()
     if args.list or not args.scenario:
         for scenario in SCENARIOS.values():
-            print(f"{scenario.name:<16} {scenario.duration_s:>4.0f} s  {scenario.summary}")
+            print(f"{scenario.name:<18} {scenario.duration_s:>4.0f} s  {scenario.summary}")
         return 0 if args.list else 2
     names = list(SCENARIOS) if args.scenario == "all" else [args.scenario]
     unknown = [n for n in names if n not in SCENARIOS]
     if unknown:
         parser.error(f"no scenario {unknown[0]!r}; chaos/run --list names them")
+    try:
+        reports = _run(names, args)
+    except NetworkUnavailable as exc:
+        print(f"chaos/run: {exc}", file=sys.stderr)
+        return 2
+    print(table(reports))
+    if args.trials > 1:
+        print(trials_summary(reports))
+    if args.report:
+        args.report.write_text(json.dumps({"reports": reports}, indent=2))
+    return 0 if all(r["passed"] for r in reports) else 1
+
+
+def _run(names: list[str], args: argparse.Namespace) -> list[dict]:
     reports = []
     for trial in range(args.trials):
         settings = RunSettings(nodes=args.nodes, seed=args.seed + trial, duration_s=args.duration,
@@ -93,12 +113,19 @@ def main(argv: list[str] | None = None) -> int:
             if args.trials > 1:
                 print(f"[trial {trial + 1}/{args.trials}, seed {settings.seed}] {name}: {'PASS' if report['passed'] else 'FAIL'}",
                       file=sys.stderr, flush=True)
-    print(table(reports))
-    if args.trials > 1:
-        print(trials_summary(reports))
-    if args.report:
-        args.report.write_text(json.dumps({"reports": reports}, indent=2))
-    return 0 if all(r["passed"] for r in reports) else 1
+    return reports
+
+
+def cleanup() -> int:
+    """``--cleanup``: the sweep every network run starts with, by hand."""
+    try:
+        require_root()
+        removed = sweep()
+    except (OSError, RuntimeError) as exc:
+        print(f"chaos/run --cleanup: {exc}", file=sys.stderr)
+        return 2
+    print("removed: " + " ".join(removed) if removed else "nothing left behind")
+    return 0
 
 
 if __name__ == "__main__":
