@@ -1,10 +1,11 @@
 """The chaos suite's cluster: K `meshrag start` processes, and how the checker reads them.
 
-Loopback mode (this module, works anywhere): every node on 127.0.0.1 with its
-own port and data directory, each in its own process group, all removed when
-the run ends, also on failure or Ctrl-C. A network-namespace mode (one netns
-per node behind a bridge, for partitions and packet loss) is the next step of
-the suite; the scenarios here need no network faults.
+Two networks, the same cluster otherwise: ``loopback`` (works anywhere) puts
+every node on 127.0.0.1 with its own port; ``netns`` (root only, chaos/netns.py)
+runs every node in its own network namespace behind a bridge, where the
+network nemeses cut and drop packets (``network`` below). Either way each node
+has its own data directory and process group, and everything is removed when
+the run ends, also on failure or Ctrl-C.
 
 What the checker needs is read the way an operator would: each node's
 partition SQLite files opened read-only (documents, versions, tombstones, by
@@ -21,24 +22,41 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from chaos.checker import DELETED, Stored
+from chaos.netns import Network
 from meshrag.client import MeshClient
 from meshrag.localcluster import LocalCluster
-from meshrag.localnode import LocalNode
+from meshrag.localnode import LocalNode, Placement
 from meshrag.ring import partition_for
 
 
+NETWORKS = ("loopback", "netns")
+
+
 class LoopbackCluster:
+    """The chaos cluster, on loopback or (``network="netns"``) in network namespaces."""
+
     def __init__(self, nodes: int, *, replicas: int = 3, partitions: int = 16, env: dict[str, str] | None = None,
-                 root: Path | None = None) -> None:
+                 root: Path | None = None, network: str = "loopback") -> None:
+        if network not in NETWORKS:
+            raise ValueError(f"network {network!r} is not one of {NETWORKS}")
         self._tmp = None if root is not None else tempfile.TemporaryDirectory(prefix="meshrag-chaos-")
         self.root = Path(root) if root is not None else Path(self._tmp.name)  # type: ignore[union-attr]
         self.size = nodes
-        self.cluster = LocalCluster(self.root, partitions=partitions, replicas=min(replicas, nodes), env=env)
+        # netns: one namespace per node, made as the node is added (a node joining later gets one too).
+        self.network = Network() if network == "netns" else None
+        place = self._place if self.network is not None else None
+        self.cluster = LocalCluster(self.root, partitions=partitions, replicas=min(replicas, nodes), env=env, place=place)
         self.down: set[str] = set()  # names the nemesis has taken down (killed, paused, stopped)
         self.retired: set[str] = set()  # decommissioned and stopped: no longer part of the cluster
 
     def __enter__(self) -> "LoopbackCluster":
-        self.cluster.start(self.size)
+        if self.network is not None:
+            self.network.open()
+        try:
+            self.cluster.start(self.size)
+        except BaseException:
+            self.close()
+            raise
         return self
 
     def __exit__(self, *exc: Any) -> None:
@@ -48,8 +66,15 @@ class LoopbackCluster:
         try:
             self.cluster.stop()
         finally:
+            if self.network is not None:
+                self.network.close()  # after the nodes: nothing runs in a namespace it deletes
             if self._tmp is not None:
                 self._tmp.cleanup()
+
+    def _place(self, name: str) -> Placement:
+        assert self.network is not None
+        address = self.network.add(name)
+        return Placement(address, self.network.prefix(name))
 
     @property
     def nodes(self) -> list[LocalNode]:
@@ -63,6 +88,10 @@ class LoopbackCluster:
 
     def members(self) -> list[LocalNode]:
         return [node for node in self.nodes if node.name not in self.retired]
+
+    def addresses(self) -> dict[str, str]:
+        """node name -> the address it binds (127.0.0.1 for every node on loopback)."""
+        return {node.name: node.host for node in self.nodes}
 
     def targets(self) -> list[str]:
         """URLs of the nodes a client may send to: every node the nemesis has not taken down."""

@@ -6,11 +6,13 @@ import random
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, Callable
 
 from chaos.checker import Verdict, availability, check
 from chaos.launcher import LoopbackCluster
 from chaos.nemesis import ClockSkew, Decommission, Join, Kill, Nemesis, Pause, RollingRestart
+from chaos.network_faults import PacketLoss, Partition
 from chaos.workload import History, Workload, WorkloadSettings, key_name
 
 
@@ -23,6 +25,7 @@ class Scenario:
     duration_s: float = 45.0  # of the whole workload; faults sit in its middle
     env: dict[str, str] = field(default_factory=dict)
     min_nodes: int = 1  # decommission runs on at least 4 so that N = 3 holds after one leaves
+    network: str = "loopback"  # or "netns": a namespace per node, for the network faults (root only)
 
 
 SCENARIOS = {s.name: s for s in (
@@ -35,6 +38,14 @@ SCENARIOS = {s.name: s for s in (
     Scenario("decommission", "one node hands its data off and leaves under load, then stops", Decommission,
              duration_s=60.0, min_nodes=4),
     Scenario("join-under-load", "a new node joins and takes its share under load", Join, duration_s=60.0),
+    Scenario("partition-minority", "cut a minority of the nodes off from the majority, then heal (netns, root)",
+             partial(Partition, "minority"), duration_s=60.0, network="netns"),
+    Scenario("partition-bridge", "two sides that cannot talk and one node that hears both, then heal (netns, root)",
+             partial(Partition, "bridge"), duration_s=60.0, min_nodes=3, network="netns"),
+    Scenario("one-way", "one node hears nobody while every other node still hears it, then heal (netns, root)",
+             partial(Partition, "one-way"), duration_s=60.0, network="netns"),
+    Scenario("packet-loss", "every node drops 25% of what other nodes send it, then none (netns, root)",
+             partial(PacketLoss, 25), duration_s=60.0, network="netns"),
 )}
 
 
@@ -52,7 +63,7 @@ def run_scenario(scenario: Scenario, settings: RunSettings, progress: Callable[[
     duration = settings.duration_s or scenario.duration_s
     nodes = max(settings.nodes, scenario.min_nodes)
     progress(f"[{scenario.name}] starting {nodes} nodes")
-    with LoopbackCluster(nodes, env=scenario.env) as launched:
+    with LoopbackCluster(nodes, env=scenario.env, network=scenario.network) as launched:
         history = History()
         workload = Workload(launched.targets, history, settings.workload, settings.seed)
         t0 = history.clock()

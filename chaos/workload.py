@@ -42,6 +42,11 @@ class WorkloadSettings:
     pause_s: float = 0.01  # between one client's operations
 
 
+def unit_vector(vectors: np.random.Generator) -> np.ndarray:
+    vector = vectors.standard_normal(DIM).astype(np.float32)
+    return vector / np.linalg.norm(vector)
+
+
 def key_name(i: int) -> str:
     return f"chaos/k{i:03d}"
 
@@ -93,7 +98,7 @@ class Workload:
 
     def __init__(self, targets: Callable[[], Sequence[str]], history: History, settings: WorkloadSettings, seed: int) -> None:
         self._targets = targets
-        self._history = history
+        self.record = Recorder(history)
         self._settings = settings
         self._seed = seed
         self._threads: list[threading.Thread] = []
@@ -136,22 +141,29 @@ class Workload:
         key = key_name(rng.randrange(s.keys))
         roll = rng.random()
         if roll < s.search_share:
-            self._search(client, worker, vectors)
+            self.record.search(client, worker, unit_vector(vectors))
             return session
         if roll < s.search_share + s.read_share:
-            self._read(client, worker, key, session)
+            self.record.read(client, worker, key, session)
             return session
         consistency = rng.choice(s.consistencies)
         if roll < s.search_share + s.read_share + s.delete_share:
-            return self._delete(client, worker, key, consistency, session)
-        return self._upsert(client, worker, key, consistency, session, vectors)
+            return self.record.delete(client, worker, key, consistency, session)
+        return self.record.upsert(client, worker, key, consistency, session, unit_vector(vectors))
 
-    def _upsert(self, client: MeshClient, worker: int, key: str, consistency: str, session: str | None,
-                vectors: np.random.Generator) -> str | None:
+
+class Recorder:
+    """Each operation through one node, recorded in the history with its start, end and outcome
+    (the workload's clients use it, and so do tests that drive a cluster step by step)."""
+
+    def __init__(self, history: History) -> None:
+        self._history = history
+
+    def upsert(self, client: MeshClient, worker: int, key: str, consistency: str, session: str | None,
+               vector: np.ndarray) -> str | None:
         op_id = self._history.new_id()
         token = f"w{op_id}"
-        vector = vectors.standard_normal(DIM).astype(np.float32)
-        document = {"id": key, "text": f"chaos value {token}", "metadata": {"v": token}, "vector": (vector / np.linalg.norm(vector)).tolist()}
+        document = {"id": key, "text": f"chaos value {token}", "metadata": {"v": token}, "vector": vector.tolist()}
         start = self._history.clock()
         code = ""
         try:
@@ -163,7 +175,7 @@ class Workload:
                              value=token, session=session, node=client.base_url, error=code))
         return session
 
-    def _delete(self, client: MeshClient, worker: int, key: str, consistency: str, session: str | None) -> str | None:
+    def delete(self, client: MeshClient, worker: int, key: str, consistency: str, session: str | None) -> str | None:
         op_id = self._history.new_id()
         start = self._history.clock()
         code = ""
@@ -177,7 +189,7 @@ class Workload:
                              session=session, node=client.base_url, error=code))
         return session
 
-    def _read(self, client: MeshClient, worker: int, key: str, session: str | None) -> None:
+    def read(self, client: MeshClient, worker: int, key: str, session: str | None) -> None:
         op_id = self._history.new_id()
         start = self._history.clock()
         observed = None
@@ -190,12 +202,11 @@ class Workload:
         self._history.add(Op(op_id, worker, "read", key, start, self._history.clock(), outcome,  # type: ignore[arg-type]
                              observed=observed, session=session, node=client.base_url))
 
-    def _search(self, client: MeshClient, worker: int, vectors: np.random.Generator) -> None:
+    def search(self, client: MeshClient, worker: int, vector: np.ndarray) -> None:
         op_id = self._history.new_id()
-        vector = vectors.standard_normal(DIM).astype(np.float32)
         start = self._history.clock()
         try:
-            client.search(vector=(vector / np.linalg.norm(vector)).tolist(), k=5)
+            client.search(vector=vector.tolist(), k=5)
             outcome = "ok"
         except MeshClientError as error:
             outcome = "failed" if 400 <= error.status < 500 else "unknown"

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import os
 import random
 import signal
 import socket
@@ -55,6 +56,7 @@ from meshrag.rag.chunking import Chunker, ChunkingSettings
 from meshrag.rag.embedder import Embedder, default_model_path
 from meshrag.rag.pipeline import RagPipeline
 from meshrag.errors import ConfigError
+from meshrag.faults import ForgetfulClock, InjectedFaults
 from meshrag.ring import CURRENT, RingStatus
 from meshrag.store.analysis import Analyzer
 from meshrag.store.engine import StorageEngine
@@ -77,7 +79,9 @@ class Node:
         self._http_session: aiohttp.ClientSession | None = None
         self._udp: asyncio.DatagramTransport | None = None
         self._clock = SystemClock(config.node.clock_offset_s)
-        self._hlc = HybridLogicalClock(self._clock, config.cluster.max_clock_drift_s)
+        self._faults = InjectedFaults.from_env(os.environ, config.node.dev)  # tests of the chaos checker only
+        clock_type = ForgetfulClock if self._faults.stamp_without_observing else HybridLogicalClock
+        self._hlc = clock_type(self._clock, config.cluster.max_clock_drift_s)
         self._started_at = time.time()
         self._storage_pool = ThreadPoolExecutor(config.storage.threads, thread_name_prefix="storage")
         # Small CPU and file steps kept off the event loop (gossip shares it): packing and
@@ -385,7 +389,7 @@ class Node:
         return ClusterService(
             node_id=self.identity.node_id, settings=self.config.cluster, ring_state=ring_state, engine=self._engine,
             hints=self._hints, members=self.members, peers=self._peers, hlc=self._hlc, executor=self._storage_pool,
-            search=self.config.search, analyzer=self._engine.analyzer,
+            search=self.config.search, analyzer=self._engine.analyzer, faults=self._faults,
         )
 
     def _open_engine(self, partitions: int, dim: int, analyzer: Analyzer) -> StorageEngine:

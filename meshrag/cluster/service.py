@@ -43,6 +43,7 @@ from meshrag.cluster.session import SessionMap, encode_session, merge_sessions
 from meshrag.cluster.writes import NotOwnerReply, ReplicatedWriter, WriteOutcome, required_acks
 from meshrag.config import ClusterConfig, SearchConfig
 from meshrag.errors import NotOwner, VersionAhead
+from meshrag.faults import NO_FAULTS, InjectedFaults, SkippingTombstones, acknowledge_then_commit
 from meshrag.gossip import Memberlist
 from meshrag.ring import Ring, RingStatus
 from meshrag.ring import partition_for
@@ -86,8 +87,10 @@ class ClusterService:
         search: SearchConfig | None = None,
         analyzer: Analyzer | None = None,
         rng: random.Random | None = None,
+        faults: InjectedFaults = NO_FAULTS,
     ) -> None:
         self.node_id = node_id
+        self.faults = faults  # deliberate bugs, tests of the chaos checker only (meshrag/faults.py)
         self.settings = settings
         self.ring_state = ring_state
         self.engine = engine
@@ -111,8 +114,11 @@ class ClusterService:
             apply=self.apply_owned,
         )
         self.remote = PeerStores(peers=peers, address_of=self.address_of, blocking=self._blocking, send_docs=self._send_docs)
+        repair_local, repair_peers = self.local, self.remote
+        if faults.repair_skips_tombstones:
+            repair_local, repair_peers = SkippingTombstones(self.local), SkippingTombstones(self.remote)
         self.repairer = Repairer(
-            node_id, self.ring, self.is_alive, local=self.local, peers=self.remote,
+            node_id, self.ring, self.is_alive, local=repair_local, peers=repair_peers,
             limiter=RateLimiter(settings.repair_max_bytes_per_s), size_of=msg.wire_size, on_status=self._set_own_status,
         )
         self.loops = ClusterLoops(
@@ -215,6 +221,11 @@ class ClusterService:
         version), and a version beyond the clock-drift bound (VersionAhead) unless
         ``skip_drifted`` (repair: the rest of the batch still applies).
         """
+        if self.faults.ack_before_commit and source == "write":
+            return acknowledge_then_commit(docs, lambda: self._commit_owned(docs, source, skip_drifted), self.loops.spawn)
+        return await self._commit_owned(docs, source, skip_drifted)
+
+    async def _commit_owned(self, docs: list[DocumentWrite], source: str, skip_drifted: bool) -> list[WriteResult]:
         docs = self._within_drift(docs, source, skip_drifted)
         ring = self.ring()
         pids = {partition_for(doc.doc_id, ring.partitions) for doc in docs}
