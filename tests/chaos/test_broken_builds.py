@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import pytest
@@ -27,13 +28,20 @@ KEYS = [key_name(i) for i in range(12)]
 WITNESSES = [key_name(100 + i) for i in range(12)]  # written while a replica is down: proof that repair ran
 
 
-def _builds(fault: str) -> list[object]:
-    return [pytest.param(fault, id="broken"), pytest.param("", id="correct", marks=pytest.mark.long)]
+def built_with(fault: str) -> Callable[[Callable[..., None]], Callable[..., None]]:
+    """A real-cluster test run twice: ``fault`` on (broken), and off (correct, `long`)."""
+    builds = [pytest.param(fault, id="broken"), pytest.param("", id="correct", marks=pytest.mark.long)]
+
+    def decorate(test: Callable[..., None]) -> Callable[..., None]:
+        return pytest.mark.slow(pytest.mark.timeout(240)(pytest.mark.parametrize("fault", builds)(test)))
+
+    return decorate
 
 
-def _verdict(launched: LoopbackCluster, history: History, keys: list[str], timeout_s: float) -> Verdict:
-    """The verdict once the cluster passes, or the last one at the timeout."""
-    deadline = time.monotonic() + timeout_s
+def _verdict(launched: LoopbackCluster, history: History, keys: list[str], fault: str) -> Verdict:
+    """The verdict once the cluster passes, or the last one at the timeout (short for a broken
+    build, which never passes; long enough for the correct one to converge)."""
+    deadline = time.monotonic() + (10 if fault else 60)
     while True:
         views = launched.membership_views()
         verdict = check(history.ops(), launched.replica_states(keys), launched.owners(keys), views)
@@ -63,9 +71,7 @@ def _restart(node: LocalNode, env: dict[str, str] | None = None) -> None:
     node.start().wait_ready()
 
 
-@pytest.mark.slow
-@pytest.mark.timeout(240)
-@pytest.mark.parametrize("fault", _builds("ack_before_commit"))
+@built_with("ack_before_commit")
 def test_acknowledging_before_the_replicas_commit_is_caught_as_lost_writes(tmp_path: Path, fault: str) -> None:
     """Writes acknowledged at QUORUM, then every node kill -9'd before the delayed commit."""
     history = History()
@@ -75,13 +81,11 @@ def test_acknowledging_before_the_replicas_commit_is_caught_as_lost_writes(tmp_p
             node.kill9()
         for node in launched.nodes:
             _restart(node)
-        verdict = _verdict(launched, history, KEYS, timeout_s=10 if fault else 60)
+        verdict = _verdict(launched, history, KEYS, fault)
     _assert_caught(fault, "lost", verdict, history)
 
 
-@pytest.mark.slow
-@pytest.mark.timeout(240)
-@pytest.mark.parametrize("fault", _builds("stamp_without_observing"))
+@built_with("stamp_without_observing")
 def test_a_coordinator_behind_that_stamps_without_observing_is_caught_as_stale(tmp_path: Path, fault: str) -> None:
     """Each key written through n1, then again through n3 whose clock is 2 minutes behind."""
     history = History()
@@ -91,13 +95,11 @@ def test_a_coordinator_behind_that_stamps_without_observing_is_caught_as_stale(t
         record = Recorder(history)
         _upsert_all(record, n1, KEYS, "quorum", seed=1)
         _upsert_all(record, n3, KEYS, "quorum", seed=2)  # each starts after the first write ended
-        verdict = _verdict(launched, history, KEYS, timeout_s=10 if fault else 60)
+        verdict = _verdict(launched, history, KEYS, fault)
     _assert_caught(fault, "stale", verdict, history)
 
 
-@pytest.mark.slow
-@pytest.mark.timeout(240)
-@pytest.mark.parametrize("fault", _builds("repair_skips_tombstones"))
+@built_with("repair_skips_tombstones")
 def test_repair_that_skips_tombstones_is_caught_as_resurrected_deletes(tmp_path: Path, fault: str) -> None:
     """Deletes while n3 is down, with hints off: only repair can bring n3 the tombstones."""
     history = History()
@@ -114,6 +116,6 @@ def test_repair_that_skips_tombstones_is_caught_as_resurrected_deletes(tmp_path:
         _restart(n3)
         launched.cluster.wait_for(lambda: set(WITNESSES) <= set(launched.replica_states(WITNESSES)["n3"]), 90,
                                   "repair brought n3 the documents written while it was down")
-        verdict = _verdict(launched, history, KEYS + WITNESSES, timeout_s=10 if fault else 60)
+        verdict = _verdict(launched, history, KEYS + WITNESSES, fault)
     _assert_caught(fault, "resurrected", verdict, history)
     assert {a.node for a in verdict.of("resurrected")} <= {"n3"}
