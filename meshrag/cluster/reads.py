@@ -2,7 +2,11 @@
 
 For each partition the reader tries replicas in order: those named by the
 request's session token first (they hold the session's writes), then the
-current owners; alive ones only, this node first (no network hop).
+current owners; alive ones only, this node first (no network hop). A read
+with a session token must hear from one of the replicas the token names for
+the partition (and that still own it): when none answers (dead, cut off, or
+beaten by a hedge), the read is 503 rather than an answer that may miss the
+session's own writes.
 
 A document lookup reads as many replicas as its consistency asks (one,
 quorum, all of the partition's owners) and returns the newest copy by the
@@ -102,9 +106,26 @@ class ReplicaReader:
                 f"read of {doc_id!r} at {consistency}: {len(answers)} of the {needed} replicas needed answered "
                 f"(partition {pid}, {len(candidates)} alive)", field="consistency", retry_after_s=1,
             )
+        holders = self._session_holders(pid, session, ring)
+        while holders and answers.keys().isdisjoint(holders) and holders.intersection(remaining):
+            node = next(n for n in remaining if n in holders)
+            remaining.remove(node)
+            await ask(node)  # the others answered first (a hedge): the session's writes are there
+        if holders and answers.keys().isdisjoint(holders):
+            # Only these replicas surely hold the session's writes; any other answer may be older.
+            raise ReadUnavailable(
+                f"read of {doc_id!r}: none of the replicas holding this session's writes answered "
+                f"(partition {pid})", field="session", retry_after_s=1,
+            )
         while all(doc is None for doc in answers.values()) and remaining:
             await ask(remaining.pop(0))  # absence is not evidence: ask the others one by one
         return _newest(answers)
+
+    @staticmethod
+    def _session_holders(pid: int, session: Mapping[int, list[str]] | None, ring: Ring) -> set[str]:
+        """The replicas that acknowledged the session's writes to this partition and still own
+        it (a replica the ring moved the partition away from handed its data to the new owner)."""
+        return set((session or {}).get(pid, [])) & set(ring.read_owners(pid))
 
     async def states_on_replicas(
         self, doc_ids: Sequence[str], states: StatesCall, grace_s: float = STATES_GRACE_S,

@@ -246,3 +246,29 @@ def test_a_healthy_quorum_read_asks_two_replicas_and_never_hedges() -> None:
     found, elapsed = run_virtual(reader("a", ring).get, "x", None, frozen_get(set(), asked), "quorum", 0.25)
     assert len(asked) == 2 and elapsed == pytest.approx(0.002)
     assert found.doc is not None
+
+
+# ------------------------------------------------------------------ sessions
+async def test_a_session_read_never_falls_back_to_replicas_that_may_not_hold_its_writes() -> None:
+    ring = make_ring("a", "b", "c")
+    pid = partition_for("x", P)
+    holder = next(n for n in ring.read_owners(pid) if n != "a")
+
+    async def get(node: str, doc_id: str) -> StoredDocument | None:
+        return stored(doc_id, node)
+
+    with pytest.raises(ReadUnavailable) as failure:  # gossip holds the session's only replica dead
+        await reader("a", ring, dead=frozenset({holder})).get("x", {pid: [holder]}, get, "one")
+    assert failure.value.status == 503 and failure.value.field == "session"
+    found = await reader("a", ring).get("x", {pid: [holder]}, get, "one")
+    assert found.holder == holder
+
+
+def test_a_hedge_that_answers_for_a_frozen_session_replica_is_not_taken_for_the_session() -> None:
+    ring = make_ring("a", "b", "c")
+    pid = partition_for("x", P)
+    holder = next(n for n in ring.read_owners(pid) if n != "a")
+    asked: list[str] = []
+    with pytest.raises(ReadUnavailable, match="holding this session's writes"):
+        run_virtual(reader("a", ring).get, "x", {pid: [holder]}, frozen_get({holder}, asked), "one", 0.25)
+    assert asked[:2] == [holder, "a"]  # the hedge answered, and was not enough
