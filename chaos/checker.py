@@ -42,7 +42,7 @@ from dataclasses import dataclass, field
 from typing import Iterable, Literal, Mapping, Sequence
 
 Outcome = Literal["ok", "failed", "unknown"]
-Kind = Literal["upsert", "delete", "read", "search"]
+Kind = Literal["upsert", "delete", "read", "search", "ask"]
 
 ABSENT = "<absent>"  # what a read or a replica shows for a key it knows nothing of
 DELETED = "<deleted>"  # a tombstone, or a read answered "not found" after a delete
@@ -273,3 +273,11 @@ def _percentile(sorted_values: Sequence[float], q: float) -> float | None:
         return None
     index = min(len(sorted_values) - 1, max(0, round(q / 100 * len(sorted_values) + 0.5) - 1))
     return round(sorted_values[index], 2)
+
+
+def availability_report(history: Sequence[Op], windows: Sequence[tuple[float, float]]) -> dict[str, object]:
+    """Outcomes and latency of ``history`` overall and while a fault was in force, as the report gives them."""
+    whole, during = availability(history), availability(history, windows)
+    return {"ops": whole.ops, "ok": whole.ok, "failed": whole.failed, "unknown": whole.unknown,
+            "during_faults": {"ops": during.ops, "ok_share": during.share_ok, "p50_ms": during.p50_ms, "p99_ms": during.p99_ms},
+            "p50_ms": whole.p50_ms, "p99_ms": whole.p99_ms}

@@ -35,11 +35,12 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from chaos.checker import Op, availability_report  # noqa: E402
 from meshrag.client import MeshClient, MeshClientError  # noqa: E402
 from meshrag.localcluster import LocalCluster  # noqa: E402
 
@@ -141,12 +142,14 @@ def run(args: argparse.Namespace, cluster: LocalCluster) -> dict[str, Any]:
         time.sleep(0.1)
     restarted_at = time.monotonic()
     g1.start().wait_ready()
-    print(f"[chaos] g1 ready again {time.monotonic() - restarted_at:.1f} s after its restart", file=sys.stderr)
+    ready_at = time.monotonic()
+    print(f"[chaos] g1 ready again {ready_at - restarted_at:.1f} s after its restart", file=sys.stderr)
     time.sleep(args.after_s)
     stop.set()
     for thread in threads:
         thread.join(timeout=180)
-    return {"outcomes": outcomes, "killed_at": killed_at, "restarted_at": restarted_at, "timeline": timeline, "g1": g1_id, "ids": ids}
+    return {"outcomes": outcomes, "killed_at": killed_at, "restarted_at": restarted_at, "ready_at": ready_at,
+            "timeline": timeline, "g1": g1_id, "ids": ids}
 
 
 def judge(report: dict[str, Any]) -> list[str]:
@@ -189,6 +192,43 @@ def render(report: dict[str, Any], failures: list[str]) -> str:
     return "\n".join(lines)
 
 
+def run_as_scenario(seed: int, duration_s: float, progress: Callable[[str], None]) -> dict[str, Any]:
+    """`chaos/run generator-kill`: this check, with the duration split into load before the kill,
+    g1 down and load after its restart, reported as every scenario is (asks as the operations)."""
+    args = argparse.Namespace(clients=4, healthy_s=duration_s * 0.3, down_s=duration_s * 0.25, after_s=duration_s * 0.3,
+                              max_tokens=96)
+    progress(f"[generator-kill] starting 2 generators and a coordinator (seed {seed} unused: the kill waits for a cut stream)")
+    report = _with_cluster(args)
+    failures = judge(report)
+    asks = [Op(i, 0, "ask", "", o.started, o.ended, _outcome(o.result), error=o.detail) for i, o in enumerate(report["outcomes"])]
+    back = [o.ended for o in report["outcomes"] if o.started > report["restarted_at"] and o.generator == report["g1"]]
+    return {
+        "scenario": "generator-kill", "seed": seed, "nodes": 3, "duration_s": duration_s,
+        "faults": [{"fault": "kill -9 g1 while it streams an answer", "heal": "restarted g1",
+                    "start": report["killed_at"], "end": report["ready_at"]}],
+        "writes": availability_report(asks, [(report["killed_at"], report["ready_at"])]),
+        "converged_s": round(min(back) - report["ready_at"], 1) if back else None,
+        "anomalies": {"generation": len(failures)}, "examples": failures, "summary": render(report, failures),
+        "passed": not failures,
+    }
+
+
+def _outcome(result: str) -> str:
+    """An ask's outcome in the checker's terms: an answer (failover included) is ok, an error is a
+    clean failure, and a stream that ended bare left the client not knowing."""
+    return {"done": "ok", "failover": "ok", "bare_end": "unknown"}.get(result, "failed")
+
+
+def _with_cluster(args: argparse.Namespace) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory(prefix="meshrag-chaos-gen-") as work:
+        cluster = LocalCluster(Path(work), partitions=8, replicas=2, extra_args=(),
+                               env={"MESHRAG_GENERATION_BREAKER_OPEN_S": "2", "MESHRAG_GENERATION_STALL_TIMEOUT_S": "5"})
+        try:
+            return run(args, cluster)
+        finally:
+            cluster.stop()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--clients", type=int, default=4)
@@ -197,13 +237,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--after-s", type=float, default=30.0)
     parser.add_argument("--max-tokens", type=int, default=96)
     args = parser.parse_args(argv)
-    with tempfile.TemporaryDirectory(prefix="meshrag-chaos-gen-") as work:
-        cluster = LocalCluster(Path(work), partitions=8, replicas=2, extra_args=(),
-                               env={"MESHRAG_GENERATION_BREAKER_OPEN_S": "2", "MESHRAG_GENERATION_STALL_TIMEOUT_S": "5"})
-        try:
-            report = run(args, cluster)
-        finally:
-            cluster.stop()
+    report = _with_cluster(args)
     failures = judge(report)
     print(render(report, failures))
     return 0 if not failures else 1

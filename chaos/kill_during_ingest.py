@@ -340,6 +340,30 @@ def run_kill_during_ingest(
     return report
 
 
+SCENARIO_DOCS = 400  # `chaos/run kill-during-ingest`: the first 400 Cranfield abstracts
+
+
+def run_as_scenario(seed: int, duration_s: float, progress: Callable[[str], None]) -> dict[str, Any]:
+    """`chaos/run kill-during-ingest`: this check on one node, reported as every scenario is
+    (documents as the operations; the duration is the ingest's, set by the documents)."""
+    documents = load_documents(CRANFIELD, SCENARIO_DOCS)
+    with tempfile.TemporaryDirectory(prefix="meshrag-chaos-ingest-") as work:
+        report = run_kill_during_ingest(documents, Path(work), seed=seed, say=lambda line: progress(f"[kill-during-ingest] {line}"))
+    unsearchable = (report.chunks_checked - report.dense_found) + (report.fts_checked - report.fts_found - report.fts_inconclusive)
+    sent = report.acknowledged + report.in_flight
+    return {
+        "scenario": "kill-during-ingest", "seed": seed, "nodes": 1, "duration_s": round(report.killed_at_s, 1),
+        "faults": [{"fault": f"kill -9 after {report.kill_after_batches} acknowledged batches", "heal": "restarted",
+                    "start": report.killed_at_s, "end": report.killed_at_s + report.restart_ready_s}],
+        "writes": {"ops": sent, "ok": report.acknowledged, "failed": 0, "unknown": report.in_flight,
+                   "during_faults": {"ops": report.in_flight, "ok_share": None, "p50_ms": None, "p99_ms": None}},
+        "converged_s": round(report.restart_ready_s, 1),
+        "anomalies": {"lost": report.acknowledged - report.get_ok, "unsearchable": unsearchable, "problems": len(report.problems)},
+        "examples": report.problems[:10], "notes": report.notes, "summary": report.summary(),
+        "passed": report.passed,
+    }
+
+
 def load_documents(path: Path, limit: int | None) -> list[SourceDocument]:
     documents = list(iter_documents([path]))
     return documents[:limit] if limit else documents

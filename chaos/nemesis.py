@@ -9,6 +9,7 @@ the run's seeded ``random.Random``.
 from __future__ import annotations
 
 import random
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -177,3 +178,43 @@ def _ring_status(node: LocalNode) -> str | None:
         return str(MeshClient(node.url, timeout=5).cluster()["ring"]["status"])
     except Exception:
         return None
+
+
+@dataclass
+class Flurry:
+    """Faults in quick succession until healed: every 1–4 s a random node is either killed with -9
+    and restarted 0.5–3 s later, or frozen with SIGSTOP for 1–6 s and thawed (the loop of the first
+    chaos script, replica_faults.py, now the replica-faults scenario). Its own thread, so writes keep flowing."""
+
+    name: str = "flurry"
+    done: list[str] = field(default_factory=list)
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _thread: threading.Thread | None = None
+
+    def inject(self, cluster: LoopbackCluster, rng: random.Random) -> str:
+        self._thread = threading.Thread(target=self._loop, args=(cluster, random.Random(rng.random())), daemon=True)
+        self._thread.start()
+        return "kill -9/restart and SIGSTOP/SIGCONT of random nodes every 1-4 s"
+
+    def heal(self, cluster: LoopbackCluster) -> str:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=SETTLE_TIMEOUT_S)
+        return f"{len(self.done)} faults: " + ", ".join(self.done)
+
+    def _loop(self, cluster: LoopbackCluster, rng: random.Random) -> None:
+        while not self._stop.wait(rng.uniform(1.0, 4.0)):
+            victim = _victim(cluster, rng)
+            cluster.down.add(victim.name)
+            if rng.random() < 0.5:
+                victim.kill9()
+                time.sleep(rng.uniform(0.5, 3.0))
+                victim.stop()
+                victim.start().wait_ready()
+                self.done.append(f"kill -9 {victim.name}")
+            else:
+                LocalCluster.pause(victim)
+                time.sleep(rng.uniform(1.0, 6.0))
+                LocalCluster.resume(victim)
+                self.done.append(f"SIGSTOP {victim.name}")
+            cluster.down.discard(victim.name)

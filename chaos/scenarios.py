@@ -9,9 +9,10 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, Callable
 
-from chaos.checker import Verdict, availability, check
+from chaos.checker import Verdict, availability_report, check
 from chaos.launcher import LoopbackCluster
-from chaos.nemesis import ClockSkew, Decommission, Join, Kill, Nemesis, Pause, RollingRestart
+from chaos import generator_kill, kill_during_ingest
+from chaos.nemesis import ClockSkew, Decommission, Flurry, Join, Kill, Nemesis, Pause, RollingRestart
 from chaos.network_faults import PacketLoss, Partition
 from chaos.workload import History, Workload, WorkloadSettings, key_name
 
@@ -20,12 +21,14 @@ from chaos.workload import History, Workload, WorkloadSettings, key_name
 class Scenario:
     name: str
     summary: str
-    nemesis: Callable[[], Nemesis]
+    nemesis: Callable[[], Nemesis] | None  # None: ``own_run`` runs the whole scenario
     rounds: int = 1
     duration_s: float = 45.0  # of the whole workload; faults sit in its middle
     env: dict[str, str] = field(default_factory=dict)
     min_nodes: int = 1  # decommission runs on at least 4 so that N = 3 holds after one leaves
     network: str = "loopback"  # or "netns": a namespace per node, for the network faults (root only)
+    # A scenario with its own workload and checks (seed, duration, progress -> report of the same shape)
+    own_run: Callable[[int, float, Callable[[str], None]], dict[str, Any]] | None = None
 
 
 SCENARIOS = {s.name: s for s in (
@@ -38,6 +41,12 @@ SCENARIOS = {s.name: s for s in (
     Scenario("decommission", "one node hands its data off and leaves under load, then stops", Decommission,
              duration_s=60.0, min_nodes=4),
     Scenario("join-under-load", "a new node joins and takes its share under load", Join, duration_s=60.0),
+    Scenario("replica-faults", "kill -9/restart or SIGSTOP/SIGCONT a random node every few seconds", Flurry,
+             duration_s=100.0),
+    Scenario("generator-kill", "2 generators, 4 streaming askers; kill -9 a generator mid-answer, restart it",
+             None, duration_s=75.0, own_run=generator_kill.run_as_scenario),
+    Scenario("kill-during-ingest", "kill -9 a node mid-ingest of Cranfield, restart, audit every document",
+             None, duration_s=60.0, own_run=kill_during_ingest.run_as_scenario),
     Scenario("partition-minority", "cut a minority of the nodes off from the majority, then heal (netns, root)",
              partial(Partition, "minority"), duration_s=60.0, network="netns"),
     Scenario("partition-bridge", "two sides that cannot talk and one node that hears both, then heal (netns, root)",
@@ -61,6 +70,8 @@ class RunSettings:
 def run_scenario(scenario: Scenario, settings: RunSettings, progress: Callable[[str], None] = print) -> dict[str, Any]:
     rng = random.Random(settings.seed)
     duration = settings.duration_s or scenario.duration_s
+    if scenario.own_run is not None:
+        return scenario.own_run(settings.seed, duration, progress)
     nodes = max(settings.nodes, scenario.min_nodes)
     progress(f"[{scenario.name}] starting {nodes} nodes")
     with LoopbackCluster(nodes, env=scenario.env, network=scenario.network) as launched:
@@ -85,6 +96,7 @@ def _inject(scenario: Scenario, launched: LoopbackCluster, rng: random.Random, d
     time.sleep(duration * 0.25)
     faults = []
     for _ in range(scenario.rounds):
+        assert scenario.nemesis is not None
         nemesis = scenario.nemesis()
         started = history.clock()
         what = nemesis.inject(launched, rng)
@@ -119,17 +131,10 @@ def _report(scenario: Scenario, settings: RunSettings, nodes: int, ops: list[Any
     writes = [op for op in ops if op.kind in ("upsert", "delete")]
     reads = [op for op in ops if op.kind in ("read", "search")]
 
-    def share(values: list[Any]) -> dict[str, Any]:
-        a = availability(values)
-        during = availability(values, windows)
-        return {"ops": a.ops, "ok": a.ok, "failed": a.failed, "unknown": a.unknown,
-                "during_faults": {"ops": during.ops, "ok_share": during.share_ok, "p50_ms": during.p50_ms, "p99_ms": during.p99_ms},
-                "p50_ms": a.p50_ms, "p99_ms": a.p99_ms}
-
     return {
         "scenario": scenario.name, "seed": settings.seed, "nodes": nodes, "duration_s": duration,
         "consistencies": list(settings.workload.consistencies),
-        "faults": faults, "writes": share(writes), "reads": share(reads),
+        "faults": faults, "writes": availability_report(writes, windows), "reads": availability_report(reads, windows),
         "errors": dict(Counter(op.error for op in writes if op.error).most_common(8)),
         "converged_s": converged_s, "anomalies": verdict.counts(),
         "examples": [a.__dict__ for a in verdict.anomalies[:10]],
