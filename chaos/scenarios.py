@@ -9,12 +9,15 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, Callable
 
-from chaos.checker import Verdict, availability_report, check
+from chaos.checker import Verdict, availability_report, check, check_membership
 from chaos.launcher import LoopbackCluster
 from chaos import generator_kill, kill_during_ingest
 from chaos.nemesis import ClockSkew, Decommission, Flurry, Join, Kill, Nemesis, Pause, RollingRestart
 from chaos.network_faults import PacketLoss, Partition
 from chaos.workload import History, Workload, WorkloadSettings, key_name
+
+
+MEMBERSHIP_AGREEMENT_S = 30.0  # every node's view of the members must agree this soon after the last heal
 
 
 @dataclass(frozen=True)
@@ -80,12 +83,12 @@ def run_scenario(scenario: Scenario, settings: RunSettings, progress: Callable[[
         t0 = history.clock()
         workload.start()
         faults = _inject(scenario, launched, rng, duration, history, progress)
+        views_agreed = _views_agree_by(launched, history.clock() + duration * 0.25)  # the healthy last quarter
         workload.finish()
-        healed_at = history.clock()
-        progress(f"[{scenario.name}] load stopped after {healed_at - t0:.0f} s; waiting for convergence")
-        converged_s, verdict = _converge(launched, history, settings)
-    ops = history.ops()
-    return _report(scenario, settings, nodes, ops, faults, converged_s, verdict, duration)
+        progress(f"[{scenario.name}] load stopped after {history.clock() - t0:.0f} s; waiting for convergence")
+        converged_s, verdict, agreed_later = _converge(launched, history, settings)
+    agreed_s = _after_heal(views_agreed or agreed_later, faults)
+    return _report(scenario, settings, nodes, history.ops(), faults, (converged_s, agreed_s), verdict, duration)
 
 
 def _inject(scenario: Scenario, launched: LoopbackCluster, rng: random.Random, duration: float, history: History,
@@ -107,26 +110,51 @@ def _inject(scenario: Scenario, launched: LoopbackCluster, rng: random.Random, d
         progress(f"[{scenario.name}] {healed}")
         faults.append({"fault": what, "heal": healed, "start": started, "end": ended})
         time.sleep(max(0.0, slot - (ended - started)))
-    time.sleep(duration * 0.25)
     return faults
 
 
-def _converge(launched: LoopbackCluster, history: History, settings: RunSettings) -> tuple[float | None, Verdict]:
-    """Check until the cluster passes (how long that took) or the timeout (then the last verdict)."""
+def _views_agree_by(launched: LoopbackCluster, until: float) -> float | None:
+    """Watch every node's membership view until ``until`` (monotonic); when they first all agreed."""
+    agreed = None
+    while time.monotonic() < until:
+        if agreed is None and _views_agree(launched.membership_views(), launched):
+            agreed = time.monotonic()
+        time.sleep(max(0.0, min(1.0, until - time.monotonic())))
+    return agreed
+
+
+def _views_agree(views: dict[str, dict[str, str]], launched: LoopbackCluster) -> bool:
+    return len(views) == len(launched.members()) and check_membership(views).passed
+
+
+def _after_heal(agreed_at: float | None, faults: list[dict[str, Any]]) -> float | None:
+    """Seconds from the last heal until every node's membership view agreed."""
+    if agreed_at is None:
+        return None
+    return round(max(0.0, agreed_at - faults[-1]["end"]), 1) if faults else 0.0
+
+
+def _converge(launched: LoopbackCluster, history: History, settings: RunSettings) -> tuple[float | None, Verdict, float | None]:
+    """Check until the cluster passes (how long that took) or the timeout (then the last verdict);
+    also when the membership views first agreed (monotonic), if they did."""
     started = time.monotonic()
     keys = [key_name(i) for i in range(settings.workload.keys)]
+    agreed = None
     while True:
         views = launched.membership_views()
+        if agreed is None and _views_agree(views, launched):
+            agreed = time.monotonic()
         verdict = check(history.ops(), launched.replica_states(keys), launched.owners(keys), views)
         if verdict.passed and len(views) == len(launched.members()):  # and every node answered
-            return round(time.monotonic() - started, 1), verdict
+            return round(time.monotonic() - started, 1), verdict, agreed
         if time.monotonic() - started > settings.converge_timeout_s:
-            return None, verdict
+            return None, verdict, agreed
         time.sleep(1.0)
 
 
 def _report(scenario: Scenario, settings: RunSettings, nodes: int, ops: list[Any], faults: list[dict[str, Any]],
-            converged_s: float | None, verdict: Verdict, duration: float) -> dict[str, Any]:
+            timing: tuple[float | None, float | None], verdict: Verdict, duration: float) -> dict[str, Any]:
+    converged_s, agreed_s = timing
     windows = [(f["start"], f["end"]) for f in faults]
     writes = [op for op in ops if op.kind in ("upsert", "delete")]
     reads = [op for op in ops if op.kind in ("read", "search")]
@@ -136,8 +164,8 @@ def _report(scenario: Scenario, settings: RunSettings, nodes: int, ops: list[Any
         "consistencies": list(settings.workload.consistencies),
         "faults": faults, "writes": availability_report(writes, windows), "reads": availability_report(reads, windows),
         "errors": dict(Counter(op.error for op in writes if op.error).most_common(8)),
-        "converged_s": converged_s, "anomalies": verdict.counts(),
+        "converged_s": converged_s, "membership_agreed_after_heal_s": agreed_s, "anomalies": verdict.counts(),
         "examples": [a.__dict__ for a in verdict.anomalies[:10]],
         "keys_checked": verdict.keys_checked, "replicas_checked": verdict.replicas_checked,
-        "passed": converged_s is not None and verdict.passed,
+        "passed": converged_s is not None and verdict.passed and agreed_s is not None and agreed_s <= MEMBERSHIP_AGREEMENT_S,
     }

@@ -35,6 +35,7 @@ def test_kill_one_under_load_loses_nothing_and_converges() -> None:
     assert [f["fault"].split()[0] for f in report["faults"]] == ["kill"]
     assert report["writes"]["during_faults"]["ops"] > 0
     assert all(count == 0 for count in report["anomalies"].values())
+    assert report["membership_agreed_after_heal_s"] is not None and report["membership_agreed_after_heal_s"] <= 30
 
 
 def test_trials_are_summed_into_one_line() -> None:
