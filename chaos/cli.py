@@ -90,6 +90,8 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         parser.error(f"no scenario {unknown[0]!r}; chaos/run --list names them")
     try:
+        if any(SCENARIOS[name].network == "netns" for name in names):
+            require_root()  # before any scenario runs: `all` would otherwise stop halfway
         reports = _run(names, args)
     except NetworkUnavailable as exc:
         print(f"chaos/run: {exc}", file=sys.stderr)

@@ -191,7 +191,8 @@ def _remove_namespace(name: str) -> None:
 
 def sweep(keep: Callable[[int], bool] = _alive) -> list[str]:
     """Remove every namespace and link of ours whose owning runner pid is not ``keep``-ed
-    (by default: no longer alive). Returns the names removed."""
+    (by default: no longer alive). Returns the names removed. A dead runner's pid that the
+    kernel has given to a new process keeps its leftovers until that process ends too."""
     removed = []
     for name in _namespaces():
         pid = owner_pid(name)
