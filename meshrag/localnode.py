@@ -39,8 +39,9 @@ class Placement(NamedTuple):
 
 class LocalNode:
     def __init__(self, data_dir: Path, *, port: int | None = None, name: str = "node", extra_args: Sequence[str] = (), env: dict[str, str] | None = None,
-                 host: str = "127.0.0.1", prefix: Sequence[str] = ()) -> None:
+                 host: str = "127.0.0.1", prefix: Sequence[str] = (), dev: bool = True) -> None:
         self.data_dir = Path(data_dir)
+        self.dev = dev  # --dev: no authentication (loopback only); False: the node's own security defaults
         self.host = host
         self.prefix = tuple(prefix)
         self.port = port or free_port()
@@ -63,7 +64,7 @@ class LocalNode:
         self._log = self.log_path.open("ab")
         env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", TOKENIZERS_PARALLELISM="false", **self.env)
         command = [*self.prefix, sys.executable, "-m", "meshrag.cli", "start", "--bind", f"{self.host}:{self.port}",
-                   "--data-dir", str(self.data_dir), "--name", self.name, "--dev", *self.extra_args]
+                   "--data-dir", str(self.data_dir), "--name", self.name, *(["--dev"] if self.dev else []), *self.extra_args]
         self.process = subprocess.Popen(command, stdout=self._log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
         return self
 
