@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import os
 import socket
 import time
 import urllib.error
@@ -78,9 +79,12 @@ def parse_sse(lines: Iterable[bytes]) -> Iterator[tuple[str, dict[str, Any]]]:
 
 
 class MeshClient:
-    def __init__(self, base_url: str = DEFAULT_URL, timeout: float = 60.0) -> None:
+    def __init__(self, base_url: str = DEFAULT_URL, timeout: float = 60.0, api_key: str | None = None) -> None:
         self.base_url = base_url.rstrip("/")
         self.timeout = timeout
+        # A cluster with API keys on wants one on every call but the health probes;
+        # MESHRAG_API_KEY is the default, as OPENAI_API_KEY is for OpenAI's clients.
+        self.api_key = api_key if api_key is not None else os.environ.get("MESHRAG_API_KEY") or None
         # No proxies: the node URL is explicit, and an http_proxy in the
         # environment must not reroute requests for 127.0.0.1.
         self._opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
@@ -89,6 +93,8 @@ class MeshClient:
     def _open(self, method: str, path: str, body: dict[str, Any] | None = None, timeout: float | None = None) -> Any:
         data = json.dumps(body).encode() if body is not None else None
         headers = {"Accept": JSON}
+        if self.api_key:
+            headers["Authorization"] = f"Bearer {self.api_key}"
         if data is not None:
             headers["Content-Type"] = JSON
         request = urllib.request.Request(self.base_url + path, data=data, headers=headers, method=method)
@@ -151,6 +157,17 @@ class MeshClient:
 
     def remove(self, node: str) -> dict[str, Any]:
         return self._call("POST", "/v1/cluster/remove", {"node": node})
+
+    # ------------------------------------------------------------ API keys (admin)
+    def create_api_key(self, name: str, scopes: list[str]) -> dict[str, Any]:
+        """A new key for the whole cluster: its token is in the answer, and only there."""
+        return self._call("POST", "/v1/cluster/api-keys", {"name": name, "scopes": scopes})
+
+    def api_keys(self) -> dict[str, Any]:
+        return self._call("GET", "/v1/cluster/api-keys")
+
+    def revoke_api_key(self, key_id: str) -> dict[str, Any]:
+        return self._call("DELETE", f"/v1/cluster/api-keys/{urllib.parse.quote(key_id, safe='')}")
 
     # ------------------------------------------------------------ retrieval
     def search(
