@@ -27,24 +27,32 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from chaos.netns import NetworkUnavailable, require_root, sweep  # noqa: E402
-from chaos.scenarios import SCENARIOS, RunSettings, run_scenario  # noqa: E402
+from chaos.scenarios import MEMBERSHIP_AGREEMENT_S, SCENARIOS, RunSettings, run_scenario  # noqa: E402
 from chaos.workload import WorkloadSettings  # noqa: E402
 
 
 def table(reports: list[dict]) -> str:
-    head = (f"{'scenario':<18} {'writes ok/failed/unknown':>24} {'faults':>6} {'avail. in faults':>16} "
+    head = (f"{'scenario':<18} {'ops ok/failed/unknown':>24} {'faults':>6} {'avail. in faults':>16} "
             f"{'p50/p99 ms in faults':>20} {'converged':>9}  verdict")
     lines = [head, "-" * len(head)]
     for r in reports:
         w, during = r["writes"], r["writes"]["during_faults"]
         ok_share = "-" if during["ok_share"] is None else f"{100 * during['ok_share']:.1f}%"
-        latency = f"{during['p50_ms']}/{during['p99_ms']}"
+        latency = "-" if during["p50_ms"] is None else f"{during['p50_ms']}/{during['p99_ms']}"
         converged = "no" if r["converged_s"] is None else f"{r['converged_s']} s"
         bad = {k: v for k, v in r["anomalies"].items() if v}
-        verdict = "PASS" if r["passed"] else "FAIL " + (", ".join(f"{k} {v}" for k, v in bad.items()) or "(not converged)")
+        verdict = "PASS" if r["passed"] else "FAIL " + (", ".join(f"{k} {v}" for k, v in bad.items()) or _late(r))
         lines.append(f"{r['scenario']:<18} {w['ok']:>10}/{w['failed']}/{w['unknown']:<6} {len(r['faults']):>13} {ok_share:>16} "
                      f"{latency:>20} {converged:>9}  {verdict}")
+    lines.append("ops: writes (generator-kill: asks; kill-during-ingest: documents)")
     return "\n".join(lines)
+
+
+def _late(report: dict) -> str:
+    agreed = report.get("membership_agreed_after_heal_s")
+    if report["converged_s"] is not None and (agreed is None or agreed > MEMBERSHIP_AGREEMENT_S):
+        return f"(membership views agreed {'never' if agreed is None else f'{agreed} s after the heal'})"
+    return "(not converged)"
 
 
 def trials_summary(reports: list[dict]) -> str:
