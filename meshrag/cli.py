@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
+from meshrag import cli_keys
 from meshrag.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -33,6 +34,7 @@ START_FLAGS = {
     "roles": "node.roles",
     "zone": "node.zone",
     "secret": "node.secret",
+    "secret_file": "node.secret_file",
     "partitions": "cluster.partitions",
     "replicas": "cluster.replicas",
 }
@@ -50,7 +52,8 @@ def _add_start(sub: Any) -> None:
     start.add_argument("--zone", help="failure zone")
     group = start.add_mutually_exclusive_group()
     group.add_argument("--secret", help="cluster secret (>= 16 characters)")
-    group.add_argument("--dev", action="store_true", default=None, help="development mode: no secret required")
+    group.add_argument("--secret-file", help="file holding the cluster secret (e.g. a copy of the first node's cluster.secret)")
+    group.add_argument("--dev", action="store_true", default=None, help="development mode: no authentication, loopback only")
     start.add_argument("--partitions", type=int, help="partitions (fixed at cluster creation)")
     start.add_argument("--replicas", type=int, help="replicas per partition (fixed at cluster creation)")
 
@@ -107,6 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     _add_start(sub)
     _add_client_commands(sub)
+    cli_keys.add_parser(sub, DEFAULT_NODE)
     for name in ("status", "search", "ask", "decommission", "remove"):  # ingest: repeatable, above
         sub.choices[name].add_argument("--node", default=DEFAULT_NODE, help=f"node URL (default {DEFAULT_NODE})")
     return parser
@@ -343,6 +347,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "start":
         return cmd_start(args)
+    if args.command == "keys":  # signs with the cluster secret itself; no API client
+        return cli_keys.run(args)
     from meshrag.client import MeshClient, MeshClientError
 
     if args.command == "ingest":

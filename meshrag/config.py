@@ -94,7 +94,11 @@ class NodeConfig:
     roles: list[str] = field(default_factory=lambda: list(DEFAULT_ROLES), metadata=_check(lambda v: bool(v) and set(v) <= set(ROLES), f"a non-empty subset of {', '.join(ROLES)}"))
     zone: str = field(default="default", metadata=_check(bool, "a non-empty zone name"))
     secret: str = field(default="", metadata=_check(lambda v: v == "" or len(v) >= 16, "'' or a shared secret of at least 16 characters"))
-    dev: bool = False
+    # A file holding the cluster secret (--secret-file); with neither it nor secret, and not
+    # --dev, the node creates data_dir/cluster.secret (0600) and prints how others join with it.
+    secret_file: str = ""
+    dev: bool = False  # no authentication at all: loopback binds only
+    gossip_encryption: bool = True  # AES-GCM gossip packets (authenticated either way); not in --dev
     # For testing only: shifts this node's wall clock (versions, tombstone purge, gossip
     # timestamps) by this many seconds, to reproduce clock skew between nodes.
     clock_offset_s: float = field(default=0.0, metadata=_check(lambda v: abs(v) <= 86400 * 365, "seconds, |offset| <= one year (testing only)"))
@@ -388,12 +392,14 @@ def _validate_relations(config: Config) -> None:
             "offline); the bundled GGUF is for llama.cpp", field="generation.model",
         )
     host, _ = parse_host_port(config.node.bind)
-    if not config.node.secret and not config.node.dev and not is_loopback(host):
+    if config.node.dev and not is_loopback(host):
         raise ConfigError(
-            f"node.bind = {config.node.bind!r} listens beyond loopback: set node.secret "
-            "(--secret, at least 16 characters) or pass --dev to run without one",
-            field="node.secret",
+            f"node.bind = {config.node.bind!r} listens beyond loopback, and --dev authenticates nobody: "
+            "dev mode binds loopback only (drop --dev: the node then creates or reads a cluster secret)",
+            field="node.dev",
         )
+    if config.node.secret and config.node.secret_file:
+        raise ConfigError("node.secret and node.secret_file are both set: give the cluster secret once", field="node.secret_file")
 
 
 def _flatten_file(path: Path) -> dict[str, Any]:

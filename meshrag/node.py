@@ -46,17 +46,24 @@ from meshrag.generation.remote import RemoteGenerators
 from meshrag.generation.router import GeneratorRouter, RouterSettings
 from meshrag.generation.service import GenerationService
 from meshrag.gossip import AsyncioTransport, GossipDatagramProtocol, MemberEvent, Memberlist
+from meshrag.gossip import PUSH_PULL_PATH
 from meshrag.gossip.events import EventKind
+from meshrag.gossip.state import MemberState
 from meshrag.gossip.known_peers import KnownPeers
 from meshrag.identity import NodeIdentity, load_or_create
 from meshrag.observability import (
-    ClusterCollector, GossipCollector, LoopLagMonitor, Metrics, StorageSnapshot, configure_logging, start_monitor,
+    ClusterCollector, GossipCollector, LoopLagMonitor, Metrics, SecurityCollector, StorageSnapshot, configure_logging, start_monitor,
 )
 from meshrag.rag.chunking import Chunker, ChunkingSettings
 from meshrag.rag.embedder import Embedder, default_model_path
 from meshrag.rag.pipeline import RagPipeline
 from meshrag.errors import ConfigError
 from meshrag.faults import ForgetfulClock, InjectedFaults
+from meshrag.security import mesh_auth
+from meshrag.security.keyring import KEYRING_FILE_NAME, Keyring
+from meshrag.security.mesh_auth import RpcAuth
+from meshrag.security.rotation import KeyRotation, keyring_saver
+from meshrag.security.secret import node_keyring
 from meshrag.ring import CURRENT, RingStatus
 from meshrag.store.analysis import Analyzer
 from meshrag.store.engine import StorageEngine
@@ -76,6 +83,8 @@ class Node:
         self.cluster: ClusterService | None = None
         self._hints: HintStore | None = None
         self._peers: PeerClient | None = None
+        self._keyring: Keyring | None = None  # None in dev mode: nothing signed (security/)
+        self._rpc_auth: RpcAuth | None = None
         self._http_session: aiohttp.ClientSession | None = None
         self._udp: asyncio.DatagramTransport | None = None
         self._clock = SystemClock(config.node.clock_offset_s)
@@ -160,6 +169,11 @@ class Node:
     async def start(self) -> None:
         configure_logging(self.config.observability.log_level, self.config.observability.log_format, self.config.node_name)
         self.identity = load_or_create(self.config.data_path, self.config.node_name)
+        node = self.config.node
+        self._keyring = node_keyring(self.config.data_path, node.secret, node.secret_file, node.dev, self.config.advertise_address)
+        if self._keyring is not None:
+            self._rpc_auth = RpcAuth(self._keyring, self.identity.node_id, self._clock, self.config.cluster.max_clock_drift_s)
+        self.metrics.registry.register(SecurityCollector(lambda: self._rpc_auth))
         lag = LoopLagMonitor(self.metrics.loop_lag.observe)
         self._tasks.append(asyncio.create_task(lag.run(), name="loop-lag"))
         await self._start_http()
@@ -177,9 +191,10 @@ class Node:
             client_max_size=max(self.config.api.max_body_bytes, self.config.cluster.max_message_bytes),
         )
         app.add_routes(PublicApi(self, self._offload_pool).routes())
-        app.add_routes(InternalApi(
-            self, self.config.gossip_settings(), self.config.node.secret, self.config.cluster.max_message_bytes, self._codec,
-        ).routes())
+        app.add_routes(InternalApi(self, self.config.gossip_settings(), self.config.cluster.max_message_bytes, self._codec).routes())
+        mesh_auth.install(app, self._rpc_auth, self._codec.digest, exempt=(PUSH_PULL_PATH,))
+        if self._keyring is not None:
+            app.add_routes(self._key_rotation(self._keyring).routes())
         app.add_routes(GenerateRoute(self).routes())
         app.add_routes(EmbedRoute(self, self._codec).routes())
         app.add_routes(OpenAICompatApi(self, self._offload_pool).routes())
@@ -198,7 +213,7 @@ class Node:
         protocol = GossipDatagramProtocol(self._on_datagram)
         self._udp, _ = await loop.create_datagram_endpoint(lambda: protocol, sock=_gossip_socket(host, port))
         self._http_session = aiohttp.ClientSession()
-        self._peers = PeerClient(self._http_session, self.config.node.secret, self.config.cluster.replica_timeout_s, self._codec)
+        self._peers = PeerClient(self._http_session, self._rpc_auth, self.config.cluster.replica_timeout_s, self._codec)
         self.members = Memberlist(
             self.identity,
             self.config.advertise_address,
@@ -207,9 +222,11 @@ class Node:
             clock=self._clock,
             rng=random.Random(),
             settings=self.config.gossip_settings(),
-            secret=self.config.node.secret,
+            secret=self._keyring or "",
             metadata=self._member_metadata(),
             listener=self._on_member_event,
+            encrypt=self._keyring is not None and self.config.node.gossip_encryption,
+            replay_window_s=self.config.cluster.max_clock_drift_s if self._keyring is not None else None,
         )
         self.metrics.registry.register(GossipCollector(self.members))
         self.generation = self._build_generation()
@@ -380,6 +397,20 @@ class Node:
             await announce_ring(self._peers, self._seeds(), ring_state)
         await ring_state.flush()  # on disk before this node serves as a member
         return ring_state
+
+    def _key_rotation(self, keyring: Keyring) -> KeyRotation:
+        """/_mesh/keys: `meshrag keys ...` applied here and fanned out to the alive others."""
+        def others() -> list[tuple[str, str]]:
+            members = self.members.members() if self.members is not None else []
+            return [(m.name, m.address) for m in members if m.state == MemberState.ALIVE and m.node_id != (self.identity and self.identity.node_id)]
+
+        async def call(address: str, path: str, body: dict[str, Any]) -> Any:
+            assert self._peers is not None
+            return await self._peers.call(address, path, body)
+
+        loop = asyncio.get_running_loop()
+        save = keyring_saver(keyring, self.config.data_path / KEYRING_FILE_NAME, lambda fn: loop.run_in_executor(self._offload_pool, fn))
+        return KeyRotation(keyring, self.config.node_name, others, call, save)
 
     def _seeds(self) -> list[str]:
         return [s for s in self.config.node.join if s != self.config.advertise_address]

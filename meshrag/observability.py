@@ -116,7 +116,7 @@ class GossipCollector:
     """Reads the membership's counters at scrape time (they live in the pure protocol code)."""
 
     _COUNTERS = ("packets_sent", "bytes_sent", "packets_received", "bytes_received", "push_pulls",
-                 "push_pull_failures", "refutations", "internal_errors")
+                 "push_pull_failures", "refutations", "internal_errors", "unbound_acks")
 
     def __init__(self, members: Any) -> None:
         self._members = members
@@ -137,6 +137,25 @@ class GossipCollector:
             states.add_metric([state], count)
         yield states
         yield GaugeMetricFamily("meshrag_gossip_health_score", "Lifeguard local health (0 = healthy)", value=self._members.health_score)
+
+
+class SecurityCollector:
+    """Signed /_mesh/ traffic refused, by reason (security/signing.py REASONS): requests this
+    node refused, and answers it refused from others. ``auth()`` is None in dev mode."""
+
+    def __init__(self, auth: Callable[[], Any]) -> None:
+        self._auth = auth
+
+    def collect(self) -> Any:
+        auth = self._auth()
+        requests = CounterMetricFamily("meshrag_mesh_rejected_requests", "Node-to-node requests refused (401), by reason", labels=["reason"])
+        responses = CounterMetricFamily("meshrag_mesh_rejected_responses", "Node-to-node answers whose signature failed, by reason", labels=["reason"])
+        if auth is not None:
+            for family, counts in ((requests, auth.rejected_requests), (responses, auth.rejected_responses)):
+                for reason, count in sorted(counts.items()):
+                    family.add_metric([reason], count)
+        yield requests
+        yield responses
 
 
 class ClusterCollector:

@@ -166,12 +166,17 @@ def test_chunk_size_defaults_to_the_model_window() -> None:
     assert err.value.field == "chunking.max_tokens"
 
 
-def test_public_bind_requires_secret_or_dev() -> None:
+def test_dev_mode_is_refused_beyond_loopback_and_a_public_bind_needs_no_flag() -> None:
     with pytest.raises(ConfigError) as err:
-        load_config(None, {"node.bind": "0.0.0.0:7070"}, environ={})
-    assert err.value.field == "node.secret"
-    assert load_config(None, {"node.bind": "0.0.0.0:7070", "node.dev": True}, environ={}).node.dev
+        load_config(None, {"node.bind": "0.0.0.0:7070", "node.dev": True}, environ={})
+    assert err.value.field == "node.dev" and "loopback" in err.value.message
+    assert load_config(None, {"node.bind": "127.0.0.1:7070", "node.dev": True}, environ={}).node.dev
+    # Secure by default: without a secret the node creates one (security/secret.py), so this is fine.
+    assert load_config(None, {"node.bind": "0.0.0.0:7070"}, environ={})
     assert load_config(None, {"node.bind": "0.0.0.0:7070", "node.secret": "s" * 16}, environ={})
+    with pytest.raises(ConfigError) as err:
+        load_config(None, {"node.secret": "s" * 16, "node.secret_file": "/x"}, environ={})
+    assert err.value.field == "node.secret_file"
 
 
 def test_as_dict_redacts_secret() -> None:

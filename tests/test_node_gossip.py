@@ -169,7 +169,7 @@ def send_garbage(port: int, count: int, rng: random.Random) -> int:
     codec = Codec("meshrag", "")
     prefix = Codec.sender_prefix("f" * 32, 1, 1)
     valid = [
-        codec.seal_datagram(prefix, [encode_ping(rng.randrange(1 << 30), "x" * 32)]),
+        codec.seal_datagram(prefix, [encode_ping(rng.randrange(1 << 30), "x" * 32, 1)]),
         codec.seal_datagram(prefix, [encode_alive("f" * 32, "fuzz", "127.0.0.1:1", 1, 1, b"\x80")]),
     ]
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)

@@ -1,9 +1,10 @@
-"""Node-to-node routes under /_mesh/: secret, limits, codec and routing.
+"""Node-to-node routes under /_mesh/: limits, codec and routing.
 
-Push-pull bodies are sealed by the gossip codec with the cluster secret (a
-forged or foreign body is rejected by the codec and answered 400). The
-replication, search and repair routes carry msgpack bodies and the cluster
-secret in a header (cluster/rpc.py), checked here in constant time. What a
+Push-pull bodies are sealed by the gossip codec with a key derived from the
+cluster secret (a forged, foreign, stale or replayed body is rejected by the
+codec and answered 400). The replication, search and repair routes carry
+msgpack bodies; their signatures are checked before any route runs, by the
+middleware of security/mesh_auth.py, which guards every /_mesh/ route. What a
 route answers is api/mesh_handlers.py's (search: the cluster service's).
 """
 
@@ -17,19 +18,14 @@ from aiohttp import web
 from meshrag import wire
 from meshrag.api import mesh_handlers as handlers
 from meshrag.cluster import messages as paths
-from meshrag.cluster.rpc import SECRET_HEADER, BodyCodec, secret_matches
+from meshrag.cluster.rpc import BodyCodec
 from meshrag.cluster.service import ClusterService
-from meshrag.errors import MeshragError, PayloadTooLarge, Unavailable, ValidationError
+from meshrag.errors import PayloadTooLarge, Unavailable, ValidationError
 from meshrag.gossip import PUSH_PULL_CONTENT_TYPE, PUSH_PULL_PATH, Memberlist
 from meshrag.gossip.settings import GossipSettings
 
 Handler = Callable[[Mapping[str, Any]], Awaitable[dict[str, Any]]]
 ClusterHandler = Callable[[ClusterService, Mapping[str, Any]], Awaitable[dict[str, Any]]]
-
-
-class Unauthorized(MeshragError):
-    status = 401
-    code = "unauthorized"
 
 
 class MeshView(Protocol):
@@ -39,11 +35,10 @@ class MeshView(Protocol):
 
 class InternalApi:
     def __init__(
-        self, node: MeshView, settings: GossipSettings, secret: str, max_body_bytes: int, codec: BodyCodec | None = None
+        self, node: MeshView, settings: GossipSettings, max_body_bytes: int, codec: BodyCodec | None = None
     ) -> None:
         self._node = node
         self._settings = settings
-        self._secret = secret
         self._max_body_bytes = max_body_bytes
         self._codec = codec or BodyCodec()  # large bodies unpacked and packed off the event loop
 
@@ -66,7 +61,6 @@ class InternalApi:
 
     def _mesh_route(self, pick: Callable[[ClusterService], Handler]) -> Callable[[web.Request], Awaitable[web.Response]]:
         async def route(request: web.Request) -> web.Response:
-            check_secret(request, self._secret)
             cluster = self._node.cluster
             if cluster is None:
                 raise Unavailable("cluster storage is not started yet", retry_after_s=1)
@@ -94,12 +88,6 @@ class InternalApi:
         if reply is None:
             return web.Response(status=400, text="rejected")
         return web.Response(body=reply, content_type=PUSH_PULL_CONTENT_TYPE)
-
-
-def check_secret(request: web.Request, secret: str) -> None:
-    """Every /_mesh/ route: the cluster secret, compared in constant time."""
-    if not secret_matches(request.headers.get(SECRET_HEADER), secret):
-        raise Unauthorized("missing or wrong cluster secret", field=SECRET_HEADER)
 
 
 def _bound(handler: ClusterHandler) -> Callable[[ClusterService], Handler]:

@@ -1,6 +1,6 @@
 """/_mesh/embed: an embedder node embeds a part of a coordinator's batch.
 
-The request passes the cluster secret and the size limit, is validated
+The request passes its signature check (security/mesh_auth.py) and the size limit, is validated
 (embedding/remote.py), must name this node's model (409 otherwise: vectors of
 other weights must never reach the index), and is admitted or refused at once
 with 503 and Retry-After when the embedder's queue is full
@@ -16,7 +16,6 @@ from typing import Protocol
 from aiohttp import web
 
 from meshrag import wire
-from meshrag.api.internal import check_secret
 from meshrag.cluster.messages import EMBED_PATH
 from meshrag.cluster.rpc import BodyCodec
 from meshrag.config import Config
@@ -45,7 +44,6 @@ class EmbedRoute:
 
     async def embed(self, request: web.Request) -> web.Response:
         config = self._node.config
-        check_secret(request, config.node.secret)
         local = self._node.local_embedding
         if local is None:
             raise Unavailable("this node's embedder is not loaded yet", retry_after_s=2)

@@ -1,6 +1,6 @@
 """/_mesh/generate: a generator node streams an answer to the coordinator that asked.
 
-The request passes the cluster secret and the size limit, is validated
+The request passes its signature check (security/mesh_auth.py) and the size limit, is validated
 (generation/remote.py), then admitted or refused at once with 503 and
 Retry-After (generation/admission.py) before any byte of the stream is sent.
 Admitted, the reply streams msgpack frames: pieces, then "end" or a typed
@@ -17,7 +17,6 @@ from typing import Protocol
 from aiohttp import web
 
 from meshrag import wire
-from meshrag.api.internal import check_secret
 from meshrag.config import Config
 from meshrag.errors import MeshragError, PayloadTooLarge, Unavailable, ValidationError
 from meshrag.generation.admission import LocalGenerator
@@ -44,7 +43,6 @@ class GenerateRoute:
     async def generate(self, request: web.Request) -> web.StreamResponse:
         received = time.perf_counter()
         config = self._node.config
-        check_secret(request, config.node.secret)
         generator = self._node.local_generator
         if generator is None:
             raise Unavailable("this node has no generator loaded", retry_after_s=5)

@@ -1,17 +1,35 @@
-"""Wire format of gossip packets: msgpack bodies, authenticated with the cluster secret.
+"""Wire format of gossip packets: msgpack bodies, authenticated (and optionally encrypted)
+with keys derived from the cluster secret.
 
-    version (1) | kind (1) | cluster tag (4) | HMAC-SHA256 tag, first 16 bytes | body
+    version (1) | kind (1) | flags (1) | cluster tag (4) | key id (4) | time ms (8) | nonce (12)
+    | body | tag (16)
 
-The HMAC covers everything but itself, keyed by a hash of the cluster name and
-the secret. In --dev mode the secret is empty and the key is public: packets
-are then checked for integrity (a flipped bit is still caught), not for origin.
-The cluster tag lets a node tell "another cluster on this port" apart from
-"forged or damaged" in its counters.
+Keys come from the keyring (security/keyring.py): a packet names the key it was
+made with (key id), is made with the primary and accepted with any installed
+key, so keys rotate without a gossip outage. Flags bit 0 set: the body is
+AES-256-GCM ciphertext (gossip-enc key, the nonce as GCM nonce, the header as
+associated data, the tag being GCM's); clear: the body is plain and the tag is
+HMAC-SHA256 (gossip-mac key) over header and body, first 16 bytes. A receiver
+accepts both forms (both are authenticated), so encryption can be switched on
+node by node. In --dev mode the secret is a fixed public one: packets are then
+checked for integrity (a flipped bit is still caught), not for origin.
+
+Freshness (when the codec has a window; node.py gives it outside dev mode):
+a packet whose time is further than the window from the receiver's clock is
+`stale`, one whose nonce was already seen inside the window is `replayed`
+(security/replay.py). Both checks follow the tag check, so forged packets
+never fill the replay cache. The cluster tag lets a node tell "another
+cluster on this port" apart from "another secret" (`unknown_key`) and
+"forged or damaged" (`bad_mac`) in its counters.
 
 A datagram body is one msgpack array: sender id, generation, incarnation, then
 the messages, each itself an array starting with its type. Messages are
 encoded once and spliced into compounds as bytes, so a piggybacked update
-costs no re-encoding per packet.
+costs no re-encoding per packet. PING, INDIRECT_PING, ACK and NACK carry the
+probe's random nonce beside its sequence number: an ack counts only for the
+outstanding probe with that sequence number *and* nonce, from the member it
+was expected from (probe.py), so a replayed or stray ack cannot keep a dead
+member alive.
 
 Decoding never raises anything but `Rejected`, whose `reason` is one of
 `REJECT_REASONS`; the node exports the counts as a metric.
@@ -21,24 +39,36 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import os
 import struct
 from dataclasses import dataclass
 from typing import Any, Callable
 
 import msgpack
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-VERSION = 1
+from meshrag.clock import Clock
+from meshrag.security.keyring import GOSSIP_ENC, GOSSIP_MAC, Keyring
+from meshrag.security.replay import ReplayCache
+
+VERSION = 2
 KIND_DATAGRAM = 1
 KIND_PUSH_PULL_REQUEST = 2
 KIND_PUSH_PULL_REPLY = 3
+FLAG_ENCRYPTED = 1
 MAC_BYTES = 16
-HEADER_BYTES = 1 + 1 + 4 + MAC_BYTES
+NONCE_BYTES = 12
+HEADER_BYTES = 1 + 1 + 1 + 4 + 4 + 8 + NONCE_BYTES
+OVERHEAD_BYTES = HEADER_BYTES + MAC_BYTES  # what sealing adds to a body, either form
 UDP_MAX_BYTES = 65507
 DEV_SECRET = "meshrag-dev-mode-public-key"
+_TIME = struct.Struct(">Q")
 
 PING, INDIRECT_PING, ACK, NACK, ALIVE, SUSPECT, DEAD, LEAVE, STALE_VIEW = range(1, 10)
 
-REJECT_REASONS = ("too_short", "oversized", "bad_version", "wrong_kind", "wrong_cluster", "bad_mac", "malformed", "from_self")
+REJECT_REASONS = ("too_short", "oversized", "bad_version", "wrong_kind", "wrong_cluster", "unknown_key", "bad_mac",
+                  "stale", "replayed", "malformed", "from_self")
 MAX_ID = 64
 MAX_NAME = 128
 MAX_ADDRESS = 300
@@ -85,20 +115,20 @@ def array_header(count: int) -> bytes:
 
 
 # --- message encoders: each returns the msgpack bytes of one message ------------------
-def encode_ping(seq: int, target_id: str) -> bytes:
-    return pack([PING, seq, target_id])
+def encode_ping(seq: int, target_id: str, nonce: int) -> bytes:
+    return pack([PING, seq, target_id, nonce])
 
 
-def encode_indirect_ping(seq: int, target_id: str, target_address: str, want_nack: bool) -> bytes:
-    return pack([INDIRECT_PING, seq, target_id, target_address, want_nack])
+def encode_indirect_ping(seq: int, target_id: str, target_address: str, want_nack: bool, nonce: int) -> bytes:
+    return pack([INDIRECT_PING, seq, target_id, target_address, want_nack, nonce])
 
 
-def encode_ack(seq: int) -> bytes:
-    return pack([ACK, seq])
+def encode_ack(seq: int, nonce: int) -> bytes:
+    return pack([ACK, seq, nonce])
 
 
-def encode_nack(seq: int) -> bytes:
-    return pack([NACK, seq])
+def encode_nack(seq: int, nonce: int) -> bytes:
+    return pack([NACK, seq, nonce])
 
 
 def encode_alive(node_id: str, name: str, address: str, generation: int, incarnation: int, meta_bytes: bytes) -> bytes:
@@ -139,10 +169,11 @@ def _version_fields(m: list[Any], first: int) -> bool:
 
 
 FIELDS_CHECKS: dict[int, tuple[int, Callable[[list[Any]], bool]]] = {
-    PING: (3, lambda m: _uint(m[1]) and _text(m[2], MAX_ID)),
-    INDIRECT_PING: (5, lambda m: _uint(m[1]) and _text(m[2], MAX_ID) and _text(m[3], MAX_ADDRESS) and type(m[4]) is bool),
-    ACK: (2, lambda m: _uint(m[1])),
-    NACK: (2, lambda m: _uint(m[1])),
+    PING: (4, lambda m: _uint(m[1]) and _text(m[2], MAX_ID) and _uint(m[3])),
+    INDIRECT_PING: (6, lambda m: _uint(m[1]) and _text(m[2], MAX_ID) and _text(m[3], MAX_ADDRESS) and type(m[4]) is bool
+                    and _uint(m[5])),
+    ACK: (3, lambda m: _uint(m[1]) and _uint(m[2])),
+    NACK: (3, lambda m: _uint(m[1]) and _uint(m[2])),
     ALIVE: (7, lambda m: _text(m[1], MAX_ID) and _text(m[2], MAX_NAME) and _text(m[3], MAX_ADDRESS) and _version_fields(m, 4)),
     SUSPECT: (5, lambda m: _text(m[1], MAX_ID) and _version_fields(m, 2) and _text(m[4], MAX_ID)),
     DEAD: (5, lambda m: _text(m[1], MAX_ID) and _version_fields(m, 2) and _text(m[4], MAX_ID)),
@@ -165,12 +196,21 @@ def decode_metadata(raw: Any, limit: int) -> dict[str, Any]:
 
 
 class Codec:
-    """Seals and opens packets for one cluster and secret."""
+    """Seals and opens packets for one cluster and keyring.
 
-    def __init__(self, cluster: str, secret: str, meta_limit: int = 512) -> None:
-        material = b"meshrag/gossip/v1\0" + cluster.encode() + b"\0" + (secret or DEV_SECRET).encode()
-        self._key = hashlib.sha256(material).digest()
+    ``keys`` is the node's keyring (shared: a rotation applies at once), or a secret
+    string for a keyring of one ("" = the public dev key). ``window_s`` (with ``clock``)
+    turns on the freshness checks; ``encrypt`` seals with AES-GCM instead of a MAC.
+    """
+
+    def __init__(self, cluster: str, keys: Keyring | str = "", meta_limit: int = 512, *, clock: Clock | None = None,
+                 window_s: float | None = None, encrypt: bool = False, replay_capacity: int = 100_000) -> None:
+        self.keyring = keys if isinstance(keys, Keyring) else Keyring([keys or DEV_SECRET])
         self._tag = hashlib.sha256(b"meshrag/cluster\0" + cluster.encode()).digest()[:4]
+        self._clock = clock
+        self._replay = ReplayCache(window_s, replay_capacity) if window_s is not None and clock is not None else None
+        self.encrypt = encrypt
+        self._ciphers: dict[bytes, AESGCM] = {}
         self.meta_limit = meta_limit
         # The same metadata bytes arrive in many packets; decode each distinct value once.
         # Decoded dicts are shared and must never be mutated in place.
@@ -201,17 +241,39 @@ class Codec:
             message.append(self.metadata(message[6]))
         return message
 
-    def _header(self, kind: int) -> bytes:
-        return bytes([VERSION, kind]) + self._tag
+    def _mac_key(self, kid: bytes) -> bytes | None:
+        return self.keyring.key(kid.hex(), GOSSIP_MAC)
+
+    def _cipher(self, kid: bytes) -> AESGCM | None:
+        cipher = self._ciphers.get(kid)
+        if cipher is None:
+            key = self.keyring.key(kid.hex(), GOSSIP_ENC)
+            if key is None:
+                return None
+            if len(self._ciphers) > 16:  # removed keys: start over rather than keep them
+                self._ciphers.clear()
+            cipher = self._ciphers[kid] = AESGCM(key)
+        return cipher
+
+    def _now_ms(self) -> int:
+        return int(self._clock.wall() * 1000) if self._clock is not None else 0
 
     def seal(self, kind: int, body: bytes) -> bytes:
-        prefix = self._header(kind)
-        mac = hmac.digest(self._key, prefix + body, "sha256")[:MAC_BYTES]
-        return prefix + mac + body
+        kid = bytes.fromhex(self.keyring.primary_id)
+        flags = FLAG_ENCRYPTED if self.encrypt else 0
+        nonce = os.urandom(NONCE_BYTES)
+        header = bytes([VERSION, kind, flags]) + self._tag + kid + _TIME.pack(self._now_ms()) + nonce
+        if self.encrypt:
+            cipher = self._cipher(kid)
+            assert cipher is not None
+            return header + cipher.encrypt(nonce, body, header)
+        key = self._mac_key(kid)
+        assert key is not None
+        return header + body + hmac.digest(key, header + body, "sha256")[:MAC_BYTES]
 
     def open(self, data: bytes, kind: int, limit: int) -> Any:
-        """Check header, size and MAC; return the decoded msgpack body."""
-        if len(data) <= HEADER_BYTES:
+        """Check header, size, key, tag and freshness; return the decoded msgpack body."""
+        if len(data) <= OVERHEAD_BYTES:
             raise Rejected("too_short")
         if len(data) > limit:
             raise Rejected("oversized")
@@ -219,12 +281,31 @@ class Codec:
             raise Rejected("bad_version")
         if data[1] != kind:
             raise Rejected("wrong_kind")
-        if data[2:6] != self._tag:
+        if data[3:7] != self._tag:
             raise Rejected("wrong_cluster")
-        body = data[HEADER_BYTES:]
-        expected = hmac.digest(self._key, data[:6] + body, "sha256")[:MAC_BYTES]
-        if not hmac.compare_digest(expected, data[6:HEADER_BYTES]):
-            raise Rejected("bad_mac")
+        kid, header = data[7:11], data[:HEADER_BYTES]
+        if data[2] & FLAG_ENCRYPTED:
+            cipher = self._cipher(kid)
+            if cipher is None:
+                raise Rejected("unknown_key")
+            try:
+                body = cipher.decrypt(data[HEADER_BYTES - NONCE_BYTES:HEADER_BYTES], data[HEADER_BYTES:], header)
+            except InvalidTag:
+                raise Rejected("bad_mac") from None
+        else:
+            key = self._mac_key(kid)
+            if key is None:
+                raise Rejected("unknown_key")
+            body = data[HEADER_BYTES:-MAC_BYTES]
+            expected = hmac.digest(key, header + body, "sha256")[:MAC_BYTES]
+            if not hmac.compare_digest(expected, data[-MAC_BYTES:]):
+                raise Rejected("bad_mac")
+        if self._replay is not None:
+            assert self._clock is not None
+            outcome = self._replay.check(data[HEADER_BYTES - NONCE_BYTES:HEADER_BYTES],
+                                         _TIME.unpack_from(data, 11)[0] / 1000, self._clock.wall())
+            if outcome is not None:
+                raise Rejected(outcome)
         try:
             return msgpack.unpackb(body, raw=False, strict_map_key=True)
         except Exception:  # msgpack raises a zoo of types on bad input; all mean the same here

@@ -40,6 +40,7 @@ class GossipStats:
     refutations: int = 0
     notices_sent: int = 0
     misdirected: int = 0
+    unbound_acks: int = 0  # acks or nacks of no outstanding probe, or from the wrong member: ignored
     internal_errors: int = 0
     rejections: dict[str, int] = field(default_factory=lambda: {reason: 0 for reason in REJECT_REASONS})
 

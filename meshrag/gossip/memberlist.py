@@ -42,6 +42,7 @@ from meshrag.gossip.state import STATE_CODES, STATES_BY_CODE, Member, MemberReco
 from meshrag.gossip.suspicion import Suspicion
 from meshrag.gossip.transport import Scheduler, TimerHandle, Transport
 from meshrag.identity import NodeIdentity
+from meshrag.security.keyring import Keyring
 
 log = logging.getLogger(__name__)
 COMPOUND_SLACK = 3  # msgpack array header of a compound: at most 3 bytes below 65536 messages
@@ -50,11 +51,15 @@ Listener = Callable[[MemberEvent], None]
 
 class Memberlist(MembershipRules):
     def __init__(self, identity: NodeIdentity, address: str, *, transport: Transport, scheduler: Scheduler,
-                 clock: Clock, rng: random.Random, settings: GossipSettings | None = None, secret: str = "",
-                 cluster: str = "meshrag", metadata: Mapping[str, Any] | None = None, listener: Listener | None = None) -> None:
+                 clock: Clock, rng: random.Random, settings: GossipSettings | None = None, secret: str | Keyring = "",
+                 cluster: str = "meshrag", metadata: Mapping[str, Any] | None = None, listener: Listener | None = None,
+                 encrypt: bool = False, replay_window_s: float | None = None) -> None:
+        """``secret``: the node's keyring (or one secret; "" = the public dev key); ``encrypt``:
+        AES-GCM packets; ``replay_window_s``: refuse packets that old or seen before (codec.py)."""
         self.settings = settings or GossipSettings()
         self.transport, self.scheduler, self.clock, self.rng = transport, scheduler, clock, rng
-        self.codec = wire.Codec(cluster, secret, self.settings.metadata_limit_bytes)
+        self.codec = wire.Codec(cluster, secret, self.settings.metadata_limit_bytes, clock=clock,
+                                window_s=replay_window_s, encrypt=encrypt)
         meta, meta_bytes = self._checked_metadata(metadata or {})
         local = MemberRecord(identity.node_id, identity.name, address, identity.generation, 0, MemberState.ALIVE,
                              meta, meta_bytes, since=clock.wall(), state_changed_at=clock.now())
@@ -187,7 +192,7 @@ class Memberlist(MembershipRules):
     # ======================================================================= sending
     def send_messages(self, address: str, messages: list[bytes]) -> None:
         """One compound datagram: `messages` first, then queued broadcasts up to the packet limit."""
-        used = wire.HEADER_BYTES + COMPOUND_SLACK + len(self._prefix) + sum(len(m) for m in messages)
+        used = wire.OVERHEAD_BYTES + COMPOUND_SLACK + len(self._prefix) + sum(len(m) for m in messages)
         extra = self.broadcasts.take(self.settings.packet_limit_bytes - used)
         if not messages and not extra:
             return
@@ -195,6 +200,9 @@ class Memberlist(MembershipRules):
         self.stats.packets_sent += 1
         self.stats.bytes_sent += len(payload)
         self.transport.send(address, payload)
+
+    def on_unbound_ack(self) -> None:
+        self.stats.unbound_acks += 1
 
     def suspect_message(self, record: MemberRecord) -> bytes:
         return wire.encode_suspect(record.node_id, record.generation, record.incarnation, self.local_id)
@@ -261,15 +269,15 @@ class Memberlist(MembershipRules):
             kind = message[0]
             if kind == wire.PING:
                 if message[2] == self.local_id:
-                    self.send_messages(from_address, [wire.encode_ack(message[1])])
+                    self.send_messages(from_address, [wire.encode_ack(message[1], message[3])])
                 else:
                     self.stats.misdirected += 1
             elif kind == wire.ACK:
-                self._prober.on_ack(message[1])
+                self._prober.on_ack(message[1], message[2], packet.sender_id)
             elif kind == wire.NACK:
-                self._prober.on_nack(message[1])
+                self._prober.on_nack(message[1], message[2], packet.sender_id)
             elif kind == wire.INDIRECT_PING:
-                self._prober.on_indirect_ping(message[1], message[2], message[3], message[4], from_address)
+                self._prober.on_indirect_ping(message[1], message[2], message[3], message[4], message[5], from_address)
             elif kind == wire.ALIVE:
                 self.apply_alive(*message[1:])
             elif kind == wire.SUSPECT:

@@ -15,6 +15,12 @@ robin. Then:
    suspect. Missed nacks count against our own health (Lifeguard): when even
    the helpers are silent, the trouble is more likely ours.
 
+Acks are bound to their probe: every PING carries a random nonce beside its
+sequence number, and an ACK or NACK counts only if it echoes both and comes
+from whom it was expected (the target, for our own ping; a helper we asked, for
+a relayed ack or a nack; the target, for a ping we relay). A replayed or stray
+ack is ignored and counted (stats.unbound_acks).
+
 Timeouts and the interval are stretched by the local health multiplier. The
 same machinery runs confirmation probes of fresh suspects and the one-off
 verification probe before a suspect is declared dead.
@@ -53,16 +59,20 @@ class ProbeHost(Protocol):
 
     def on_probe_failed(self, node_id: str, version: Version) -> None: ...
 
+    def on_unbound_ack(self) -> None: ...
+
 
 @dataclass(slots=True)
 class _Probe:
     """One of our own probes, waiting for an ack."""
 
     seq: int
+    nonce: int
     target_id: str
     target_address: str
     version: Version
     on_result: Callable[[bool], None]
+    helpers: set[str] = field(default_factory=set)  # who may relay its ack or nack
     expected_nacks: int = 0
     nacks: int = 0
     timers: list[TimerHandle] = field(default_factory=list)
@@ -73,7 +83,10 @@ class _Relay:
     """A ping we send on behalf of a member that asked us (INDIRECT_PING)."""
 
     requester_seq: int
+    requester_nonce: int
     requester_address: str
+    nonce: int  # of our own ping to the target
+    target_id: str
     timer: TimerHandle | None = None
 
 
@@ -145,9 +158,9 @@ class Prober:
         host = self._host
         settings = host.settings
         seq = self._next_seq()
-        probe = _Probe(seq, target.node_id, target.address, target.version, on_result)
+        probe = _Probe(seq, self._nonce(), target.node_id, target.address, target.version, on_result)
         self._pending[seq] = probe
-        messages = [encode_ping(seq, target.node_id)]
+        messages = [encode_ping(seq, target.node_id, probe.nonce)]
         if settings.lifeguard and target.state == MemberState.SUSPECT:
             messages.append(host.suspect_message(target))
         host.send_messages(target.address, messages)
@@ -165,14 +178,15 @@ class Prober:
             self._ask_helpers(probe, host.settings.indirect_checks)
         if host.settings.fallback_ping:
             # memberlist retries over TCP here; a second datagram is our stand-in (see settings).
-            host.send_messages(probe.target_address, [encode_ping(probe.seq, probe.target_id)])
+            host.send_messages(probe.target_address, [encode_ping(probe.seq, probe.target_id, probe.nonce)])
 
     def _ask_helpers(self, probe: _Probe, count: int) -> None:
         host = self._host
         helpers = host.table.sample_live(host.rng, count, exclude=(probe.target_id,))
         want_nack = host.settings.lifeguard
-        message = encode_indirect_ping(probe.seq, probe.target_id, probe.target_address, want_nack)
+        message = encode_indirect_ping(probe.seq, probe.target_id, probe.target_address, want_nack, probe.nonce)
         for helper in helpers:
+            probe.helpers.add(helper.node_id)
             host.send_messages(helper.address, [message])
         probe.expected_nacks = len(helpers) if want_nack else 0
 
@@ -187,29 +201,34 @@ class Prober:
         probe.on_result(False)
 
     # --- inbound ------------------------------------------------------------------------
-    def on_ack(self, seq: int) -> None:
-        waiting = self._pending.pop(seq, None)
-        if isinstance(waiting, _Probe):
+    def on_ack(self, seq: int, nonce: int, sender_id: str) -> None:
+        waiting = self._pending.get(seq)
+        if isinstance(waiting, _Probe) and waiting.nonce == nonce and (sender_id == waiting.target_id or sender_id in waiting.helpers):
+            del self._pending[seq]
             for timer in waiting.timers:
                 timer.cancel()
             self._host.awareness.apply(-1)
             waiting.on_result(True)
-        elif isinstance(waiting, _Relay):
+        elif isinstance(waiting, _Relay) and waiting.nonce == nonce and sender_id == waiting.target_id:
+            del self._pending[seq]
             if waiting.timer is not None:
                 waiting.timer.cancel()
-            self._host.send_messages(waiting.requester_address, [encode_ack(waiting.requester_seq)])
+            self._host.send_messages(waiting.requester_address, [encode_ack(waiting.requester_seq, waiting.requester_nonce)])
+        else:
+            self._host.on_unbound_ack()
 
-    def on_nack(self, seq: int) -> None:
+    def on_nack(self, seq: int, nonce: int, sender_id: str) -> None:
         waiting = self._pending.get(seq)
-        if isinstance(waiting, _Probe):
+        if isinstance(waiting, _Probe) and waiting.nonce == nonce and sender_id in waiting.helpers:
             waiting.nacks += 1
 
-    def on_indirect_ping(self, seq: int, target_id: str, target_address: str, want_nack: bool, requester_address: str) -> None:
+    def on_indirect_ping(self, seq: int, target_id: str, target_address: str, want_nack: bool, nonce: int,
+                         requester_address: str) -> None:
         host = self._host
         local_seq = self._next_seq()
-        relay = _Relay(seq, requester_address)
+        relay = _Relay(seq, nonce, requester_address, self._nonce(), target_id)
         self._pending[local_seq] = relay
-        host.send_messages(target_address, [encode_ping(local_seq, target_id)])
+        host.send_messages(target_address, [encode_ping(local_seq, target_id, relay.nonce)])
         # Nack at 80 % of the probe timeout (the Lifeguard paper's choice): the requester
         # asked us one probe timeout into its interval, and a nack that arrives after its
         # deadline would count against its health for a silence that is not its fault.
@@ -219,7 +238,7 @@ class Prober:
     def _relay_timeout(self, local_seq: int, want_nack: bool) -> None:
         relay = self._pending.pop(local_seq, None)
         if isinstance(relay, _Relay) and want_nack:
-            self._host.send_messages(relay.requester_address, [encode_nack(relay.requester_seq)])
+            self._host.send_messages(relay.requester_address, [encode_nack(relay.requester_seq, relay.requester_nonce)])
 
     # --- lifecycle ------------------------------------------------------------------------
     def cancel_all(self) -> None:
@@ -229,6 +248,11 @@ class Prober:
                 if timer is not None:
                     timer.cancel()
         self._pending.clear()
+
+    def _nonce(self) -> int:
+        """Unique per probe, not secret: forging an ack needs the gossip key, and a captured
+        one echoes the nonce of a probe that is no longer outstanding."""
+        return self._host.rng.getrandbits(63)
 
     def _next_seq(self) -> int:
         self._seq = (self._seq + 1) & 0x7FFFFFFF

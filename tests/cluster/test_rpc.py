@@ -11,7 +11,10 @@ import pytest
 from aiohttp import web
 
 from meshrag import wire
-from meshrag.cluster.rpc import SECRET_HEADER, PeerClient, PeerError, secret_matches
+from meshrag.api.errors import error_middleware
+from meshrag.cluster.rpc import PeerClient, PeerError
+from meshrag.security import mesh_auth, signing
+from tests.security.helpers import rpc_auth
 from meshrag.localnode import free_port
 
 SECRET = "s" * 24
@@ -19,7 +22,8 @@ SECRET = "s" * 24
 
 async def _echo(request: web.Request) -> web.Response:
     body = wire.unpack(await request.read())
-    return web.Response(body=wire.pack({"got": body, "secret": request.headers.get(SECRET_HEADER)}), content_type=wire.MSGPACK)
+    headers = {name: request.headers.get(name) for name in ("X-Meshrag-Secret", signing.NODE_HEADER)}
+    return web.Response(body=wire.pack({"got": body, "headers": headers}), content_type=wire.MSGPACK)
 
 
 async def _slow(request: web.Request) -> web.Response:
@@ -34,8 +38,10 @@ async def _refuse(request: web.Request) -> web.Response:
 
 @pytest.fixture
 async def server() -> AsyncIterator[str]:
-    app = web.Application()
+    app = web.Application(middlewares=[error_middleware])
     app.add_routes([web.post("/echo", _echo), web.post("/slow", _slow), web.post("/refuse", _refuse)])
+    app.add_routes([web.post("/_mesh/echo", _echo)])
+    mesh_auth.install(app, rpc_auth(SECRET, "server"))
     runner = web.AppRunner(app)
     await runner.setup()
     port = free_port()
@@ -44,30 +50,38 @@ async def server() -> AsyncIterator[str]:
     await runner.cleanup()
 
 
-def test_no_configured_secret_admits_everyone_and_a_configured_one_must_match() -> None:
-    assert secret_matches(None, "")
-    assert secret_matches(SECRET, SECRET)
-    assert not secret_matches(None, SECRET)
-    assert not secret_matches("wrong", SECRET)
-
-
-async def test_a_call_carries_msgpack_with_arrays_and_the_secret(server: str) -> None:
+async def test_a_signed_call_carries_msgpack_with_arrays_and_never_the_secret(server: str) -> None:
     async with aiohttp.ClientSession() as session:
-        reply = await PeerClient(session, SECRET, 2.0).call(server, "/echo", {"x": np.arange(3, dtype=np.float32)})
-    assert reply["secret"] == SECRET
+        reply = await PeerClient(session, rpc_auth(SECRET, "client-node"), 2.0).call(server, "/_mesh/echo", {"x": np.arange(3, dtype=np.float32)})
+    assert reply["headers"] == {"X-Meshrag-Secret": None, signing.NODE_HEADER: "client-node"}
     assert reply["got"]["x"].tolist() == [0.0, 1.0, 2.0]
+
+
+async def test_an_unsigned_answer_to_a_signed_call_is_refused(server: str) -> None:
+    """/echo is outside /_mesh/: nobody signs its answer, so a signing client must not trust it."""
+    async with aiohttp.ClientSession() as session:
+        with pytest.raises(PeerError) as failure:
+            await PeerClient(session, rpc_auth(SECRET), 2.0).call(server, "/echo", {})
+    assert failure.value.auth_reason == "missing"
+
+
+async def test_a_call_signed_with_another_secret_is_a_peer_error_with_the_reason(server: str) -> None:
+    async with aiohttp.ClientSession() as session:
+        with pytest.raises(PeerError) as failure:
+            await PeerClient(session, rpc_auth("another-secret-entirely"), 2.0).call(server, "/_mesh/echo", {})
+    assert failure.value.status == 401 and failure.value.auth_reason == "unknown_key"
 
 
 async def test_a_slow_peer_becomes_a_peer_error_after_the_deadline(server: str) -> None:
     async with aiohttp.ClientSession() as session:
         with pytest.raises(PeerError, match="no answer within 0.2 s"):
-            await PeerClient(session, "", 0.2).call(server, "/slow", {})
+            await PeerClient(session, None, 0.2).call(server, "/slow", {})
 
 
 async def test_an_error_reply_keeps_its_status_and_message(server: str) -> None:
     async with aiohttp.ClientSession() as session:
         with pytest.raises(PeerError) as failure:
-            await PeerClient(session, "", 2.0).call(server, "/refuse", {})
+            await PeerClient(session, None, 2.0).call(server, "/refuse", {})
     assert failure.value.status == 400
     assert "hashes must list 64 buckets" in failure.value.reason
 
@@ -76,5 +90,5 @@ async def test_a_closed_port_is_a_peer_error_naming_the_address() -> None:
     address = f"127.0.0.1:{free_port()}"
     async with aiohttp.ClientSession() as session:
         with pytest.raises(PeerError) as failure:
-            await PeerClient(session, "", 2.0).call(address, "/echo", {})
+            await PeerClient(session, None, 2.0).call(address, "/echo", {})
     assert failure.value.address == address

@@ -23,6 +23,8 @@ from aiohttp.test_utils import TestServer
 from meshrag.api.errors import error_middleware
 from meshrag.api.mesh_embed import EmbedRoute
 from meshrag.cluster.rpc import PeerClient
+from meshrag.security import mesh_auth
+from tests.security.helpers import rpc_auth
 from meshrag.config import Config
 from meshrag.embedding.base import DEFAULT_RATE, EmbedderInfo, EmbedFailed
 from meshrag.embedding.local import LocalEmbedding, RateMeter
@@ -59,12 +61,13 @@ async def served(loaded: Embedder) -> AsyncIterator[tuple[EmbedderNode, Embedder
     node = EmbedderNode(loaded, limit=48)
     app = web.Application(middlewares=[error_middleware])
     app.add_routes(EmbedRoute(node).routes())
+    mesh_auth.install(app, rpc_auth(SECRET, 'served-node'))
     server = TestServer(app, host="127.0.0.1")
     await server.start_server()
     session = aiohttp.ClientSession()
     target = EmbedderInfo("n2", "n2", f"127.0.0.1:{server.port}", loaded.model_name, loaded.dim, DEFAULT_RATE, 0, 48)
     try:
-        yield node, target, RemoteEmbedders(PeerClient(session, SECRET, timeout_s=30.0))
+        yield node, target, RemoteEmbedders(PeerClient(session, rpc_auth(SECRET), timeout_s=30.0))
     finally:
         await session.close()
         await server.close()
@@ -110,14 +113,14 @@ async def test_another_model_is_refused_not_embedded(served: tuple[EmbedderNode,
 async def test_a_wrong_secret_is_refused(served: tuple[EmbedderNode, EmbedderInfo, RemoteEmbedders]) -> None:
     _, target, _ = served
     async with aiohttp.ClientSession() as session:
-        intruder = RemoteEmbedders(PeerClient(session, "not-the-secret", timeout_s=5.0))
+        intruder = RemoteEmbedders(PeerClient(session, rpc_auth("not-the-secret"), timeout_s=5.0))
         with pytest.raises(EmbedFailed, match="401"):
             await intruder.send(target, passages(1))
 
 
 async def test_a_dead_embedder_is_an_embed_failure(loaded: Embedder) -> None:
     async with aiohttp.ClientSession() as session:
-        remote = RemoteEmbedders(PeerClient(session, SECRET, timeout_s=2.0))
+        remote = RemoteEmbedders(PeerClient(session, rpc_auth(SECRET), timeout_s=2.0))
         gone = EmbedderInfo("n9", "n9", "127.0.0.1:9", loaded.model_name, 384, 20.0, 0, 48)
         with pytest.raises(EmbedFailed, match="n9"):
             await remote.send(gone, passages(1))

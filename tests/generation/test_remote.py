@@ -22,6 +22,8 @@ from meshrag.api.errors import error_middleware
 from meshrag.api.mesh_generate import GenerateRoute
 from meshrag.clock import SystemClock
 from meshrag.cluster.rpc import PeerClient
+from meshrag.security import mesh_auth, signing
+from tests.security.helpers import rpc_auth
 from meshrag.config import Config
 from meshrag.errors import GeneratorBusy, ValidationError
 from meshrag.generation.admission import Admission, LocalGenerator
@@ -77,6 +79,7 @@ async def served() -> AsyncIterator[tuple[GeneratorNode, str, aiohttp.ClientSess
     node = GeneratorNode()
     app = web.Application(middlewares=[error_middleware])
     app.add_routes(GenerateRoute(node).routes())
+    mesh_auth.install(app, rpc_auth(SECRET, 'served-node'))
     server = TestServer(app, host="127.0.0.1")
     await server.start_server()  # aiohttp's TestServer cancels handlers of clients that leave, as node.py does
     async with aiohttp.ClientSession() as session:
@@ -97,7 +100,7 @@ async def collect(stream: AsyncIterator[str]) -> list[str]:
 
 async def test_pieces_stream_through_and_the_request_arrives_whole(served: Any) -> None:
     node, address, session = served
-    remote = RemoteGenerators(PeerClient(session, SECRET, 5.0))
+    remote = RemoteGenerators(PeerClient(session, rpc_auth(SECRET), 5.0))
     pieces = await collect(remote.open(target(address), REQUEST))
     assert pieces == [" 3,", " 4,", " 5,", " 6,", " 7,"]
     assert node.backend.seen == [REQUEST]  # continuation, max_tokens and all
@@ -106,7 +109,7 @@ async def test_pieces_stream_through_and_the_request_arrives_whole(served: Any) 
 async def test_a_full_queue_is_generator_busy_with_retry_after_before_any_stream(served: Any) -> None:
     node, address, session = served
     node.backend.hang_after = 0
-    remote = RemoteGenerators(PeerClient(session, SECRET, 5.0))
+    remote = RemoteGenerators(PeerClient(session, rpc_auth(SECRET), 5.0))
     holders = [remote.open(target(address), REQUEST) for _ in range(2)]
     waiting = [asyncio.create_task(anext(h)) for h in holders]
     await asyncio.sleep(0.2)
@@ -123,7 +126,7 @@ async def test_a_full_queue_is_generator_busy_with_retry_after_before_any_stream
 async def test_a_failure_on_the_generator_arrives_as_a_typed_error_frame(served: Any) -> None:
     node, address, session = served
     node.backend.fail_after = 2
-    remote = RemoteGenerators(PeerClient(session, SECRET, 5.0))
+    remote = RemoteGenerators(PeerClient(session, rpc_auth(SECRET), 5.0))
     got: list[str] = []
     with pytest.raises(GenerationFailed, match="the model fell over"):
         async for piece in remote.open(target(address), REQUEST):
@@ -134,7 +137,7 @@ async def test_a_failure_on_the_generator_arrives_as_a_typed_error_frame(served:
 async def test_closing_the_stream_cancels_the_generation_on_the_generator(served: Any) -> None:
     node, address, session = served
     node.backend.hang_after = 1
-    remote = RemoteGenerators(PeerClient(session, SECRET, 5.0))
+    remote = RemoteGenerators(PeerClient(session, rpc_auth(SECRET), 5.0))
     stream = remote.open(target(address), REQUEST)
     assert await anext(stream) == " 3,"
     await stream.aclose()  # type: ignore[attr-defined]
@@ -156,11 +159,12 @@ async def test_a_dead_generator_is_generation_failed_not_a_quiet_end() -> None:
 
     app = web.Application()
     app.router.add_post("/_mesh/generate", dies_mid_stream)
+    mesh_auth.install(app, rpc_auth(SECRET, "dying-node"))
     server = TestServer(app, host="127.0.0.1")
     await server.start_server()
     try:
         async with aiohttp.ClientSession() as session:
-            remote = RemoteGenerators(PeerClient(session, SECRET, 5.0))
+            remote = RemoteGenerators(PeerClient(session, rpc_auth(SECRET), 5.0))
             got: list[str] = []
             with pytest.raises(GenerationFailed):
                 async for piece in remote.open(target(f"127.0.0.1:{server.port}"), REQUEST):
@@ -172,7 +176,7 @@ async def test_a_dead_generator_is_generation_failed_not_a_quiet_end() -> None:
 
 async def test_a_wrong_secret_is_refused(served: Any) -> None:
     node, address, session = served
-    remote = RemoteGenerators(PeerClient(session, "not-the-secret-at-all", 5.0))
+    remote = RemoteGenerators(PeerClient(session, rpc_auth("not-the-secret-at-all"), 5.0))
     with pytest.raises(GenerationFailed, match="401"):
         await anext(remote.open(target(address), REQUEST))
     assert node.backend.seen == []
@@ -182,7 +186,7 @@ async def test_a_bad_body_is_400_naming_the_field(served: Any) -> None:
     _, address, session = served
     body = dict(request_to_wire(REQUEST), max_tokens=10**9)
     async with session.post(f"http://{address}/_mesh/generate", data=wire.pack(body),
-                            headers={"Content-Type": wire.MSGPACK, "X-Meshrag-Secret": SECRET}) as response:
+                            headers={"Content-Type": wire.MSGPACK, **rpc_auth(SECRET).sign("POST", "/_mesh/generate", signing.digest(wire.pack(body)))}) as response:
         assert response.status == 400
         assert wire.loads_json(await response.read())["error"]["field"] == "max_tokens"
 

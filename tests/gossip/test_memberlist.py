@@ -60,7 +60,7 @@ def test_a_hundred_thousand_hostile_datagrams_are_all_rejected_and_the_node_stay
 def test_pings_for_another_node_id_are_not_answered(cluster: ClusterFactory) -> None:
     sim, nodes, _ = cluster(size=3)
     a, b = nodes[0].ml, nodes[1].ml
-    stale = a.codec.seal_datagram(a.codec.sender_prefix(a.local_id, 1, 0), [codec.encode_ping(77, "somebody-else")])
+    stale = a.codec.seal_datagram(a.codec.sender_prefix(a.local_id, 1, 0), [codec.encode_ping(77, "somebody-else", 7)])
     sent = b.stats.packets_sent
     b.handle_datagram(stale, nodes[0].address)
     assert b.stats.misdirected == 1 and b.stats.packets_sent == sent
@@ -69,7 +69,7 @@ def test_pings_for_another_node_id_are_not_answered(cluster: ClusterFactory) -> 
 def test_packets_claiming_to_come_from_ourselves_are_rejected(cluster: ClusterFactory) -> None:
     _, nodes, _ = cluster(size=2)
     ml = nodes[0].ml
-    echo = ml.codec.seal_datagram(ml.codec.sender_prefix(ml.local_id, 1, 0), [codec.encode_ack(1)])
+    echo = ml.codec.seal_datagram(ml.codec.sender_prefix(ml.local_id, 1, 0), [codec.encode_ack(1, 1)])
     ml.handle_datagram(echo, "10.0.0.0:7946")
     assert ml.stats.rejections["from_self"] == 1
 

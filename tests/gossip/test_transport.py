@@ -114,7 +114,7 @@ async def test_garbage_on_the_socket_is_counted_and_ignored() -> None:
         try:
             host, port = split_address(member.memberlist.table.local.address)
             with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sender:
-                for payload in (b"", b"\x01" * 30, b"hello world" * 200):
+                for payload in (b"", bytes([2, 1]) + b"\x01" * 60, b"hello world" * 200):
                     sender.sendto(payload, (host, port))
             assert await wait_for(lambda: member.memberlist.stats.rejected == 3)
             rejections = member.memberlist.stats.rejections
