@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
-from meshrag import cli_keys
+from meshrag import cli_apikeys, cli_keys
 from meshrag.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -110,9 +110,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     _add_start(sub)
     _add_client_commands(sub)
+    cli_apikeys.add_parser(sub, DEFAULT_NODE)
     cli_keys.add_parser(sub, DEFAULT_NODE)
     for name in ("status", "search", "ask", "decommission", "remove"):  # ingest: repeatable, above
         sub.choices[name].add_argument("--node", default=DEFAULT_NODE, help=f"node URL (default {DEFAULT_NODE})")
+    for name in ("status", "ingest", "search", "ask", "decommission", "remove"):
+        sub.choices[name].add_argument("--api-key", help="the API key to send (default $MESHRAG_API_KEY)")
     return parser
 
 
@@ -340,7 +343,8 @@ def cmd_remove(args: argparse.Namespace, client: Any) -> int:
     return 0
 
 
-COMMANDS = {"status": cmd_status, "decommission": cmd_decommission, "remove": cmd_remove, "ingest": cmd_ingest, "search": cmd_search, "ask": cmd_ask}
+COMMANDS = {"status": cmd_status, "decommission": cmd_decommission, "remove": cmd_remove, "ingest": cmd_ingest, "search": cmd_search,
+            "ask": cmd_ask, "apikeys": cli_apikeys.run}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -353,6 +357,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     if args.command == "ingest":
         args.nodes = args.nodes or [DEFAULT_NODE]
+    if args.api_key:
+        os.environ["MESHRAG_API_KEY"] = args.api_key  # every client this command makes sends it
     client = MeshClient(args.nodes[0] if args.command == "ingest" else args.node)
     try:
         return COMMANDS[args.command](args, client)

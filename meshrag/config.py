@@ -188,6 +188,9 @@ class ApiConfig:
     max_k: int = field(default=1000, metadata=_check(lambda v: 1 <= v <= 100000, "an integer 1..100000"))
     default_k: int = field(default=10, metadata=_check(_positive, "an integer > 0"))
     ask_default_k: int = field(default=3, metadata=_check(_positive, "an integer > 0"))
+    # Require an API key (Authorization: Bearer) on every public route but /health and /ready;
+    # keys and their scopes: `meshrag apikeys`. Not with --dev, which authenticates nobody.
+    keys: bool = False
 
 
 @dataclass
@@ -391,6 +394,8 @@ def _validate_relations(config: Config) -> None:
             "generation.backend = 'vllm' needs generation.model (a model directory or name vLLM can load "
             "offline); the bundled GGUF is for llama.cpp", field="generation.model",
         )
+    if config.api.keys and config.node.dev:
+        raise ConfigError("api.keys = true needs a node without --dev (dev mode authenticates nobody)", field="api.keys")
     host, _ = parse_host_port(config.node.bind)
     if config.node.dev and not is_loopback(host):
         raise ConfigError(

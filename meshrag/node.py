@@ -22,6 +22,8 @@ import aiohttp
 from aiohttp import web
 
 from meshrag import __version__
+from meshrag.api.api_keys import ApiKeyRoutes
+from meshrag.api.auth import api_key_middleware
 from meshrag.api.errors import error_middleware, metrics_middleware
 from meshrag.api.internal import InternalApi
 from meshrag.api.mesh_embed import EmbedRoute
@@ -59,6 +61,7 @@ from meshrag.rag.embedder import Embedder, default_model_path
 from meshrag.rag.pipeline import RagPipeline
 from meshrag.errors import ConfigError
 from meshrag.faults import ForgetfulClock, InjectedFaults
+from meshrag.security.api_keys import BOOTSTRAP_KEY_FILE, SCOPES, ApiKeyStore
 from meshrag.security import mesh_auth
 from meshrag.security.keyring import KEYRING_FILE_NAME, Keyring
 from meshrag.security.mesh_auth import RpcAuth
@@ -89,6 +92,7 @@ class Node:
         self._udp: asyncio.DatagramTransport | None = None
         self._clock = SystemClock(config.node.clock_offset_s)
         self._faults = InjectedFaults.from_env(os.environ, config.node.dev)  # tests of the chaos checker only
+        self.api_keys = ApiKeyStore(config.data_path)  # the cluster's API keys (api/auth.py checks them)
         clock_type = ForgetfulClock if self._faults.stamp_without_observing else HybridLogicalClock
         self._hlc = clock_type(self._clock, config.cluster.max_clock_drift_s)
         self._started_at = time.time()
@@ -184,8 +188,12 @@ class Node:
         log.info("node %s (%s) listening on %s, generation %d", self.config.node_name, self.identity.node_id, self.config.node.bind, self.identity.generation)
 
     async def _start_http(self) -> None:
+        self.api_keys.load()  # a small file, once, before the first request
+        if self.config.api.keys and not self.api_keys.live() and not self._seeds():
+            self._bootstrap_admin_key()
         app = web.Application(
-            middlewares=[metrics_middleware(self.metrics), error_middleware],
+            middlewares=[metrics_middleware(self.metrics), error_middleware,
+                         api_key_middleware(self.api_keys, lambda: self.config.api.keys)],
             # The larger of the two limits; each route checks its own (public: api.max_body_bytes,
             # /_mesh/: cluster.max_message_bytes, since replication carries vectors).
             client_max_size=max(self.config.api.max_body_bytes, self.config.cluster.max_message_bytes),
@@ -198,6 +206,7 @@ class Node:
         app.add_routes(GenerateRoute(self).routes())
         app.add_routes(EmbedRoute(self, self._codec).routes())
         app.add_routes(OpenAICompatApi(self, self._offload_pool).routes())
+        app.add_routes(ApiKeyRoutes(self).routes())
         # handler_cancellation: a client that disconnects cancels its handler,
         # which is how an abandoned /v1/ask stops its generation.
         self._runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
@@ -398,6 +407,27 @@ class Node:
         await ring_state.flush()  # on disk before this node serves as a member
         return ring_state
 
+    # ------------------------------------------------------------ API keys (api/api_keys.py)
+    def stamp(self) -> int:
+        return self._hlc.now()
+
+    def _bootstrap_admin_key(self) -> None:
+        """The first node of a cluster with API keys on and none yet: one admin key, written to a
+        0600 file in the data directory (a log would keep the secret), so someone can make the rest."""
+        token, key = self.api_keys.create("bootstrap-admin", SCOPES, self.stamp())
+        self.api_keys.save()
+        path = self.config.data_path / BOOTSTRAP_KEY_FILE
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(token + "\n")
+        log.warning("API keys are on and none existed: admin key %s is in %s (mode 0600); create the others with "
+                    "`meshrag apikeys create NAME --scopes ...`, then delete that file", key.id, path)
+
+    async def api_keys_changed(self) -> None:
+        await asyncio.get_running_loop().run_in_executor(self._offload_pool, self.api_keys.save)
+        if self.cluster is not None:
+            self.cluster.loops.spread_now()
+
     def _key_rotation(self, keyring: Keyring) -> KeyRotation:
         """/_mesh/keys: `meshrag keys ...` applied here and fanned out to the alive others."""
         def others() -> list[tuple[str, str]]:
@@ -420,7 +450,7 @@ class Node:
         return ClusterService(
             node_id=self.identity.node_id, settings=self.config.cluster, ring_state=ring_state, engine=self._engine,
             hints=self._hints, members=self.members, peers=self._peers, hlc=self._hlc, executor=self._storage_pool,
-            search=self.config.search, analyzer=self._engine.analyzer, faults=self._faults,
+            search=self.config.search, analyzer=self._engine.analyzer, faults=self._faults, api_keys=self.api_keys,
         )
 
     def _open_engine(self, partitions: int, dim: int, analyzer: Analyzer) -> StorageEngine:

@@ -112,7 +112,8 @@ async def handle_ring(cluster: ClusterService, body: Mapping[str, Any]) -> dict[
     """Merge the sender's ring table and answer ours (with the cluster settings, which a
     joining node adopts from its seed)."""
     cluster.ring_state.merge(RingEntry.from_dict(item) for item in body.get("ring") or [])
-    return cluster.ring_state.to_wire()
+    cluster.merge_shared_state(body)
+    return {**cluster.ring_state.to_wire(), **cluster.shared_state()}
 
 
 async def _in_storage(cluster: ClusterService, fn: Callable[..., T], *args: Any) -> T:

@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from typing import Any, Awaitable, Callable
+from typing import Any, Awaitable, Callable, Mapping
 
 from meshrag.clock import HybridLogicalClock
 from meshrag.cluster.handoff import LIVE_STATES, HintedHandoff
@@ -43,8 +43,11 @@ class ClusterLoops:
         self, *, node_id: str, settings: ClusterConfig, ring_state: RingState, members: Memberlist, peers: PeerClient,
         hlc: HybridLogicalClock, address_of: Callable[[str], str], is_alive: Callable[[str], bool],
         handoff: HintedHandoff, repairer: Repairer, rng: random.Random,
+        shared_out: Callable[[], dict[str, Any]] = dict, shared_in: Callable[[Mapping[str, Any]], None] = lambda _: None,
     ) -> None:
         self._node_id = node_id
+        # Cluster-wide state that rides on the ring exchange (the API keys): what we send, what we merge.
+        self._shared_out, self._shared_in = shared_out, shared_in
         self._settings = settings
         self._ring_state = ring_state
         self._members = members
@@ -97,11 +100,17 @@ class ClusterLoops:
         the next exchange, with it or another member, brings the same table)."""
         try:
             reply = await self._peers.call(
-                self._address_of(node_id), RING_PATH, {"ring": self._ring_state.table.to_list()}, timeout_s=RING_EXCHANGE_TIMEOUT_S,
+                self._address_of(node_id), RING_PATH, {"ring": self._ring_state.table.to_list(), **self._shared_out()},
+                timeout_s=RING_EXCHANGE_TIMEOUT_S,
             )
             self._ring_state.merge(RingEntry.from_dict(item) for item in reply.get("ring") or [])
+            self._shared_in(reply)
         except PeerError as exc:
             log.debug("ring exchange with %s failed: %s", node_id[:12], exc)
+
+    def spread_now(self) -> None:
+        """Exchange with every live peer now (a change to the shared state), not one per interval."""
+        self.spawn(self._push_ring_to_all())
 
     async def _push_ring_to_all(self) -> None:
         await asyncio.gather(*(self.exchange_ring(node_id) for node_id in self._live_peers()))

@@ -18,7 +18,7 @@ import logging
 import random
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence, TypeVar
+from typing import Any, Callable, Mapping, Sequence, TypeVar
 
 
 from meshrag.clock import ClockDrift, HybridLogicalClock, SystemClock
@@ -43,6 +43,7 @@ from meshrag.cluster.session import SessionMap, encode_session, merge_sessions
 from meshrag.cluster.writes import NotOwnerReply, ReplicatedWriter, WriteOutcome, required_acks
 from meshrag.config import ClusterConfig, SearchConfig
 from meshrag.errors import NotOwner, VersionAhead
+from meshrag.security.api_keys import ApiKeyStore
 from meshrag.faults import NO_FAULTS, InjectedFaults, SkippingTombstones, acknowledge_then_commit
 from meshrag.gossip import Memberlist
 from meshrag.ring import Ring, RingStatus
@@ -88,9 +89,11 @@ class ClusterService:
         analyzer: Analyzer | None = None,
         rng: random.Random | None = None,
         faults: InjectedFaults = NO_FAULTS,
+        api_keys: ApiKeyStore | None = None,
     ) -> None:
         self.node_id = node_id
         self.faults = faults  # deliberate bugs, tests of the chaos checker only (meshrag/faults.py)
+        self.api_keys = api_keys  # cluster-wide, spread by the ring exchange (security/api_keys.py)
         self.settings = settings
         self.ring_state = ring_state
         self.engine = engine
@@ -124,7 +127,7 @@ class ClusterService:
         self.loops = ClusterLoops(
             node_id=node_id, settings=settings, ring_state=ring_state, members=members, peers=peers, hlc=hlc,
             address_of=self.address_of, is_alive=self.is_alive, handoff=self.handoff, repairer=self.repairer,
-            rng=rng or random.Random(),
+            rng=rng or random.Random(), shared_out=self.shared_state, shared_in=self.merge_shared_state,
         )
         # A write refused by a node with a newer ring pulls that ring before re-planning.
         self.writer = ReplicatedWriter(
@@ -345,6 +348,17 @@ class ClusterService:
             return await self._blocking(self.engine.doc_states, doc_ids)
         reply = await self.peers.call(self.address_of(node_id), STATES_PATH, {"ids": doc_ids})
         return {doc_id: msg.state_from_wire(state) for doc_id, state in reply["states"].items()}
+
+    # ------------------------------------------------------------ state on the ring exchange
+    def shared_state(self) -> dict[str, Any]:
+        """Cluster-wide state every ring exchange carries both ways: the API keys."""
+        return {"api_keys": self.api_keys.to_wire()} if self.api_keys is not None else {}
+
+    def merge_shared_state(self, body: Mapping[str, Any]) -> None:
+        """A peer's shared state folded into ours; a change is saved off the event loop."""
+        items = body.get("api_keys")
+        if self.api_keys is not None and isinstance(items, list) and self.api_keys.merge(items):
+            self.loops.spawn(self._blocking(self.api_keys.save))
 
     def _release_unowned_holdings(self, ring: Ring) -> None:
         """A partition this ring moves away stops being held at once: writes no longer reach
