@@ -17,10 +17,12 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from meshrag.client import MeshClient
+from meshrag.config import is_loopback
 from meshrag.cluster.ringstate import RingState
 from meshrag.localnode import LocalNode, Placement
 from meshrag.ring import Ring
 from meshrag.ring import partition_for
+from meshrag.security.secret import new_secret, write_secret_file
 
 # Cluster tests run storage + coordinator only: no llama.cpp model per node.
 STORAGE_ROLES = ("--roles", "storage,coordinator")
@@ -44,11 +46,22 @@ class LocalCluster:
         if self.nodes:
             args += ["--join", f"{self.nodes[0].host}:{self.nodes[0].port}"]
         host, prefix = self.place(name) if self.place is not None else Placement()
-        node = LocalNode(self.root / name, name=name, extra_args=args, env={**self.env, **(env or {})}, host=host, prefix=prefix).start()
+        dev = is_loopback(host)  # --dev is refused beyond loopback: there the nodes share a secret file
+        if not dev:
+            args += ["--secret-file", str(self._secret_file())]
+        node = LocalNode(self.root / name, name=name, extra_args=args, env={**self.env, **(env or {})}, host=host, prefix=prefix,
+                         dev=dev).start()
         self.nodes.append(node)
         if wait:
             node.wait_ready()
         return node
+
+    def _secret_file(self) -> Path:
+        path = self.root / "cluster.secret"
+        if not path.exists():
+            self.root.mkdir(parents=True, exist_ok=True)
+            write_secret_file(path, new_secret())
+        return path
 
     def start(self, size: int, node_env: dict[str, dict[str, str]] | None = None) -> "LocalCluster":
         """``size`` nodes n1..nK; ``node_env`` gives some of them extra environment by name."""

@@ -13,7 +13,10 @@ composes); node.py supplies the real edges. How node.py wires it:
         scheduler=loop,                # anything with call_later(delay, fn) -> handle.cancel()
         clock=SystemClock(), rng=random.Random(),
         settings=GossipSettings(),     # every knob, memberlist's LAN values as the anchor
-        secret=config.node.secret,     # "" in --dev: a public key, integrity still checked
+        secret=keyring,                # security/keyring.py (shared: rotations apply at once); "" in --dev:
+                                       # a public key, integrity still checked
+        encrypt=True,                  # AES-GCM packets (else HMAC); receivers accept both
+        replay_window_s=60.0,          # drop packets that old or already seen (None in --dev)
         cluster="meshrag",             # packets of another cluster name are rejected as wrong_cluster
         metadata={"roles": [...], "zone": ..., "http": ..., "embedder": ..., "generator": {...}},
         listener=on_member_event,      # called with MemberEvent(kind, member, previous) on every change
