@@ -35,6 +35,9 @@ START_FLAGS = {
     "zone": "node.zone",
     "secret": "node.secret",
     "secret_file": "node.secret_file",
+    "tls_cert": "node.tls_cert",
+    "tls_key": "node.tls_key",
+    "tls_ca": "node.tls_ca",
     "partitions": "cluster.partitions",
     "replicas": "cluster.replicas",
 }
@@ -54,6 +57,9 @@ def _add_start(sub: Any) -> None:
     group.add_argument("--secret", help="cluster secret (>= 16 characters)")
     group.add_argument("--secret-file", help="file holding the cluster secret (e.g. a copy of the first node's cluster.secret)")
     group.add_argument("--dev", action="store_true", default=None, help="development mode: no authentication, loopback only")
+    start.add_argument("--tls-cert", help="PEM certificate: serve HTTPS (with --tls-key and --tls-ca)")
+    start.add_argument("--tls-key", help="PEM private key of --tls-cert")
+    start.add_argument("--tls-ca", help="the cluster CA (PEM) that node-to-node HTTPS calls trust")
     start.add_argument("--partitions", type=int, help="partitions (fixed at cluster creation)")
     start.add_argument("--replicas", type=int, help="replicas per partition (fixed at cluster creation)")
 

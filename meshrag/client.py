@@ -12,6 +12,7 @@ import http.client
 import json
 import os
 import socket
+import ssl
 import time
 import urllib.error
 import urllib.parse
@@ -79,7 +80,8 @@ def parse_sse(lines: Iterable[bytes]) -> Iterator[tuple[str, dict[str, Any]]]:
 
 
 class MeshClient:
-    def __init__(self, base_url: str = DEFAULT_URL, timeout: float = 60.0, api_key: str | None = None) -> None:
+    def __init__(self, base_url: str = DEFAULT_URL, timeout: float = 60.0, api_key: str | None = None,
+                 ca_file: str | None = None) -> None:
         self.base_url = base_url.rstrip("/")
         self.timeout = timeout
         # A cluster with API keys on wants one on every call but the health probes;
@@ -87,7 +89,10 @@ class MeshClient:
         self.api_key = api_key if api_key is not None else os.environ.get("MESHRAG_API_KEY") or None
         # No proxies: the node URL is explicit, and an http_proxy in the
         # environment must not reroute requests for 127.0.0.1.
-        self._opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        # An https:// node of a cluster with its own CA: trust that CA ($MESHRAG_CA_FILE), not the system's store.
+        ca_file = ca_file if ca_file is not None else os.environ.get("MESHRAG_CA_FILE") or None
+        tls = urllib.request.HTTPSHandler(context=ssl.create_default_context(cafile=ca_file)) if ca_file else urllib.request.HTTPSHandler()
+        self._opener = urllib.request.build_opener(urllib.request.ProxyHandler({}), tls)
 
     # ------------------------------------------------------------ transport
     def _open(self, method: str, path: str, body: dict[str, Any] | None = None, timeout: float | None = None) -> Any:

@@ -97,6 +97,11 @@ class NodeConfig:
     # A file holding the cluster secret (--secret-file); with neither it nor secret, and not
     # --dev, the node creates data_dir/cluster.secret (0600) and prints how others join with it.
     secret_file: str = ""
+    # HTTPS for the listener (public API and /_mesh/), and node-to-node calls that trust only
+    # tls_ca, the cluster's CA (security/tls.py); all three or none.
+    tls_cert: str = ""
+    tls_key: str = ""
+    tls_ca: str = ""
     dev: bool = False  # no authentication at all: loopback binds only
     gossip_encryption: bool = True  # AES-GCM gossip packets (authenticated either way); not in --dev
     # For testing only: shifts this node's wall clock (versions, tombstone purge, gossip

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -39,8 +40,11 @@ class Placement(NamedTuple):
 
 class LocalNode:
     def __init__(self, data_dir: Path, *, port: int | None = None, name: str = "node", extra_args: Sequence[str] = (), env: dict[str, str] | None = None,
-                 host: str = "127.0.0.1", prefix: Sequence[str] = (), dev: bool = True) -> None:
+                 host: str = "127.0.0.1", prefix: Sequence[str] = (), dev: bool = True, scheme: str = "http",
+                 ca_file: Path | None = None) -> None:
         self.data_dir = Path(data_dir)
+        self.scheme = scheme  # https for a node given --tls-* (its readiness is then asked over TLS too)
+        self.ca_file = ca_file  # the CA its certificate is checked against, with https
         self.dev = dev  # --dev: no authentication (loopback only); False: the node's own security defaults
         self.host = host
         self.prefix = tuple(prefix)
@@ -53,7 +57,7 @@ class LocalNode:
 
     @property
     def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
+        return f"{self.scheme}://{self.host}:{self.port}"
 
     @property
     def log_path(self) -> Path:
@@ -77,13 +81,19 @@ class LocalNode:
             if not self.is_running():
                 raise RuntimeError(f"node {self.name} exited with {self.process.returncode if self.process else None}; log:\n{self.log_tail()}")
             try:
-                with _DIRECT.open(self.url + "/ready", timeout=2) as response:
+                with self._opener().open(self.url + "/ready", timeout=2) as response:
                     if response.status == 200:
                         return self
             except (urllib.error.URLError, ConnectionError, TimeoutError):
                 pass
             time.sleep(0.25)
         raise TimeoutError(f"node {self.name} not ready after {timeout_s:.0f} s; log:\n{self.log_tail()}")
+
+    def _opener(self) -> urllib.request.OpenerDirector:
+        if self.ca_file is None:
+            return _DIRECT
+        tls = urllib.request.HTTPSHandler(context=ssl.create_default_context(cafile=str(self.ca_file)))
+        return urllib.request.build_opener(urllib.request.ProxyHandler({}), tls)
 
     def log_tail(self, lines: int = 30) -> str:
         try:

@@ -62,6 +62,7 @@ from meshrag.rag.pipeline import RagPipeline
 from meshrag.errors import ConfigError
 from meshrag.faults import ForgetfulClock, InjectedFaults
 from meshrag.security.api_keys import BOOTSTRAP_KEY_FILE, SCOPES, ApiKeyStore
+from meshrag.security.tls import TlsFiles, client_context, server_context
 from meshrag.security import mesh_auth
 from meshrag.security.keyring import KEYRING_FILE_NAME, Keyring
 from meshrag.security.mesh_auth import RpcAuth
@@ -93,6 +94,7 @@ class Node:
         self._clock = SystemClock(config.node.clock_offset_s)
         self._faults = InjectedFaults.from_env(os.environ, config.node.dev)  # tests of the chaos checker only
         self.api_keys = ApiKeyStore(config.data_path)  # the cluster's API keys (api/auth.py checks them)
+        self._tls = TlsFiles.from_config(config.node.tls_cert, config.node.tls_key, config.node.tls_ca)
         clock_type = ForgetfulClock if self._faults.stamp_without_observing else HybridLogicalClock
         self._hlc = clock_type(self._clock, config.cluster.max_clock_drift_s)
         self._started_at = time.time()
@@ -212,7 +214,8 @@ class Node:
         self._runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
         await self._runner.setup()
         host, port = parse_host_port(self.config.node.bind)
-        await web.TCPSite(self._runner, host, port, reuse_address=True).start()
+        tls = server_context(self._tls) if self._tls is not None else None
+        await web.TCPSite(self._runner, host, port, reuse_address=True, ssl_context=tls).start()
 
     async def _start_gossip(self) -> None:
         """UDP on the HTTP port number; push-pull rides on HTTP (api/internal.py)."""
@@ -221,12 +224,15 @@ class Node:
         host, port = parse_host_port(self.config.node.bind)
         protocol = GossipDatagramProtocol(self._on_datagram)
         self._udp, _ = await loop.create_datagram_endpoint(lambda: protocol, sock=_gossip_socket(host, port))
-        self._http_session = aiohttp.ClientSession()
-        self._peers = PeerClient(self._http_session, self._rpc_auth, self.config.cluster.replica_timeout_s, self._codec)
+        # With TLS, node-to-node calls go over HTTPS and trust the cluster CA only (security/tls.py).
+        connector = aiohttp.TCPConnector(ssl=client_context(self._tls.ca)) if self._tls is not None else None
+        self._http_session = aiohttp.ClientSession(connector=connector)
+        scheme = "https" if self._tls is not None else "http"
+        self._peers = PeerClient(self._http_session, self._rpc_auth, self.config.cluster.replica_timeout_s, self._codec, scheme)
         self.members = Memberlist(
             self.identity,
             self.config.advertise_address,
-            transport=AsyncioTransport(loop, protocol, self._http_session),
+            transport=AsyncioTransport(loop, protocol, self._http_session, scheme=scheme),
             scheduler=loop,
             clock=self._clock,
             rng=random.Random(),

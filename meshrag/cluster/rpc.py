@@ -106,8 +106,10 @@ class BodyCodec:
 
 
 class PeerClient:
-    def __init__(self, session: aiohttp.ClientSession, auth: RpcAuth | None, timeout_s: float, codec: BodyCodec | None = None) -> None:
+    def __init__(self, session: aiohttp.ClientSession, auth: RpcAuth | None, timeout_s: float, codec: BodyCodec | None = None,
+                 scheme: str = "http") -> None:
         self._session = session
+        self.scheme = scheme  # https when the cluster runs TLS (the session then trusts the cluster CA)
         self._auth = auth  # None in dev mode: nothing signed
         self.timeout_s = timeout_s
         self._codec = codec or BodyCodec()
@@ -136,7 +138,7 @@ class PeerClient:
         headers = await self._headers(path, payload)
         timeout = aiohttp.ClientTimeout(total=timeout_s or self.timeout_s)
         with _as_peer_error(address, timeout.total or self.timeout_s):
-            async with self._session.post(f"http://{address}{path}", data=payload, headers=headers, timeout=timeout) as response:
+            async with self._session.post(f"{self.scheme}://{address}{path}", data=payload, headers=headers, timeout=timeout) as response:
                 reply = await response.read()
                 if response.status != 200:
                     raise _status_error(address, reply, response)
@@ -153,7 +155,7 @@ class PeerClient:
         payload = wire.pack(body)
         headers = await self._headers(path, payload)
         with _as_peer_error(address, self.timeout_s):
-            async with self._session.post(f"http://{address}{path}", data=payload, headers=headers, timeout=timeout) as response:
+            async with self._session.post(f"{self.scheme}://{address}{path}", data=payload, headers=headers, timeout=timeout) as response:
                 if response.status != 200:
                     raise _status_error(address, await asyncio.wait_for(response.read(), self.timeout_s), response)
                 await self._check_reply(address, response, headers.get(signing.NONCE_HEADER), None)
