@@ -30,8 +30,17 @@ _HTTP_CODES = {
 }
 
 
+def _encodable(text: str | None) -> str | None:
+    """``text`` as UTF-8 can carry it: a client's lone surrogate echoed in a message or field
+    (an unknown field's name) must not turn the 400 into a 500 while it is rendered."""
+    if text is None or text.isascii():
+        return text
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def error_response(request: web.Request, status: int, code: str, message: str, field: str | None = None) -> web.Response:
-    body, content_type = encode_body({"error": {"code": code, "message": message, "field": field}}, request.headers.get("Accept", ""))
+    error = {"code": code, "message": _encodable(message), "field": _encodable(field)}
+    body, content_type = encode_body({"error": error}, request.headers.get("Accept", ""))
     return web.Response(body=body, status=status, content_type=content_type)
 
 
