@@ -193,6 +193,16 @@ class ApiConfig:
     max_k: int = field(default=1000, metadata=_check(lambda v: 1 <= v <= 100000, "an integer 1..100000"))
     default_k: int = field(default=10, metadata=_check(_positive, "an integer > 0"))
     ask_default_k: int = field(default=3, metadata=_check(_positive, "an integer > 0"))
+    # Requests one client (its API key when one authenticated it, else its address) may have
+    # in flight at once on this node; beyond it 429 with Retry-After, nothing started (api/limits.py).
+    max_concurrent_per_client: int = field(default=64, metadata=_check(_non_negative, "an integer >= 0 (0 = no limit)"))
+    # Server-side deadlines per route class (api/limits.py), 504 deadline_exceeded beyond them.
+    # Reads stay above the longest search timeout_ms (60 s) so that a search's own deadline answers
+    # first; generation is bounded to an answer's first byte (a started stream is bounded by
+    # generation.stall_timeout_s and max_tokens); a write stopped by its deadline may be partly done.
+    read_deadline_s: float = field(default=90.0, metadata=_check(_positive, "seconds > 0"))
+    write_deadline_s: float = field(default=300.0, metadata=_check(_positive, "seconds > 0"))
+    generate_deadline_s: float = field(default=300.0, metadata=_check(_positive, "seconds > 0"))
     # Require an API key (Authorization: Bearer) on every public route but /health and /ready;
     # keys and their scopes: `meshrag apikeys`. Not with --dev, which authenticates nobody.
     keys: bool = False

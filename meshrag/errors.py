@@ -94,3 +94,18 @@ class VersionAhead(MeshragError):
 
     status = 400
     code = "clock_drift"
+
+
+class TooManyRequests(Unavailable):
+    """This client already has as many requests in flight as it may (api.max_concurrent_per_client);
+    nothing of this one was started. Retry-After says when to try again."""
+
+    status = 429
+    code = "too_many_requests"
+
+
+class DeadlineExceeded(MeshragError):
+    """The request ran past its server-side deadline (api.*_deadline_s) and was stopped."""
+
+    status = 504
+    code = "deadline_exceeded"

@@ -26,6 +26,7 @@ from meshrag.api.api_keys import ApiKeyRoutes
 from meshrag.api.auth import api_key_middleware
 from meshrag.api.errors import error_middleware, metrics_middleware
 from meshrag.api.internal import InternalApi
+from meshrag.api.limits import RequestLimits
 from meshrag.api.mesh_embed import EmbedRoute
 from meshrag.api.mesh_generate import GenerateRoute
 from meshrag.api.openai_compat import OpenAICompatApi
@@ -200,6 +201,7 @@ class Node:
             # /_mesh/: cluster.max_message_bytes, since replication carries vectors).
             client_max_size=max(self.config.api.max_body_bytes, self.config.cluster.max_message_bytes),
         )
+        RequestLimits(self.config.api, self._clock).install(app)  # per-client concurrency, deadlines
         app.add_routes(PublicApi(self, self._offload_pool).routes())
         app.add_routes(InternalApi(self, self.config.gossip_settings(), self.config.cluster.max_message_bytes, self._codec).routes())
         mesh_auth.install(app, self._rpc_auth, self._codec.digest, exempt=(PUSH_PULL_PATH,))
