@@ -25,6 +25,7 @@ MESH_PREFIX = "/_mesh/"
 ROUTE_SCOPES: dict[tuple[str, str], str] = {
     ("GET", "/health"): OPEN,
     ("GET", "/ready"): OPEN,
+    ("GET", "/openapi.json"): OPEN,  # the API's description (api/openapi.py): nothing secret in it
     ("GET", "/metrics"): "read",  # a scraper's key should not be able to write or decommission
     ("POST", "/v1/documents"): "write",
     ("DELETE", "/v1/documents/{doc_id}"): "write",

@@ -14,6 +14,7 @@ from typing import Any, Callable, Protocol, TypeVar
 from aiohttp import web
 
 from meshrag.api.errors import json_response
+from meshrag.api import openapi
 from meshrag.api.schema import parse_ask, parse_doc_id, parse_node_ref, parse_search, parse_upsert
 from meshrag.config import Config
 from meshrag.cluster.rpc import OFFLOAD_BYTES
@@ -148,6 +149,7 @@ class PublicApi:
             web.get("/health", self.health),
             web.get("/ready", self.ready),
             web.get("/metrics", self.metrics),
+            web.get("/openapi.json", self.openapi),
         ]
 
     @property
@@ -278,6 +280,11 @@ class PublicApi:
         components = self._node.readiness()
         ready = all(components.values())
         return json_response(request, {"ready": ready, "components": components}, status=200 if ready else 503)
+
+    async def openapi(self, request: web.Request) -> web.Response:
+        """The OpenAPI document of this node's public API (api/openapi.py), with its limits."""
+        dim = self._node.embedding_dim() if self._node.pipeline is not None else None
+        return json_response(request, openapi.document(self._node.config, dim))
 
     async def metrics(self, request: web.Request) -> web.Response:
         response = web.Response(body=self._node.metrics.render())
