@@ -14,6 +14,7 @@ from aiohttp import web
 from meshrag.api.errors import json_response
 from meshrag.api.public import read_body
 from meshrag.errors import NotFound, ValidationError
+from meshrag.wire import printable
 from meshrag.security.api_keys import MAX_NAME, SCOPES, ApiKeyError, ApiKeyStore
 
 MAX_KEY_BODY_BYTES = 4096
@@ -65,7 +66,8 @@ def parse_create(body: Any) -> tuple[str, tuple[str, ...]]:
         raise ValidationError("the body must be an object with name and scopes")
     unknown = sorted(set(body) - {"name", "scopes"})
     if unknown:
-        raise ValidationError(f"unknown field {unknown[0]!r}", field=unknown[0])
+        name = printable(unknown[0])  # a client's key may not even be valid UTF-8
+        raise ValidationError(f"unknown field {name!r}", field=name)
     name = body.get("name")
     if not isinstance(name, str) or not 1 <= len(name) <= MAX_NAME:
         raise ValidationError(f"name must be a string of 1..{MAX_NAME} characters", field="name")
