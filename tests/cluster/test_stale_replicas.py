@@ -1,8 +1,10 @@
 """Ownership and reads through a replica that lacks the data, with real processes.
 
-3 nodes, P=8, N=2; after n3 is killed and removed, n2 becomes an owner of
-partitions it holds nothing of, and repair is throttled to a standstill
-(cluster.repair_max_bytes_per_s = 1) so it stays that way. Through n2:
+3 nodes, P=8, N=2; after a victim (n3, or n2 when placement gives n1 and n3 no
+partition of their own) is killed and removed, the other node (the reader,
+called n2 below) becomes an owner of partitions it holds nothing of, and repair
+is throttled to a standstill (cluster.repair_max_bytes_per_s = 1) so it stays
+that way. Through the reader:
 
 * GET (quorum by default, and at one) finds a document only n1 holds, and read
   repair gives n2 its copy afterwards;
@@ -66,46 +68,53 @@ def _foreign(cluster: LocalCluster, node: LocalNode) -> set[int]:
 
 
 @pytest.fixture(scope="module")
-def lacking(cluster: LocalCluster) -> list[dict[str, object]]:
-    """Documents n1 holds and n2 does not, though n2 owns their partitions after n3's removal."""
-    n1, n2, n3 = cluster.nodes
+def lacking(cluster: LocalCluster) -> tuple[LocalNode, list[dict[str, object]]]:
+    """A surviving reader and documents n1 holds and the reader does not, though the reader owns
+    their partitions after the victim's removal. Placement follows the random node ids: the
+    victim is one that shares a partition with n1 alone (with P=8 one of the pairs may share none)."""
+    n1 = cluster.nodes[0]
     docs = vector_documents(60, prefix="stale")
     cluster.client(n1).upsert(docs, consistency="all")
-    n3.kill9()
-    cluster.wait_for(lambda: cluster.member_state(n1, "n3") == "dead", 60, "n1 sees n3 dead")
-    cluster.client(n1).remove("n3")
-    cluster.wait_for(lambda: all(_owners_known(cluster, node) for node in (n1, n2)), 30, "n3 removed in both rings")
-    missing = [doc for doc in docs if doc["id"] in cluster.stored_ids(n1) - cluster.stored_ids(n2)]
-    assert missing, "n2 must lack some documents it now owns"
-    return missing
+    ring, ids = cluster.ring_of(n1), {cluster.node_id(node): node for node in cluster.nodes}
+    pairs = [{ids[o].name for o in ring.current.owners(pid)} for pid in range(P)]
+    victim = next(node for node in cluster.nodes[1:] if {"n1", node.name} in pairs)
+    reader = next(node for node in cluster.nodes[1:] if node is not victim)
+    victim.kill9()
+    cluster.wait_for(lambda: cluster.member_state(n1, victim.name) == "dead", 60, f"n1 sees {victim.name} dead")
+    cluster.client(n1).remove(victim.name)
+    cluster.wait_for(lambda: all(_removed(cluster, node, victim.name) for node in (n1, reader)), 30,
+                     f"{victim.name} removed in both rings")
+    missing = [doc for doc in docs if doc["id"] in cluster.stored_ids(n1) - cluster.stored_ids(reader)]
+    assert missing, f"{reader.name} must lack some documents it now owns"
+    return reader, missing
 
 
-def _owners_known(cluster: LocalCluster, node: LocalNode) -> bool:
+def _removed(cluster: LocalCluster, node: LocalNode, name: str) -> bool:
     statuses = {n["name"]: n["status"] for n in cluster.ring(node)["nodes"]}
-    return statuses.get("n3") == "removed"
+    return statuses.get(name) == "removed"
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_get_through_a_replica_that_lacks_the_document_finds_it_on_another(
-    cluster: LocalCluster, lacking: list[dict[str, object]],
+    cluster: LocalCluster, lacking: tuple[LocalNode, list[dict[str, object]]],
 ) -> None:
-    n1, n2, _ = cluster.nodes
-    first, second = str(lacking[0]["id"]), str(lacking[-1]["id"])
+    n2, lacking_docs = lacking  # n2: the reader, whichever node that is
+    first, second = str(lacking_docs[0]["id"]), str(lacking_docs[-1]["id"])
     assert first not in cluster.stored_ids(n2)
-    assert cluster.client(n2).get_document(first)["text"] == lacking[0]["text"]  # quorum, the default
-    assert cluster.client(n2).get_document(second, consistency="one")["text"] == lacking[-1]["text"]
+    assert cluster.client(n2).get_document(first)["text"] == lacking_docs[0]["text"]  # quorum, the default
+    assert cluster.client(n2).get_document(second, consistency="one")["text"] == lacking_docs[-1]["text"]
     cluster.wait_for(lambda: {first, second} <= cluster.stored_ids(n2), 20, "read repair gave n2 its copies")
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_search_through_a_node_without_a_partition_asks_its_other_replica(
-    cluster: LocalCluster, lacking: list[dict[str, object]],
+    cluster: LocalCluster, lacking: tuple[LocalNode, list[dict[str, object]]],
 ) -> None:
-    n1, n2, _ = cluster.nodes
+    n2, lacking_docs = lacking  # n2: the reader, whichever node that is
     held_by_n2 = cluster.stored_ids(n2)
-    doc = next(d for d in lacking if d["id"] not in held_by_n2)
+    doc = next(d for d in lacking_docs if d["id"] not in held_by_n2)
     found = cluster.client(n2).search(vector=doc["vector"], k=3)
     assert found["coverage"] == 1.0 and found["missing_partitions"] == []
     assert found["hits"] and found["hits"][0]["doc_id"] == doc["id"], \
