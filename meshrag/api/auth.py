@@ -4,7 +4,7 @@ With ``api.keys`` on (never in dev mode), every public route but the health
 probes needs ``Authorization: Bearer <key>`` (security/api_keys.py). A missing,
 unknown or revoked key is 401 with ``WWW-Authenticate: Bearer``; a key without
 the route's scope is 403 naming the scope. ``/_mesh/`` routes are left to the
-node-to-node authentication (api/internal.py). A public route missing from
+node-to-node authentication (security/mesh_auth.py). A public route missing from
 ``ROUTE_SCOPES`` needs ``admin``: a route added without a decision fails closed.
 """
 
