@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -66,12 +67,17 @@ async def _send(node_url: str, signer: str, body: dict[str, Any]) -> int:
     from meshrag.security.keyring import Keyring
     from meshrag.security.mesh_auth import RpcAuth
     from meshrag.security.rotation import KEYS_PATH
+    from meshrag.security.tls import client_context
 
-    address = urlsplit(node_url).netloc or node_url
+    url = urlsplit(node_url)
+    address, scheme = url.netloc or node_url, url.scheme or "http"
     auth = RpcAuth(Keyring([signer]), "cli:meshrag-keys", SystemClock(), 60.0)
-    async with aiohttp.ClientSession() as session:
+    # An https:// node: trust the cluster CA ($MESHRAG_CA_FILE), as node-to-node calls do.
+    ca_file = os.environ.get("MESHRAG_CA_FILE")
+    connector = aiohttp.TCPConnector(ssl=client_context(Path(ca_file))) if scheme == "https" and ca_file else None
+    async with aiohttp.ClientSession(connector=connector) as session:
         try:
-            reply = await PeerClient(session, auth, 30.0).call(address, KEYS_PATH, body)
+            reply = await PeerClient(session, auth, 30.0, scheme=scheme).call(address, KEYS_PATH, body)
         except PeerError as exc:
             hint = " (is --secret-file a secret this cluster has installed?)" if exc.auth_reason else ""
             print(f"meshrag keys: {exc}{hint}", file=sys.stderr)
