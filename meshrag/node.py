@@ -31,7 +31,7 @@ from meshrag.api.mesh_embed import EmbedRoute
 from meshrag.api.mesh_generate import GenerateRoute
 from meshrag.api.openai_compat import OpenAICompatApi
 from meshrag.api.public import PublicApi
-from meshrag.clock import HybridLogicalClock, SystemClock, pack_hlc
+from meshrag.clock import HybridLogicalClock, SystemClock
 from meshrag.cluster.ringstate import UNRECORDED_ANALYSIS, ClusterSettings, RingState
 from meshrag.cluster.rpc import BodyCodec, PeerClient
 from meshrag.cluster.seeds import announce_ring, fetch_cluster
@@ -62,8 +62,9 @@ from meshrag.rag.embedder import Embedder, default_model_path
 from meshrag.rag.pipeline import RagPipeline
 from meshrag.errors import ConfigError
 from meshrag.faults import ForgetfulClock, InjectedFaults
-from meshrag.security.api_keys import BOOTSTRAP_KEY_FILE, SCOPES, ApiKeyStore
+from meshrag.security.api_keys import ApiKeyStore, write_bootstrap_key
 from meshrag.security.tls import TlsFiles, client_context, server_context
+from meshrag.storage_upkeep import StorageUpkeep
 from meshrag.security import mesh_auth
 from meshrag.security.keyring import KEYRING_FILE_NAME, Keyring
 from meshrag.security.mesh_auth import RpcAuth
@@ -193,7 +194,9 @@ class Node:
     async def _start_http(self) -> None:
         self.api_keys.load()  # a small file, once, before the first request
         if self.config.api.keys and not self.api_keys.live() and not self._seeds():
-            self._bootstrap_admin_key()
+            path, key = write_bootstrap_key(self.api_keys, self.config.data_path, self.stamp())  # once, at a first start
+            log.warning("API keys are on and none existed: admin key %s is in %s (mode 0600); create the others with "
+                        "`meshrag apikeys create NAME --scopes ...`, then delete that file", key.id, path)
         app = web.Application(
             middlewares=[metrics_middleware(self.metrics), error_middleware,
                          api_key_middleware(self.api_keys, lambda: self.config.api.keys)],
@@ -347,10 +350,13 @@ class Node:
         self.metrics.registry.register(ClusterCollector(self.cluster, self._storage_snapshot))
         self.cluster.loops.start()
         self._components["storage"] = True
-        self._tasks.append(asyncio.create_task(self._save_indexes_periodically(), name="index-saver"))
-        self._tasks.append(asyncio.create_task(self._purge_tombstones_periodically(), name="tombstone-purge"))
-        await self._refresh_storage_metrics()
-        self._tasks.append(asyncio.create_task(self._refresh_storage_metrics_periodically(), name="storage-metrics"))
+        upkeep = StorageUpkeep(engine=self._engine, hints=self._hints, pool=self._storage_pool, config=self.config,
+                               clock=self._clock, metrics=self.metrics, snapshot=self._storage_snapshot,
+                               is_ready=lambda: all(self._components.values()))
+        await upkeep.refresh_metrics()
+        for work, name in ((upkeep.save_indexes_forever, "index-saver"), (upkeep.purge_tombstones_forever, "tombstone-purge"),
+                           (upkeep.refresh_metrics_forever, "storage-metrics")):
+            self._tasks.append(asyncio.create_task(work(), name=name))
 
     async def _check_cluster_settings(self, embedder: Embedder) -> None:
         """A node without the storage role (an embedder or generator host) joins gossip, not the
@@ -418,18 +424,6 @@ class Node:
     # ------------------------------------------------------------ API keys (api/api_keys.py)
     def stamp(self) -> int:
         return self._hlc.now()
-
-    def _bootstrap_admin_key(self) -> None:
-        """The first node of a cluster with API keys on and none yet: one admin key, written to a
-        0600 file in the data directory (a log would keep the secret), so someone can make the rest."""
-        token, key = self.api_keys.create("bootstrap-admin", SCOPES, self.stamp())
-        self.api_keys.save()
-        path = self.config.data_path / BOOTSTRAP_KEY_FILE
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as handle:
-            handle.write(token + "\n")
-        log.warning("API keys are on and none existed: admin key %s is in %s (mode 0600); create the others with "
-                    "`meshrag apikeys create NAME --scopes ...`, then delete that file", key.id, path)
 
     async def api_keys_changed(self) -> None:
         await asyncio.get_running_loop().run_in_executor(self._offload_pool, self.api_keys.save)
@@ -538,50 +532,6 @@ class Node:
             search_timeout_s=self.config.search.timeout_ms / 1000,
         )
 
-    async def _save_indexes_periodically(self) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            await asyncio.sleep(self.config.storage.index_save_interval_s)
-            if self._engine is not None:
-                await loop.run_in_executor(self._storage_pool, self._engine.save_indexes)
-
-    async def _purge_tombstones_periodically(self) -> None:
-        """Forget tombstones older than storage.tombstone_grace_s plus cluster.max_clock_drift_s.
-        A replica that was down for longer than the grace period must be removed and rejoin
-        empty, or it could bring back what was deleted (Cassandra's gc_grace rule). The drift
-        margin keeps a node whose clock runs ahead (by up to the drift bound) from purging a
-        tombstone before grace has passed on the others' clocks."""
-        loop = asyncio.get_running_loop()
-        grace = self.config.storage.tombstone_grace_s
-        margin = grace + self.config.cluster.max_clock_drift_s
-        while True:
-            if self._engine is not None:
-                horizon = pack_hlc(int((self._clock.wall() - margin) * 1000), 0)
-                purged = await loop.run_in_executor(self._storage_pool, self._engine.purge_tombstones, horizon)
-                if purged:
-                    log.info("purged %d tombstones older than %.0f s", purged, grace)
-            await asyncio.sleep(min(grace / 4, 3600.0))
-
-    async def _refresh_storage_metrics_periodically(self) -> None:
-        while True:
-            await asyncio.sleep(STORAGE_METRICS_REFRESH_S)
-            try:
-                await self._refresh_storage_metrics()
-            except Exception:
-                log.exception("could not refresh the storage metrics")
-
-    async def _refresh_storage_metrics(self) -> None:
-        """Read what /metrics exports from SQLite, in the storage executor: a scrape renders
-        on the event loop and must not query SQLite there."""
-        loop = asyncio.get_running_loop()
-        if self._engine is not None:
-            stats = await loop.run_in_executor(self._storage_pool, self._engine.stats)
-            self.metrics.stored_documents.set(stats.get("documents", 0))
-            self.metrics.stored_chunks.set(stats.get("chunks", 0))
-        if self._hints is not None:
-            self._storage_snapshot.pending_hints = await loop.run_in_executor(self._storage_pool, self._hints.pending)
-        self.metrics.ready.set(1 if all(self._components.values()) else 0)
-
     async def _leave_cluster(self) -> None:
         """Announce a graceful leave so others show this node as left, not dead."""
         if self.members is None:
@@ -638,7 +588,6 @@ class Node:
 
 
 METADATA_REFRESH_S = 5.0
-STORAGE_METRICS_REFRESH_S = 5.0  # /metrics shows pending hints and stored counts at most this old
 
 # A burst of datagrams (a join storm, a flood of garbage) must wait in the
 # kernel rather than be dropped while the loop is busy; the kernel caps this

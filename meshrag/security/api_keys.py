@@ -169,3 +169,15 @@ class ApiKeyStore:
         with os.fdopen(fd, "w") as handle:
             handle.write(text)
         tmp.replace(self.path)
+
+
+def write_bootstrap_key(store: ApiKeyStore, data_dir: Path, version: int) -> tuple[Path, ApiKey]:
+    """The first admin key of a cluster with API keys on and none yet: made, saved, and its token
+    written to a 0600 file in the data directory (a log would keep the secret). Blocks (files)."""
+    token, key = store.create("bootstrap-admin", SCOPES, version)
+    store.save()
+    path = Path(data_dir) / BOOTSTRAP_KEY_FILE
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(token + "\n")
+    return path, key
