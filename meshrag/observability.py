@@ -13,12 +13,14 @@ import asyncio
 import contextvars
 import json
 import logging
+import socket
 import sys
 import time
 import uuid
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable, Mapping
 
+from meshrag.errors import ConfigError
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
@@ -274,10 +276,29 @@ class Stopwatch:
         return round((time.perf_counter() - self._start) * 1000, 2)
 
 
+MONITOR_PORTS = 3  # aiomonitor's terminal UI, web UI and console: port, port + 1, port + 2
+
+
 def start_monitor(loop: Any, port: int) -> Any:
-    """aiomonitor on loopback only: it is a live Python console into the node."""
+    """aiomonitor on loopback only: it is a live Python console into the node. Its ports are
+    checked first: aiomonitor binds from its own thread, and when a port is taken its start()
+    waits forever instead of failing."""
     import aiomonitor  # type: ignore[import-untyped]
 
+    taken = [p for p in range(port, port + MONITOR_PORTS) if not _loopback_port_free(p)]
+    if taken:
+        raise ConfigError(f"observability.monitor_port = {port}: port {taken[0]} on 127.0.0.1 is in use "
+                          f"(the monitor needs {port}..{port + MONITOR_PORTS - 1})", field="observability.monitor_port")
     monitor = aiomonitor.Monitor(loop, host="127.0.0.1", termui_port=port, webui_port=port + 1, console_port=port + 2)
     monitor.start()
     return monitor
+
+
+def _loopback_port_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as asyncio's servers: TIME_WAIT is no owner
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True

@@ -20,6 +20,7 @@ from meshrag.cluster.scatter import ScatterPolicy
 from meshrag.cluster.selection import HedgeBudget, HedgeSettings, LatencyTracker
 from meshrag.cluster.repair import Progress
 from meshrag.cluster.service import ClusterStats
+from meshrag.errors import ConfigError
 from meshrag.localnode import free_port
 from meshrag.observability import (
     ClusterCollector, JsonFormatter, LoopLagMonitor, Metrics, StorageSnapshot, request_id_var, start_monitor,
@@ -43,8 +44,26 @@ def test_each_node_has_its_own_registry() -> None:
     assert b'status="created"' not in second.render()
 
 
+def _free_port_run() -> int:
+    """A port with the next two free as well (the monitor takes three)."""
+    for _ in range(50):
+        port = free_port()
+        if port + 2 < 65536 and all(_bindable(p) for p in (port + 1, port + 2)):
+            return port
+    raise AssertionError("no three free ports in a row")
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket() as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+            return True
+        except OSError:
+            return False
+
+
 async def test_monitor_accepts_connections_on_loopback() -> None:
-    port = free_port()
+    port = _free_port_run()
     monitor = start_monitor(asyncio.get_running_loop(), port)
     try:
         for _ in range(50):  # the monitor binds from its own thread
@@ -57,6 +76,17 @@ async def test_monitor_accepts_connections_on_loopback() -> None:
             raise AssertionError("aiomonitor did not listen")
     finally:
         monitor.close()
+
+
+async def test_a_monitor_port_in_use_is_refused_at_once_naming_it() -> None:
+    """aiomonitor itself would wait forever on a taken port (the test above once hung 300 s)."""
+    port = _free_port_run()
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", port + 1))
+        squatter.listen()
+        with pytest.raises(ConfigError, match=f"port {port + 1} on 127.0.0.1 is in use") as refused:
+            start_monitor(asyncio.get_running_loop(), port)
+    assert refused.value.field == "observability.monitor_port"
 
 
 # ------------------------------------------------------------------ event-loop lag
