@@ -22,6 +22,7 @@ import json
 import logging
 import threading
 from pathlib import Path
+from typing import Callable
 
 log = logging.getLogger(__name__)
 
@@ -47,9 +48,15 @@ class Holdings:
     def __contains__(self, pid: object) -> bool:
         return pid in self._held
 
-    def mark(self, pid: int) -> None:
+    def mark(self, pid: int, still_owned: Callable[[int], bool] = lambda pid: True) -> bool:
+        """Hold ``pid`` if ``still_owned(pid)`` says so under the lock release_unowned takes: a
+        repair pass that started before the ring moved the partition away must not claim it
+        back after the release. True if held now."""
         with self._lock:
+            if not still_owned(pid):
+                return False
             self._save(self._held | {pid})
+            return True
 
     def forget(self, pid: int) -> None:
         with self._lock:

@@ -29,8 +29,10 @@ class LocalStore:
 
     def __init__(
         self, *, engine: StorageEngine, holdings: Holdings, fence: PartitionFence, blocking: Blocking, apply: Apply,
+        owns: Callable[[int], bool] = lambda pid: True,
     ) -> None:
         self._engine = engine
+        self._owns = owns  # does this node take writes for the partition in its ring as it is now
         self._holdings = holdings
         self._fence = fence
         self._blocking = blocking
@@ -60,8 +62,9 @@ class LocalStore:
             return
 
         def create_and_mark() -> None:
-            self._engine.partition(pid, True)
-            self._holdings.mark(pid)
+            if self._owns(pid):  # the pass's ring may be older than the node's (holdings.mark checks again)
+                self._engine.partition(pid, True)
+                self._holdings.mark(pid, self._owns)
 
         await self._blocking(create_and_mark)
 

@@ -114,7 +114,7 @@ class ClusterService:
         self.holdings.release_unowned(_owned_by(ring_state.ring, node_id))  # the file catches up on the next change
         self.local = LocalStore(
             engine=engine, holdings=self.holdings, fence=self.fence, blocking=self._blocking,
-            apply=self.apply_owned,
+            apply=self.apply_owned, owns=lambda pid: self.ring().owns(self.node_id, pid),
         )
         self.remote = PeerStores(peers=peers, address_of=self.address_of, blocking=self._blocking, send_docs=self._send_docs)
         repair_local, repair_peers = self.local, self.remote

@@ -60,3 +60,16 @@ def test_an_unreadable_file_holds_nothing(tmp_path: Path) -> None:
     holdings = Holdings(tmp_path)
     holdings.load()
     assert 0 not in holdings
+
+
+def test_a_claim_from_a_pass_older_than_the_ring_does_not_hold_a_partition_moved_away(tmp_path: Path) -> None:
+    """A repair pass decides with the ring it started with; its claim is checked against the ring
+    as it is when the claim lands, so a partition released meanwhile is not held again."""
+    two, three = _ring("n1", "n2"), _ring("n1", "n2", "n3")
+    moved = sorted(_owned(two, "n2") - _owned(three, "n2"))
+    holdings = Holdings(tmp_path)
+    holdings.release_unowned(_owned(three, "n2"))  # the ring moved on while the pass ran
+    assert not holdings.mark(moved[0], still_owned=lambda pid: pid in _owned(three, "n2"))
+    assert moved[0] not in holdings
+    kept = sorted(_owned(three, "n2"))[0]
+    assert holdings.mark(kept, still_owned=lambda pid: pid in _owned(three, "n2")) and kept in holdings

@@ -117,5 +117,13 @@ def test_search_through_a_node_without_a_partition_asks_its_other_replica(
     doc = next(d for d in lacking_docs if d["id"] not in held_by_n2)
     found = cluster.client(n2).search(vector=doc["vector"], k=3)
     assert found["coverage"] == 1.0 and found["missing_partitions"] == []
-    assert found["hits"] and found["hits"][0]["doc_id"] == doc["id"], \
-        f"partition {partition_for(str(doc['id']), P)} was answered by a node that does not hold it"
+    pid = partition_for(str(doc["id"]), P)
+    assert found["hits"] and found["hits"][0]["doc_id"] == doc["id"], (
+        f"partition {pid} was answered by a node that does not hold it: {n2.name} holds "
+        f"{(n2.data_dir / 'holdings.json').read_text().strip()}, owners {_owner_names(cluster, n2, pid)}; "
+        f"through n1: {[h['doc_id'] for h in cluster.client(cluster.nodes[0]).search(vector=doc['vector'], k=3)['hits']]}")
+
+
+def _owner_names(cluster: LocalCluster, node: LocalNode, pid: int) -> list[str]:
+    names = {cluster.node_id(n): n.name for n in cluster.nodes}
+    return [names.get(o, o) for o in cluster.ring_of(node).current.owners(pid)]
