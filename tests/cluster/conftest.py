@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 
 from meshrag.localcluster import LocalCluster
+from meshrag.localnode import LocalNode
 
 
 CRANFIELD = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "cranfield" / "corpus.jsonl"
@@ -32,6 +33,21 @@ def vector_documents(count: int, prefix: str = "v", seed: int = 7) -> list[dict[
     vectors = rng.standard_normal((count, DIM)).astype(np.float32)
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
     return [{"id": f"{prefix}{i:05d}", "text": f"document {i} of the rebalancing set", "vector": vectors[i].tolist()} for i in range(count)]
+
+
+def running_in_order(nodes: Sequence[LocalNode]) -> Iterator[list[LocalNode]]:
+    """Nodes a test built with its own flags (the first is the others' seed), each started and
+    ready before the next; for a module fixture to ``yield from``; stopped afterwards, also when
+    starting fails."""
+    started: list[LocalNode] = []
+    try:
+        for node in nodes:
+            started.append(node.start())
+            node.wait_ready()
+        yield started
+    finally:
+        for node in started:
+            node.stop()
 
 
 def running(cluster: LocalCluster, size: int, **start: Any) -> Iterator[LocalCluster]:

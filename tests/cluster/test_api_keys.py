@@ -18,6 +18,7 @@ from meshrag.client import MeshClient, MeshClientError
 from meshrag.localcluster import STORAGE_ROLES
 from meshrag.localnode import LocalNode
 from meshrag.security.api_keys import BOOTSTRAP_KEY_FILE
+from tests.cluster.conftest import running_in_order
 
 pytestmark = pytest.mark.slow
 
@@ -33,19 +34,10 @@ def _node(root: Path, name: str, seed: LocalNode | None = None) -> LocalNode:
 
 
 @pytest.fixture(scope="module")
-def nodes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LocalNode, LocalNode]]:
+def nodes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[LocalNode]]:
     root = tmp_path_factory.mktemp("apikeys")
-    n1 = _node(root, "n1").start()
-    started = [n1]
-    try:
-        n1.wait_ready()
-        n2 = _node(root, "n2", n1).start()
-        started.append(n2)
-        n2.wait_ready()
-        yield n1, n2
-    finally:
-        for node in started:
-            node.stop()
+    n1 = _node(root, "n1")
+    yield from running_in_order([n1, _node(root, "n2", n1)])
 
 
 def _status(node: LocalNode, method: str, route: str, token: str | None) -> int:
@@ -69,7 +61,7 @@ def _expected(scope: str, holder: str | None) -> set[int] | None:
     return {401} if holder in (None, "revoked") else {403}
 
 
-def test_the_first_node_writes_one_admin_key_to_a_private_file(nodes: tuple[LocalNode, LocalNode]) -> None:
+def test_the_first_node_writes_one_admin_key_to_a_private_file(nodes: list[LocalNode]) -> None:
     n1, n2 = nodes
     path = n1.data_dir / BOOTSTRAP_KEY_FILE
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
@@ -78,7 +70,7 @@ def test_the_first_node_writes_one_admin_key_to_a_private_file(nodes: tuple[Loca
     assert [k["name"] for k in MeshClient(n2.url, api_key=token).api_keys()["keys"]] == ["bootstrap-admin"]
 
 
-def test_each_scope_allows_exactly_its_routes_on_a_node_that_did_not_create_the_keys(nodes: tuple[LocalNode, LocalNode]) -> None:
+def test_each_scope_allows_exactly_its_routes_on_a_node_that_did_not_create_the_keys(nodes: list[LocalNode]) -> None:
     n1, n2 = nodes
     admin = MeshClient(n1.url, api_key=(n1.data_dir / BOOTSTRAP_KEY_FILE).read_text().strip())
     tokens: dict[str | None, str | None] = {None: None}
@@ -101,7 +93,7 @@ def test_each_scope_allows_exactly_its_routes_on_a_node_that_did_not_create_the_
         assert _status(n2, "POST", "/v1/cluster/decommission", tokens[holder]) in (401, 403)
 
 
-def test_a_revocation_on_one_node_reaches_the_other(nodes: tuple[LocalNode, LocalNode]) -> None:
+def test_a_revocation_on_one_node_reaches_the_other(nodes: list[LocalNode]) -> None:
     n1, n2 = nodes
     admin = MeshClient(n2.url, api_key=(n1.data_dir / BOOTSTRAP_KEY_FILE).read_text().strip())
     made = admin.create_api_key("short-lived", ["read"])

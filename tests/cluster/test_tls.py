@@ -12,7 +12,7 @@ import pytest
 from meshrag.client import MeshClient, MeshClientError
 from meshrag.localcluster import STORAGE_ROLES, LocalCluster
 from meshrag.localnode import LocalNode
-from tests.cluster.conftest import vector_documents
+from tests.cluster.conftest import running_in_order, vector_documents
 from tests.security.certs import make_ca, make_node_cert
 
 pytestmark = pytest.mark.slow
@@ -25,20 +25,15 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[list[Loc
     root = tmp_path_factory.mktemp("tls")
     ca, ca_key, ca_cert = make_ca(root)
     nodes: list[LocalNode] = []
-    try:
-        for name in ("n1", "n2"):
-            cert, key = make_node_cert(root, name, ca_key, ca_cert)
-            args = [*STORAGE_ROLES, "--partitions", "8", "--replicas", "2", "--secret", SECRET,
-                    "--tls-cert", str(cert), "--tls-key", str(key), "--tls-ca", str(ca)]
-            if nodes:
-                args += ["--join", f"127.0.0.1:{nodes[0].port}"]
-            node = LocalNode(root / name, name=name, extra_args=args, dev=False, scheme="https", ca_file=ca).start()
-            nodes.append(node)
-            node.wait_ready()
-        yield nodes, ca
-    finally:
-        for node in nodes:
-            node.stop()
+    for name in ("n1", "n2"):
+        cert, key = make_node_cert(root, name, ca_key, ca_cert)
+        args = [*STORAGE_ROLES, "--partitions", "8", "--replicas", "2", "--secret", SECRET,
+                "--tls-cert", str(cert), "--tls-key", str(key), "--tls-ca", str(ca)]
+        if nodes:
+            args += ["--join", f"127.0.0.1:{nodes[0].port}"]
+        nodes.append(LocalNode(root / name, name=name, extra_args=args, dev=False, scheme="https", ca_file=ca))
+    for started in running_in_order(nodes):
+        yield started, ca
 
 
 def test_nodes_join_and_replicate_over_https(cluster: tuple[list[LocalNode], Path]) -> None:
