@@ -1,7 +1,7 @@
 """`meshrag` command line: start a node, or talk to one over HTTP.
 
     meshrag start [--config FILE] [--name NAME] [--bind HOST:PORT] ...
-    meshrag status | search QUERY | ask QUESTION   [--node URL]
+    meshrag status [--watch [S]] | verify | search QUERY | ask QUESTION   [--node URL]
     meshrag ingest PATH... [--node URL]... [--no-discover] [--concurrency N] [--max-wait S]
 """
 
@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
-from meshrag import cli_apikeys, cli_keys
+from meshrag import cli_apikeys, cli_keys, cli_status
 from meshrag.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -72,8 +72,7 @@ def _positive_int(text: str) -> int:
 
 
 def _add_client_commands(sub: Any) -> None:
-    status = sub.add_parser("status", help="show the node and its cluster")
-    status.add_argument("--json", action="store_true", help="print the raw /v1/cluster document")
+    cli_status.add_parsers(sub)  # status, verify
 
     ingest = sub.add_parser("ingest", help="ingest files (txt, md, html, jsonl) or directories")
     ingest.add_argument("paths", nargs="+", type=Path)
@@ -118,9 +117,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_client_commands(sub)
     cli_apikeys.add_parser(sub, DEFAULT_NODE)
     cli_keys.add_parser(sub, DEFAULT_NODE)
-    for name in ("status", "search", "ask", "decommission", "remove"):  # ingest: repeatable, above
+    for name in ("status", "verify", "search", "ask", "decommission", "remove"):  # ingest: repeatable, above
         sub.choices[name].add_argument("--node", default=DEFAULT_NODE, help=f"node URL (default {DEFAULT_NODE})")
-    for name in ("status", "ingest", "search", "ask", "decommission", "remove"):
+    for name in ("status", "verify", "ingest", "search", "ask", "decommission", "remove"):
         sub.choices[name].add_argument("--api-key", help="the API key to send (default $MESHRAG_API_KEY)")
     return parser
 
@@ -186,6 +185,7 @@ def _mb(size: int) -> str:
 
 
 def render_status(view: dict[str, Any]) -> str:
+    """One node's own /v1/cluster view (`meshrag status` against a node without /v1/cluster/status)."""
     node = view["node"]
     storage = view.get("storage") or {}
     ring = view.get("ring") or {}
@@ -202,12 +202,6 @@ def render_status(view: dict[str, Any]) -> str:
     ]
     members = _table(rows, ("NAME", "ID", "ADDRESS", "ZONE", "ROLES", "STATE", "INCARNATION", "SINCE"))
     return "\n".join(summary) + members + render_ring(ring)
-
-
-def cmd_status(args: argparse.Namespace, client: Any) -> int:
-    view = client.cluster()
-    print(json.dumps(view, indent=2) if args.json else render_status(view))
-    return 0
 
 
 def _batches(documents: Iterator[Any], size: int) -> Iterator[list[dict[str, Any]]]:
@@ -349,7 +343,7 @@ def cmd_remove(args: argparse.Namespace, client: Any) -> int:
     return 0
 
 
-COMMANDS = {"status": cmd_status, "decommission": cmd_decommission, "remove": cmd_remove, "ingest": cmd_ingest, "search": cmd_search,
+COMMANDS = {"status": cli_status.cmd_status, "verify": cli_status.cmd_verify, "decommission": cmd_decommission, "remove": cmd_remove, "ingest": cmd_ingest, "search": cmd_search,
             "ask": cmd_ask, "apikeys": cli_apikeys.run}
 
 

@@ -244,6 +244,14 @@ class MeshClient:
     def cluster(self) -> dict[str, Any]:
         return self._call("GET", "/v1/cluster")
 
+    def cluster_status(self) -> dict[str, Any]:
+        """The whole cluster as this node gathers it from every ring member (`meshrag status`)."""
+        return self._call("GET", "/v1/cluster/status")
+
+    def verify(self) -> dict[str, Any]:
+        """Every partition's replicas compared by digest (`meshrag verify`)."""
+        return self._call("GET", "/v1/cluster/verify")
+
     def health(self) -> dict[str, Any]:
         return self._call("GET", "/health")
 

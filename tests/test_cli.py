@@ -87,8 +87,14 @@ def test_status_table_and_json(node: LocalNode) -> None:
     table = meshrag("status", "--node", node.url)
     assert table.returncode == 0
     assert "NAME" in table.stdout and "test-node" in table.stdout and "alive" in table.stdout
+    assert "\x1b[" not in table.stdout, "no colour when piped"
+    balance = next(line for line in table.stdout.splitlines() if line.startswith("test-node ") and "normal" in line)
+    assert balance.split()[-4:] == ["8", "8", "1.00", "8"], balance  # copies, target, ratio, planned: alone, it holds all 8
     view = json.loads(meshrag("status", "--node", node.url, "--json").stdout)
-    assert view["node"]["name"] == "test-node"
+    assert view["node"]["name"] == "test-node" and view["ring"]["nodes"][0]["status"] == "normal"  # /v1/cluster's fields kept
+    assert [p["reachable"] for p in view["peers"]] == [True] and view["replication"]["under_replicated"] == []
+    watched = meshrag("status", "--node", node.url, "--watch", "0.2", "--count", "2", "--json")
+    assert [json.loads(line)["node"]["name"] for line in watched.stdout.splitlines()] == ["test-node"] * 2
 
 
 def test_client_commands_report_unreachable_node() -> None:

@@ -3,7 +3,8 @@
 With ``api.keys`` on (never in dev mode), every public route but the health
 probes needs ``Authorization: Bearer <key>`` (security/api_keys.py). A missing,
 unknown or revoked key is 401 with ``WWW-Authenticate: Bearer``; a key without
-the route's scope is 403 naming the scope. ``/_mesh/`` routes are left to the
+the route's scope is 403 naming the scope (``admin`` also allows ``status``
+routes: security/api_keys.py ``grants``). ``/_mesh/`` routes are left to the
 node-to-node authentication (security/mesh_auth.py). A public route missing from
 ``ROUTE_SCOPES`` needs ``admin``: a route added without a decision fails closed.
 """
@@ -15,7 +16,7 @@ from typing import Callable
 from aiohttp import web
 
 from meshrag.api.errors import Handler, error_response
-from meshrag.security.api_keys import ApiKey, ApiKeyStore
+from meshrag.security.api_keys import ApiKey, ApiKeyStore, grants
 
 OPEN = ""  # no key needed
 API_KEY = web.RequestKey("api_key", ApiKey)  # the authenticated key, for handlers that want to know who
@@ -36,6 +37,8 @@ ROUTE_SCOPES: dict[tuple[str, str], str] = {
     ("GET", "/v1/models/{model}"): "read",
     ("POST", "/v1/chat/completions"): "read",
     ("GET", "/v1/cluster"): "admin",
+    ("GET", "/v1/cluster/status"): "status",  # read-only views of the whole cluster; admin implies status
+    ("GET", "/v1/cluster/verify"): "status",
     ("POST", "/v1/cluster/decommission"): "admin",
     ("POST", "/v1/cluster/remove"): "admin",
     ("GET", "/v1/cluster/api-keys"): "admin",
@@ -66,7 +69,7 @@ def api_key_middleware(store: ApiKeyStore, enabled: Callable[[], bool]) -> Calla
         key = _authenticated(request, store)
         if isinstance(key, web.Response):
             return key
-        if scope not in key.scopes:
+        if not grants(key.scopes, scope):  # admin also allows the status scope's routes
             return error_response(request, 403, "forbidden",
                                   f"API key {key.id!r} ({key.name}) lacks the {scope!r} scope this route needs", "Authorization")
         request[API_KEY] = key

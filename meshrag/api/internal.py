@@ -54,6 +54,7 @@ class InternalApi:
             paths.ENTRIES_PATH: _bound(handlers.handle_entries),
             paths.FETCH_PATH: _bound(handlers.handle_fetch),
             paths.RING_PATH: _bound(handlers.handle_ring),
+            paths.INSPECT_PATH: _bound(handlers.handle_inspect),
         }
         return [web.post(PUSH_PULL_PATH, self.push_pull)] + [
             web.post(path, self._mesh_route(pick)) for path, pick in mesh.items()

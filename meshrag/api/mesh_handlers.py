@@ -7,7 +7,7 @@ storage work through the node's ClusterService and returns the reply map. The
 bodies are cluster/messages.py's, which also names the routes; the senders are
 cluster/service.py (apply, get, states), cluster/repair_adapters.py (roots,
 entries, fetch), cluster/search.py (search, term statistics, hits) and
-cluster/loops.py and node.py (ring).
+cluster/loops.py and node.py (ring), cluster/inspection.py (inspect).
 
 Kept apart from internal.py, which is transport (secret, limits, codec, routing):
 these are a replica's answers and change with the storage, not the wire. Every
@@ -114,6 +114,14 @@ async def handle_ring(cluster: ClusterService, body: Mapping[str, Any]) -> dict[
     cluster.ring_state.merge(RingEntry.from_dict(item) for item in body.get("ring") or [])
     cluster.merge_shared_state(body)
     return {**cluster.ring_state.to_wire(), **cluster.shared_state()}
+
+
+async def handle_inspect(cluster: ClusterService, body: Mapping[str, Any]) -> dict[str, Any]:
+    """This node's report for a coordinator's `meshrag status` or `verify` (cluster/inspection.py):
+    digests of the asked partitions (with counts if asked), holdings, repair progress, hints."""
+    pids = [int(pid) for pid in body.get("partitions", [])]
+    report = await cluster.inspector.local_report(pids, bool(body.get("counts", False)))
+    return report.to_wire()
 
 
 async def _in_storage(cluster: ClusterService, fn: Callable[..., T], *args: Any) -> T:

@@ -19,6 +19,7 @@ from meshrag.api.openai_schema import (
     _ALLOWED_FIELDS, MAX_MESSAGES, MAX_QUERY_CHARS, MAX_STOP_CHARS, MAX_STOP_SEQUENCES, ROLES,
 )
 from meshrag.api.schema import CONSISTENCY_LEVELS, MAX_ID_CHARS, MAX_METADATA_DEPTH, MAX_NODE_REF_CHARS, SEARCH_MODES, SEARCH_TIMEOUT_MS
+from meshrag.cluster.verify import STATES as VERIFY_STATES
 from meshrag.config import Config
 from meshrag.security.api_keys import MAX_NAME, SCOPES
 from meshrag.store.filters import FIELD_OPS, MAX_DEPTH, MAX_LIST_ITEMS
@@ -174,6 +175,34 @@ def schemas(config: Config, dim: int | None) -> dict[str, Any]:
                        "generators": {"type": "integer"}, "backends": {"type": "array", "items": {"type": "string"}},
                        "context_tokens": {"type": "integer"}}, ("id", "object", "created", "owned_by")),
         "ModelList": _obj({"object": {"const": "list"}, "data": {"type": "array", "items": _ref("Model")}}, ("object", "data")),
+        "ClusterStatus": _obj({
+            "node": {"type": "object"}, "members": {"type": "array", "items": {"type": "object"}}, "ring": {"type": "object"},
+            "balance": _obj({"even_share": {"type": "number"}, "nodes": {"type": "array", "items": _obj({
+                "node": {"type": "string"}, "id": {"type": "string"}, "copies": {"type": "integer"}, "target": {"type": "number"},
+                "ratio": _nullable({"type": "number"})}, ("node", "id", "copies", "target", "ratio"), closed=False)}},
+                ("even_share", "nodes"), closed=False),
+            "replication": _obj({"wanted": {"type": "integer"}, "under_replicated": {"type": "array", "items": {"type": "object"}}},
+                                ("wanted", "under_replicated"), closed=False),
+            "hints": {"type": "object", "description": "Pending hints per target node name, gathered from every node"},
+            "transfers": {"type": "array", "items": {"type": "object"}, "description": "Each node's repair progress, rate and eta_s"},
+            "peers": {"type": "array", "items": _obj({"node": {"type": "string"}, "reachable": {"type": "boolean"}}, ("node", "reachable"),
+                                                     closed=False)},
+        }, ("node", "members", "ring", "balance", "replication", "hints", "transfers", "peers"), closed=False,
+            description="GET /v1/cluster's view of this node (without config) plus every ring member's report"),
+        "VerifyReport": _obj({
+            "partitions": {"type": "array", "items": _obj({
+                "partition": {"type": "integer"}, "state": {"enum": list(VERIFY_STATES)},
+                "replicas": {"type": "array", "items": _obj({
+                    "node": {"type": "string"}, "id": {"type": "string"}, "digest": _nullable({"type": "string"}),
+                    "documents": _nullable({"type": "integer"}), "tombstones": _nullable({"type": "integer"}),
+                    "held": _nullable({"type": "boolean"}), "error": {"type": "string"},
+                }, ("node", "digest", "documents"), closed=False)},
+            }, ("partition", "state", "replicas"), closed=False)},
+            "summary": _obj({"partitions": {"type": "integer"}, "in_sync": {"type": "integer"}, "repairing": {"type": "integer"},
+                             "diverged": {"type": "integer"}, "unreachable": {"type": "integer"}, "exit_status": {"enum": [0, 1, 2]}},
+                            ("partitions", "in_sync", "repairing", "diverged", "unreachable"), closed=False),
+            "checked_by": {"type": "string"},
+        }, ("partitions", "summary"), closed=False),
         "ApiKey": api_key,
         "NewApiKey": _obj({**api_key["properties"], "token": {"type": "string", "description": "Shown once, in this answer only"}},
                           ("id", "name", "scopes", "revoked", "token")),
@@ -205,6 +234,11 @@ OPERATIONS: dict[tuple[str, str], dict[str, Any]] = {
     ("POST", "/v1/ask"): {"summary": "Retrieve, then answer with numbered sources (stream: server-sent events)", "body": "AskRequest",
                           "ok": "AskResponse", "stream": True, "errors": _BODY_ERRORS + _STORAGE + (502,)},
     ("GET", "/v1/cluster"): {"summary": "This node, its members, the ring, storage and generation views", "ok": {"type": "object"}, "errors": _STORAGE},
+    ("GET", "/v1/cluster/status"): {"summary": "The whole cluster from this node: members, ring balance, replication health, "
+                                              "pending hints and transfers from every ring member (unreachable ones marked)",
+                                   "ok": "ClusterStatus", "errors": _STORAGE},
+    ("GET", "/v1/cluster/verify"): {"summary": "Every partition's replicas compared by repair digest: in sync, repairing, diverged "
+                                              "or unreachable", "ok": "VerifyReport", "errors": _STORAGE},
     ("POST", "/v1/cluster/decommission"): {"summary": "Stream this node's partitions to their next owners, then leave the ring",
                                            "ok": "RingResponse", "errors": (400,) + _STORAGE},
     ("POST", "/v1/cluster/remove"): {"summary": "Take a dead node out of the ring; the survivors re-replicate its data", "body": "NodeRef",
@@ -290,7 +324,7 @@ def document(config: Config, dim: int | None = None) -> dict[str, Any]:
                 f"(429 + Retry-After beyond); deadlines read {api.read_deadline_s:g} s, write {api.write_deadline_s:g} s, "
                 f"generation {api.generate_deadline_s:g} s to the first byte (504). Integers are signed 64-bit, strings valid "
                 "UTF-8 without NUL. Errors: {\"error\": {\"code\", \"message\", \"field\"}}. API keys (Authorization: Bearer) "
-                "with scopes read, write, admin are enforced when api.keys is on"
+                "with scopes read, write, admin, status (admin implies status) are enforced when api.keys is on"
                 + (" (it is on this node)." if keys_enforced else " (it is off on this node).")
             ),
         },

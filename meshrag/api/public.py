@@ -144,6 +144,8 @@ class PublicApi:
             web.post("/v1/search", self.search),
             web.post("/v1/ask", self.ask),
             web.get("/v1/cluster", self.cluster),
+            web.get("/v1/cluster/status", self.cluster_status),
+            web.get("/v1/cluster/verify", self.cluster_verify),
             web.post("/v1/cluster/decommission", self.decommission),
             web.post("/v1/cluster/remove", self.remove),
             web.get("/health", self.health),
@@ -272,6 +274,18 @@ class PublicApi:
 
     async def cluster(self, request: web.Request) -> web.Response:
         return json_response(request, await self._node.cluster_view())
+
+    async def cluster_status(self, request: web.Request) -> web.Response:
+        """`meshrag status`: /v1/cluster's view of this node (its config left out) plus what every ring
+        member reports: balance, replication, hints, transfers, reachability (cluster/inspection.py)."""
+        inspector = _cluster(self._node).inspector
+        view, whole = await asyncio.gather(self._node.cluster_view(), inspector.status())
+        view.pop("config", None)  # the status scope need not see this node's settings
+        return json_response(request, {**view, **whole})
+
+    async def cluster_verify(self, request: web.Request) -> web.Response:
+        """`meshrag verify`: every partition's replicas compared by repair digest (cluster/verify.py)."""
+        return json_response(request, await _cluster(self._node).inspector.verify())
 
     async def health(self, request: web.Request) -> web.Response:
         return json_response(request, {"status": "ok"})

@@ -25,6 +25,7 @@ ROOTS_PATH = "/_mesh/repair/roots"
 ENTRIES_PATH = "/_mesh/repair/entries"
 FETCH_PATH = "/_mesh/repair/fetch"
 RING_PATH = "/_mesh/ring"
+INSPECT_PATH = "/_mesh/cluster/inspect"  # a node's report for `meshrag status` / `verify` (cluster/node_report.py)
 GENERATE_PATH = "/_mesh/generate"  # streamed: msgpack frames, see generation/remote.py
 EMBED_PATH = "/_mesh/embed"  # see embedding/remote.py
 

@@ -33,7 +33,7 @@ import asyncio
 import hashlib
 import logging
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable, Protocol, Sequence
@@ -135,6 +135,7 @@ class Progress:
     last_pass_s: float = 0.0
     last_pass_at: float = 0.0
     last_error: str = ""
+    started_at: float = 0.0  # wall clock when the running (or last) pass began: a rate and an ETA (cluster/overview.py)
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -180,6 +181,7 @@ class Repairer:
         leftover = sorted(held - set(owned))
         self.progress.running, self.progress.reason = True, reason
         self.progress.partitions_total, self.progress.partitions_done = len(owned) + len(leftover), 0
+        self.progress.started_at = time.time()
         ledger = _PassLedger()
         errors_before = self.progress.errors
         try:
@@ -210,18 +212,29 @@ class Repairer:
         entry = ring.entries.get(self._local_id)
         leaving = entry is not None and entry.status is RingStatus.LEAVING
         roots = {pid: await self._root(pid, held) for pid in owned}
+        # A partition counts as done once its last peer is: progress moves steadily through a
+        # long bootstrap, which is what `meshrag status` computes a rate and an ETA from.
+        peers_left = Counter(pid for pids in by_peer.values() for pid in pids)
+        self.progress.partitions_done += len(owned) - len(peers_left)  # no live peer to compare with
         for peer, pids in by_peer.items():
             try:
                 theirs = await self._peers.roots(peer, pids)
             except Exception as exc:
                 self._failed(ledger, pids, f"roots from {peer[:12]}: {exc}")
+                self._tick(peers_left, pids)
                 continue
             for pid in pids:
                 if theirs.get(pid) == roots[pid]:
                     ledger.synced[pid].add(peer)
-                    continue
-                await self._sync_counted(pid, peer, "both" if leaving or peer in returned else "pull", ledger)
-        self.progress.partitions_done += len(owned)
+                else:
+                    await self._sync_counted(pid, peer, "both" if leaving or peer in returned else "pull", ledger)
+                self._tick(peers_left, [pid])
+
+    def _tick(self, peers_left: Counter[int], pids: list[int]) -> None:
+        for pid in pids:
+            peers_left[pid] -= 1
+            if peers_left[pid] == 0:
+                self.progress.partitions_done += 1
 
     async def _hand_off(self, ring: Ring, leftover: list[int], ledger: _PassLedger) -> None:
         """Push partitions this node no longer owns to their owners; drop them once all are in sync."""

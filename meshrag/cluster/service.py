@@ -30,6 +30,7 @@ from meshrag.cluster.selection import HedgeBudget, HedgeSettings, LatencyTracker
 from meshrag.cluster import messages as msg
 from meshrag.cluster.messages import APPLY_PATH, GET_PATH, STATES_PATH
 from meshrag.cluster.admin import ClusterAdmin
+from meshrag.cluster.inspection import ClusterInspector
 from meshrag.cluster.fence import Fenced, PartitionFence
 from meshrag.cluster.handoff import LIVE_STATES, HintedHandoff, typed_refusal
 from meshrag.cluster.holdings import Holdings
@@ -138,6 +139,11 @@ class ClusterService:
         self.admin = ClusterAdmin(
             node_id=node_id, ring_state=ring_state, hlc=hlc, engine=engine, hints=hints, repairer=self.repairer,
             is_alive=self.is_alive, name_of=self.name_of, blocking=self._blocking, spawn=self.loops.spawn,
+        )
+        # `meshrag status` and `verify` from this node: reports from every ring member (cluster/inspection.py).
+        self.inspector = ClusterInspector(
+            node_id=node_id, ring_state=ring_state, engine=engine, hints=hints, repairer=self.repairer, is_alive=self.is_alive,
+            name_of=self.name_of, blocking=self._blocking, call=self._call_peer,
         )
         ring_state.on_change(self._release_unowned_holdings)
         ring_state.on_change(self.loops.on_ring_change)

@@ -6,7 +6,10 @@ bytes, so a fast hash is enough: nothing here can be guessed offline, unlike a
 password). Scopes are independent and each allows exactly what it names:
 ``read`` (search, ask, read documents, the OpenAI-compatible routes),
 ``write`` (upsert and delete documents), ``admin`` (the cluster routes:
-status, decommission, remove, the API keys themselves). A key may hold several.
+status, decommission, remove, the API keys themselves), ``status`` (only the
+read-only cluster views, /v1/cluster/status and /v1/cluster/verify: a
+dashboard's or an on-call script's key). A key may hold several; the one
+implication is that ``admin`` allows what ``status`` allows (``grants``).
 
 Every node holds the whole key set in ``<data_dir>/api_keys.json`` (mode
 0600). The set is a last-writer-wins map of entries by id, versioned with the
@@ -32,7 +35,11 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Iterable
 
-SCOPES = ("read", "write", "admin")
+SCOPES = ("read", "write", "admin", "status")
+IMPLIED = {"admin": frozenset({"status"})}  # a scope -> the scopes it also allows
+# The first key's scopes. Not SCOPES: a node from before the status scope skips a key naming a scope it
+# does not know (merge), and admin implies status anyway.
+BOOTSTRAP_SCOPES = ("read", "write", "admin")
 KEYS_FILE = "api_keys.json"
 BOOTSTRAP_KEY_FILE = "bootstrap_api_key"  # the first admin key's token, for its operator to read once
 TOKEN_PREFIX = "mrk"
@@ -76,6 +83,11 @@ def parse_scopes(text: str | Iterable[str]) -> tuple[str, ...]:
     if unknown or not items:
         raise ApiKeyError(f"scopes must be some of {', '.join(SCOPES)}; got {items or 'none'}")
     return tuple(s for s in SCOPES if s in items)
+
+
+def grants(scopes: Iterable[str], needed: str) -> bool:
+    """Whether a key holding ``scopes`` may use a route that needs ``needed``."""
+    return any(scope == needed or needed in IMPLIED.get(scope, ()) for scope in scopes)
 
 
 def _digest(secret: str) -> str:
@@ -174,7 +186,7 @@ class ApiKeyStore:
 def write_bootstrap_key(store: ApiKeyStore, data_dir: Path, version: int) -> tuple[Path, ApiKey]:
     """The first admin key of a cluster with API keys on and none yet: made, saved, and its token
     written to a 0600 file in the data directory (a log would keep the secret). Blocks (files)."""
-    token, key = store.create("bootstrap-admin", SCOPES, version)
+    token, key = store.create("bootstrap-admin", BOOTSTRAP_SCOPES, version)
     store.save()
     path = Path(data_dir) / BOOTSTRAP_KEY_FILE
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)

@@ -37,7 +37,7 @@ def test_unknown_routes_need_admin_and_head_follows_get() -> None:
 @pytest.fixture
 async def client(tmp_path: Path) -> AsyncIterator[tuple[TestClient, dict[str, str]]]:
     store = ApiKeyStore(tmp_path)
-    tokens = {scope: store.create(scope, (scope,), version=1)[0] for scope in ("read", "write", "admin")}
+    tokens = {scope: store.create(scope, (scope,), version=1)[0] for scope in ("read", "write", "admin", "status")}
     revoked, key = store.create("gone", ("read", "write", "admin"), version=1)
     store.revoke(key.id, version=2)
     tokens["revoked"] = revoked
@@ -48,6 +48,7 @@ async def client(tmp_path: Path) -> AsyncIterator[tuple[TestClient, dict[str, st
 
     app = web.Application(middlewares=[error_middleware, api_key_middleware(store, lambda: True)])
     app.add_routes([web.post("/v1/search", ok), web.post("/v1/documents", ok), web.get("/v1/cluster", ok),
+                    web.get("/v1/cluster/status", ok),
                     web.get("/health", ok), web.post("/_mesh/ring", ok), web.post("/v1/unlisted", ok)])
     async with TestClient(TestServer(app)) as test_client:
         yield test_client, tokens
@@ -61,10 +62,12 @@ async def _status(client: TestClient, method: str, path: str, token: str | None)
 
 async def test_each_scope_opens_exactly_its_routes(client: tuple[TestClient, dict[str, str]]) -> None:
     test_client, tokens = client
-    routes = {"read": ("POST", "/v1/search"), "write": ("POST", "/v1/documents"), "admin": ("GET", "/v1/cluster")}
-    for holder in ("read", "write", "admin"):
+    routes = {"read": ("POST", "/v1/search"), "write": ("POST", "/v1/documents"), "admin": ("GET", "/v1/cluster"),
+              "status": ("GET", "/v1/cluster/status")}
+    for holder in ("read", "write", "admin", "status"):
         for needed, (method, path) in routes.items():
-            expected = 200 if holder == needed else 403
+            allowed = holder == needed or (holder, needed) == ("admin", "status")  # the one implication
+            expected = 200 if allowed else 403
             assert await _status(test_client, method, path, tokens[holder]) == expected, (holder, needed)
     assert await _status(test_client, "POST", "/v1/unlisted", tokens["write"]) == 403
     assert await _status(test_client, "POST", "/v1/unlisted", tokens["admin"]) == 200

@@ -56,7 +56,7 @@ def _status(node: LocalNode, method: str, route: str, token: str | None) -> int:
 
 def _expected(scope: str, holder: str | None) -> set[int] | None:
     """None: anything but 401/403 (the route's own answer to an empty body); else those codes."""
-    if scope == OPEN or holder == scope:
+    if scope == OPEN or holder == scope or (holder, scope) == ("admin", "status"):  # admin implies status
         return None
     return {401} if holder in (None, "revoked") else {403}
 
@@ -74,7 +74,7 @@ def test_each_scope_allows_exactly_its_routes_on_a_node_that_did_not_create_the_
     n1, n2 = nodes
     admin = MeshClient(n1.url, api_key=(n1.data_dir / BOOTSTRAP_KEY_FILE).read_text().strip())
     tokens: dict[str | None, str | None] = {None: None}
-    for scope in ("read", "write", "admin"):
+    for scope in ("read", "write", "admin", "status"):
         tokens[scope] = admin.create_api_key(f"{scope}-only", [scope])["token"]
     doomed = admin.create_api_key("doomed", ["read", "write", "admin"])
     admin.revoke_api_key(doomed["id"])
@@ -89,7 +89,7 @@ def test_each_scope_allows_exactly_its_routes_on_a_node_that_did_not_create_the_
             if (expected is None and status in (401, 403)) or (expected is not None and status not in expected):
                 mismatches.append(f"{method} {route} with {holder}: {status}")
     assert not mismatches, mismatches
-    for holder in (None, "revoked", "read", "write"):
+    for holder in (None, "revoked", "read", "write", "status"):
         assert _status(n2, "POST", "/v1/cluster/decommission", tokens[holder]) in (401, 403)
 
 
