@@ -26,11 +26,13 @@ from meshrag.api.api_keys import ApiKeyRoutes
 from meshrag.api.auth import api_key_middleware
 from meshrag.api.errors import error_middleware, metrics_middleware
 from meshrag.api.internal import InternalApi
+from meshrag.api.latency import LatencyRoutes, latency_middleware
 from meshrag.api.limits import RequestLimits
 from meshrag.api.mesh_embed import EmbedRoute
 from meshrag.api.mesh_generate import GenerateRoute
 from meshrag.api.openai_compat import OpenAICompatApi
 from meshrag.api.public import PublicApi
+from meshrag.api.status_page import StatusPage
 from meshrag.clock import HybridLogicalClock, SystemClock
 from meshrag.cluster.ringstate import UNRECORDED_ANALYSIS, ClusterSettings, RingState
 from meshrag.cluster.rpc import BodyCodec, PeerClient
@@ -54,6 +56,7 @@ from meshrag.gossip.events import EventKind
 from meshrag.gossip.state import MemberState
 from meshrag.gossip.known_peers import KnownPeers
 from meshrag.identity import NodeIdentity, load_or_create
+from meshrag.latency_history import LatencyHistory
 from meshrag.observability import (
     ClusterCollector, GossipCollector, LoopLagMonitor, Metrics, SecurityCollector, StorageSnapshot, configure_logging, start_monitor,
 )
@@ -94,6 +97,7 @@ class Node:
         self._http_session: aiohttp.ClientSession | None = None
         self._udp: asyncio.DatagramTransport | None = None
         self._clock = SystemClock(config.node.clock_offset_s)
+        self.latency = LatencyHistory(self._clock.now)  # the status page's chart (api/latency.py feeds it)
         self._faults = InjectedFaults.from_env(os.environ, config.node.dev)  # tests of the chaos checker only
         self.api_keys = ApiKeyStore(config.data_path)  # the cluster's API keys (api/auth.py checks them)
         self._tls = TlsFiles.from_config(config.node.tls_cert, config.node.tls_key, config.node.tls_ca)
@@ -171,7 +175,9 @@ class Node:
     async def _ring_view(self) -> dict[str, Any]:
         if self.cluster is None:
             return {"partitions": self.config.cluster.partitions, "replicas": self.config.cluster.replicas, "local_partitions": 0}
-        return dict(self.cluster.admin.ring_view(), pending_hints=await self.cluster.admin.hints_view())
+        admin = self.cluster.admin
+        table = await asyncio.get_running_loop().run_in_executor(self._offload_pool, admin.partition_table_job())
+        return dict(admin.ring_view(), pending_hints=await admin.hints_view(), partition_table=table)
 
     # ------------------------------------------------------------ lifecycle
     async def start(self) -> None:
@@ -198,7 +204,7 @@ class Node:
             log.warning("API keys are on and none existed: admin key %s is in %s (mode 0600); create the others with "
                         "`meshrag apikeys create NAME --scopes ...`, then delete that file", key.id, path)
         app = web.Application(
-            middlewares=[metrics_middleware(self.metrics), error_middleware,
+            middlewares=[metrics_middleware(self.metrics), latency_middleware(self.latency), error_middleware,
                          api_key_middleware(self.api_keys, lambda: self.config.api.keys)],
             # The larger of the two limits; each route checks its own (public: api.max_body_bytes,
             # /_mesh/: cluster.max_message_bytes, since replication carries vectors).
@@ -214,6 +220,8 @@ class Node:
         app.add_routes(EmbedRoute(self, self._codec).routes())
         app.add_routes(OpenAICompatApi(self, self._offload_pool).routes())
         app.add_routes(ApiKeyRoutes(self).routes())
+        app.add_routes(StatusPage().routes())  # GET /: the status page
+        app.add_routes(LatencyRoutes(self.latency).routes())
         # handler_cancellation: a client that disconnects cancels its handler,
         # which is how an abandoned /v1/ask stops its generation.
         self._runner = web.AppRunner(app, handler_cancellation=True, access_log=None)

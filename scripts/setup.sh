@@ -6,6 +6,24 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# Headless Chromium renders the status page in tests/cluster/test_status_page.py (skipped
+# without it). Installed only where it is missing and this can: as root with apt-get; never
+# fatal, since nothing but that test needs it. MESHRAG_NO_APT=1 skips this step.
+install_chromium() {
+  if command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1; then return 0; fi
+  if [ "${MESHRAG_NO_APT:-0}" = "1" ]; then return 0; fi
+  if [ "$(id -u)" != "0" ] || ! command -v apt-get >/dev/null 2>&1; then
+    echo "[setup] warning: no chromium and no root apt-get to install it; the status page browser test will be skipped" >&2
+    return 0
+  fi
+  echo "[setup] installing chromium (Debian package) for the status page test"
+  if ! { DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
+         DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium; } >/dev/null 2>&1; then
+    echo "[setup] warning: apt-get could not install chromium; the status page browser test will be skipped" >&2
+  fi
+}
+install_chromium
+
 PYTHON=${PYTHON:-python3}
 VENV=${MESHRAG_VENV:-.venv}
 EXTRAS=${MESHRAG_EXTRAS:-cpu,dev}

@@ -27,6 +27,11 @@ ROUTE_SCOPES: dict[tuple[str, str], str] = {
     ("GET", "/health"): OPEN,
     ("GET", "/ready"): OPEN,
     ("GET", "/openapi.json"): OPEN,  # the API's description (api/openapi.py): nothing secret in it
+    # The status page (api/status_page/): static files, open so that a browser can load the form
+    # that asks for a key; the JSON it then reads (/v1/cluster, /v1/cluster/latency) needs one.
+    ("GET", "/"): OPEN,
+    ("GET", "/status/app.js"): OPEN,
+    ("GET", "/status/style.css"): OPEN,
     ("GET", "/metrics"): "read",  # a scraper's key should not be able to write or decommission
     ("POST", "/v1/documents"): "write",
     ("DELETE", "/v1/documents/{doc_id}"): "write",
@@ -37,6 +42,7 @@ ROUTE_SCOPES: dict[tuple[str, str], str] = {
     ("GET", "/v1/models/{model}"): "read",
     ("POST", "/v1/chat/completions"): "read",
     ("GET", "/v1/cluster"): "admin",
+    ("GET", "/v1/cluster/latency"): "read",  # request latencies only, like /metrics
     ("GET", "/v1/cluster/status"): "status",  # read-only views of the whole cluster; admin implies status
     ("GET", "/v1/cluster/verify"): "status",
     ("POST", "/v1/cluster/decommission"): "admin",

@@ -21,6 +21,7 @@ from meshrag.api.openai_schema import (
 from meshrag.api.schema import CONSISTENCY_LEVELS, MAX_ID_CHARS, MAX_METADATA_DEPTH, MAX_NODE_REF_CHARS, SEARCH_MODES, SEARCH_TIMEOUT_MS
 from meshrag.cluster.verify import STATES as VERIFY_STATES
 from meshrag.config import Config
+from meshrag.latency_history import CLASSES as LATENCY_CLASSES
 from meshrag.security.api_keys import MAX_NAME, SCOPES
 from meshrag.store.filters import FIELD_OPS, MAX_DEPTH, MAX_LIST_ITEMS
 from meshrag.wire import INT64_MAX, INT64_MIN, MAX_BODY_DEPTH, MSGPACK
@@ -204,6 +205,14 @@ def schemas(config: Config, dim: int | None) -> dict[str, Any]:
             "checked_by": {"type": "string"},
         }, ("partitions", "summary"), closed=False),
         "ApiKey": api_key,
+        "LatencyHistory": _obj({
+            "now": {"type": "number", "description": "This node's monotonic clock, seconds; bucket times are on it"},
+            "bucket_s": {"type": "number"}, "window_s": {"type": "number"},
+            "classes": _obj({name: {"type": "array", "items": _obj({
+                "t": {"type": "number", "description": "Start of the bucket"}, "count": {"type": "integer"}, "errors": {"type": "integer"},
+                "p50_ms": {"type": "number"}, "p99_ms": {"type": "number"}}, ("t", "count", "errors", "p50_ms", "p99_ms"))}
+                for name in LATENCY_CLASSES}, LATENCY_CLASSES),
+        }, ("now", "bucket_s", "window_s", "classes")),
         "NewApiKey": _obj({**api_key["properties"], "token": {"type": "string", "description": "Shown once, in this answer only"}},
                           ("id", "name", "scopes", "revoked", "token")),
         "ApiKeyList": _obj({"keys": {"type": "array", "items": api_key}}, ("keys",)),
@@ -260,12 +269,19 @@ OPERATIONS: dict[tuple[str, str], dict[str, Any]] = {
                                    ("ready", "components")), "also_503": True, "errors": ()},
     ("GET", "/metrics"): {"summary": "Prometheus metrics (text exposition format)", "ok": "text/plain", "errors": ()},
     ("GET", "/openapi.json"): {"summary": "This document", "ok": {"type": "object"}, "errors": ()},
+    ("GET", "/"): {"summary": "The status page (HTML; it reads /v1/cluster and /v1/cluster/latency every 2 s)",
+                   "ok": "text/html", "errors": (429, 504)},
+    ("GET", "/status/app.js"): {"summary": "The status page's script", "ok": "text/javascript", "errors": (429, 504)},
+    ("GET", "/status/style.css"): {"summary": "The status page's style sheet", "ok": "text/css", "errors": (429, 504)},
+    ("GET", "/v1/cluster/latency"): {"summary": "Latencies of the requests this node coordinated: p50, p99 and counts per route "
+                                                "class (search, ingest, ask, read) per 5 s over the last 5 minutes",
+                                     "ok": "LatencyHistory", "errors": ()},
 }
 
 
 def _response(schema: Any, description: str) -> dict[str, Any]:
-    if schema == "text/plain":
-        return {"description": description, "content": {"text/plain": {"schema": {"type": "string"}}}}
+    if isinstance(schema, str) and "/" in schema:  # a media type (text/plain, text/html...), not a schema's name
+        return {"description": description, "content": {schema: {"schema": {"type": "string"}}}}
     resolved = _ref(schema) if isinstance(schema, str) else schema
     return {"description": description, "content": {JSON: {"schema": resolved}, MSGPACK: {"schema": resolved}}}
 

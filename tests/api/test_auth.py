@@ -12,14 +12,18 @@ from aiohttp.test_utils import TestClient, TestServer
 from meshrag.api.api_keys import ApiKeyRoutes
 from meshrag.api.auth import API_KEY, OPEN, ROUTE_SCOPES, api_key_middleware, required_scope
 from meshrag.api.errors import error_middleware
+from meshrag.api.latency import LatencyRoutes
 from meshrag.api.openai_compat import OpenAICompatApi
 from meshrag.api.public import PublicApi
+from meshrag.api.status_page import StatusPage
 from meshrag.security.api_keys import ApiKeyStore
 
 
 def _public_routes() -> set[tuple[str, str]]:
     app = web.Application()
-    for routes in (PublicApi(None).routes(), OpenAICompatApi(None).routes(), ApiKeyRoutes(None).routes()):  # type: ignore[arg-type]
+    route_tables = (PublicApi(None).routes(), OpenAICompatApi(None).routes(), ApiKeyRoutes(None).routes(),  # type: ignore[arg-type]
+                    StatusPage().routes(), LatencyRoutes(None).routes())
+    for routes in route_tables:
         app.add_routes(routes)
     return {(r.method, r.resource.canonical) for r in app.router.routes() if r.method != "HEAD" and r.resource is not None}
 

@@ -26,8 +26,10 @@ from schemathesis.specs.openapi.checks import content_type_conformance, response
 from meshrag.api import openapi
 from meshrag.api.api_keys import ApiKeyRoutes
 from meshrag.api.auth import OPEN, ROUTE_SCOPES
+from meshrag.api.latency import LatencyRoutes
 from meshrag.api.openai_compat import OpenAICompatApi
 from meshrag.api.public import PublicApi
+from meshrag.api.status_page import StatusPage
 from meshrag.config import Config
 from meshrag.localnode import LocalNode
 
@@ -39,7 +41,9 @@ NOT_FUZZED = {("POST", "/v1/cluster/decommission")}
 def served_routes() -> set[tuple[str, str]]:
     """The public route table, built as node.py builds it (the /_mesh/ routes are not public)."""
     app = web.Application()
-    for routes in (PublicApi(None).routes(), OpenAICompatApi(None).routes(), ApiKeyRoutes(None).routes()):  # type: ignore[arg-type]
+    route_tables = (PublicApi(None).routes(), OpenAICompatApi(None).routes(), ApiKeyRoutes(None).routes(),  # type: ignore[arg-type]
+                    StatusPage().routes(), LatencyRoutes(None).routes())
+    for routes in route_tables:
         app.add_routes(routes)
     return {(r.method, r.resource.canonical) for r in app.router.routes() if r.method != "HEAD" and r.resource is not None}
 
