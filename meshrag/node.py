@@ -405,6 +405,7 @@ class Node:
             if seeds:
                 assert self._peers is not None
                 settings, entries = await fetch_cluster(self._peers, seeds)
+                _refuse_unknown_placement(settings)  # before the first ring is computed from it
             else:
                 settings = ClusterSettings(self.config.cluster.partitions, self.config.cluster.replicas, model, dim, analysis)
                 entries = []
@@ -413,6 +414,7 @@ class Node:
             ring_state.merge(entries)
             ring_state.adopt_settings(settings)
         assert ring_state.settings is not None
+        _refuse_unknown_placement(ring_state.settings)
         if ring_state.settings.analysis == UNRECORDED_ANALYSIS:
             # A cluster from before text analysis was a cluster setting: it takes this node's.
             ring_state.adopt_settings(dataclasses.replace(ring_state.settings, analysis=analysis))
@@ -601,6 +603,12 @@ METADATA_REFRESH_S = 5.0
 # kernel rather than be dropped while the loop is busy; the kernel caps this
 # at net.core.rmem_max.
 GOSSIP_RECEIVE_BUFFER = 4 * 1024 * 1024
+
+
+def _refuse_unknown_placement(settings: ClusterSettings) -> None:
+    refusal = settings.placement_refusal()
+    if refusal:
+        raise ConfigError(f"refusing to join the cluster: {refusal}")
 
 
 def _gossip_socket(host: str, port: int) -> socket.socket:

@@ -2,11 +2,16 @@
 
 * A document's partition is ``hash(doc_id) mod P`` (store/engine.py), so all
   chunks of a document live together.
-* Every ring member owns ``VNODES`` tokens on a 64-bit circle, derived from its
-  node id, so every node computes the same ring from the same membership.
-* Partition ``p`` sits at ``p * 2**64 / P``; its preference list is the next N
-  distinct nodes clockwise, first one per zone, then any (zones are failure
-  domains: three copies in one zone survive less than one in each of three).
+* How partitions map to nodes is a cluster setting (cluster/ringstate.py), so
+  every node of a cluster computes the same lists from the same membership:
+  ``balanced`` (balance.py, the default of new clusters): rendezvous ranking,
+  then every node held within one copy of the even share P*N/nodes;
+  ``vnodes`` (clusters created before the setting existed): every ring member
+  owns ``VNODES`` tokens on a 64-bit circle derived from its node id, partition
+  ``p`` sits at ``p * 2**64 / P`` and its preference list is the next N
+  distinct nodes clockwise.
+  Both take one node per zone first, then any (zones are failure domains:
+  three copies in one zone survive less than one in each of three).
 
 Ring membership is explicit and separate from liveness (gossip): a member is
 ``joining`` (receiving its data), ``normal``, ``leaving`` (streaming its data
@@ -31,7 +36,14 @@ import hashlib
 from dataclasses import asdict, dataclass, replace
 from typing import Any, Iterable, Mapping, Sequence
 
+from meshrag.balance import balanced_lists
+
 VNODES = 64
+# The placements (cluster setting ``placement``); a cluster keeps the one it was created with.
+PLACEMENT_VNODES = "vnodes"
+PLACEMENT_BALANCED = "balanced"
+PLACEMENTS = (PLACEMENT_BALANCED, PLACEMENT_VNODES)
+DEFAULT_PLACEMENT = PLACEMENT_BALANCED  # new clusters; clusters recorded before the setting: vnodes
 _RING_SIZE = 1 << 64
 
 
@@ -137,12 +149,20 @@ def partition_position(pid: int, partitions: int) -> int:
 
 
 class Placement:
-    """Preference lists of one set of nodes (one of the two rings)."""
+    """Preference lists of one set of nodes (one of the two rings), computed once: a ring
+    is rebuilt only when its table changes (cluster/ringstate.py), so ``owners`` is a lookup."""
 
-    def __init__(self, entries: Sequence[RingEntry], partitions: int, replicas: int) -> None:
+    def __init__(self, entries: Sequence[RingEntry], partitions: int, replicas: int,
+                 kind: str = DEFAULT_PLACEMENT) -> None:
+        if kind not in PLACEMENTS:
+            raise ValueError(f"unknown placement {kind!r} (known: {', '.join(PLACEMENTS)})")
         self.partitions = partitions
         self.replicas = replicas
+        self.kind = kind
         self.zones = {entry.node_id: entry.zone for entry in entries}
+        if kind == PLACEMENT_BALANCED:
+            self._lists = balanced_lists(self.zones, partitions, replicas)
+            return
         tokens = sorted((token, entry.node_id) for entry in entries for token in node_tokens(entry.node_id))
         self._positions = [token for token, _ in tokens]
         self._owners = [node_id for _, node_id in tokens]
@@ -181,13 +201,14 @@ def _distinct(node_ids: Iterable[str]) -> list[str]:
 class Ring:
     """The current and target placements of one ring table."""
 
-    def __init__(self, table: RingTable, partitions: int, replicas: int) -> None:
+    def __init__(self, table: RingTable, partitions: int, replicas: int, placement: str = DEFAULT_PLACEMENT) -> None:
         self.partitions = partitions
         self.replicas = replicas
+        self.placement = placement
         entries = table.entries()
         self.entries = {entry.node_id: entry for entry in entries}
-        self.current = Placement([e for e in entries if e.status in CURRENT], partitions, replicas)
-        self.target = Placement([e for e in entries if e.status in TARGET], partitions, replicas)
+        self.current = Placement([e for e in entries if e.status in CURRENT], partitions, replicas, placement)
+        self.target = Placement([e for e in entries if e.status in TARGET], partitions, replicas, placement)
 
     def read_owners(self, pid: int) -> list[str]:
         """Who serves reads: the current owners (the target ones while nothing is current yet)."""
@@ -225,3 +246,16 @@ class Ring:
                 "target_partitions": len(self.partitions_of(node_id, "target")),
             }
         return per_node
+
+
+def placement_balance(ring: Ring, placement: str = "current") -> dict[str, dict[str, float]]:
+    """Per node of one of the ring's placements: the partition copies it holds, the even share
+    (all copies over the placement's nodes) and their ratio, for operators' status views."""
+    chosen = ring.current if placement == "current" else ring.target
+    copies = {node_id: 0 for node_id in chosen.zones}
+    for pid in range(ring.partitions):
+        for node_id in chosen.owners(pid):
+            copies[node_id] += 1
+    even = sum(copies.values()) / len(copies) if copies else 0.0
+    return {node_id: {"copies": count, "target": even, "ratio": count / even if even else 0.0}
+            for node_id, count in sorted(copies.items())}

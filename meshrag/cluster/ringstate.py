@@ -1,8 +1,9 @@
 """This node's copy of the cluster settings and the ring table, persisted.
 
-The settings (P, N, embedding model and dimension) are fixed when the cluster
-is created; a joining node adopts P and N and refuses to join with another
-model or dimension. The ring table (ring.py) is merged last-writer-wins from
+The settings (P, N, embedding model and dimension, text analysis, placement)
+are fixed when the cluster is created; a joining node adopts P, N and the
+placement, and refuses to join with another model or dimension, or a
+placement it does not implement. The ring table (ring.py) is merged last-writer-wins from
 whatever peers send (node.py spreads it over /_mesh/ring), so every node
 converges on the same ring; it is written to ``<data_dir>/cluster.json``
 (atomically, by rename) on every change, so a restarted node knows its ring
@@ -28,7 +29,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
 from meshrag.errors import ConfigError
-from meshrag.ring import Ring, RingEntry, RingStatus, RingTable
+from meshrag.ring import DEFAULT_PLACEMENT, PLACEMENT_VNODES, PLACEMENTS, Ring, RingEntry, RingStatus, RingTable
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +50,11 @@ class ClusterSettings:
     # BM25 text analysis (store/analysis.py fingerprint): every node must tokenise alike,
     # or term statistics and query terms from different nodes would not match.
     analysis: str = UNRECORDED_ANALYSIS
+    # How partitions map to nodes (ring.py): every node must place alike, or they would
+    # disagree on owners. New clusters get the default; a cluster recorded before this field
+    # existed placed with vnode tokens and keeps them (from_dict), since changing the placement
+    # of a running cluster would move most of its data at once.
+    placement: str = DEFAULT_PLACEMENT
 
     def refusal(self, model: str, dim: int, analysis: str | None = None) -> str | None:
         """Why a node with this embedder and text analysis cannot join, or None if it can."""
@@ -66,11 +72,21 @@ class ClusterSettings:
             )
         return None
 
+    def placement_refusal(self) -> str | None:
+        """Why this build cannot place the cluster's partitions (a newer version's placement)."""
+        if self.placement in PLACEMENTS:
+            return None
+        return (
+            f"the cluster places partitions with {self.placement!r}, which this node does not implement "
+            f"(it knows {', '.join(PLACEMENTS)}); it would disagree with the others on every partition's "
+            "owners, so start it with the version of MeshRAG the cluster runs"
+        )
+
     @classmethod
     def from_dict(cls, raw: Mapping[str, Any]) -> ClusterSettings:
         return cls(
             int(raw["partitions"]), int(raw["replicas"]), str(raw["model"]), int(raw["dim"]),
-            str(raw.get("analysis", UNRECORDED_ANALYSIS)),
+            str(raw.get("analysis", UNRECORDED_ANALYSIS)), str(raw.get("placement", PLACEMENT_VNODES)),
         )
 
 
@@ -205,7 +221,7 @@ class RingState:
     def ring(self) -> Ring:
         if self._ring is None:
             assert self.settings is not None, "cluster settings are not known yet"
-            self._ring = Ring(self.table, self.settings.partitions, self.settings.replicas)
+            self._ring = Ring(self.table, self.settings.partitions, self.settings.replicas, self.settings.placement)
         return self._ring
 
     @property

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
 
 from meshrag.cluster.ringstate import CLUSTER_FILE, ClusterSettings, RingState
 from meshrag.errors import ConfigError
-from meshrag.ring import Ring, RingEntry, RingStatus
+from meshrag.ring import PLACEMENT_BALANCED, PLACEMENT_VNODES, PLACEMENTS, Ring, RingEntry, RingStatus
 
 SETTINGS = ClusterSettings(partitions=16, replicas=3, model="all-MiniLM-L6-v2@abc", dim=384)
 
@@ -59,3 +61,35 @@ def test_listeners_see_the_new_ring_on_every_adopted_change(tmp_path: Path) -> N
     assert [ring.entries["a"].status for ring in seen] == [RingStatus.NORMAL, RingStatus.LEAVING]
     stored = json.loads((tmp_path / CLUSTER_FILE).read_text())
     assert stored["ring"][0]["status"] == "leaving"
+
+
+def test_a_new_cluster_places_partitions_balanced_and_records_it() -> None:
+    assert SETTINGS.placement == PLACEMENT_BALANCED
+    assert ClusterSettings.from_dict(asdict(SETTINGS)) == SETTINGS
+
+
+def test_settings_recorded_before_the_placement_setting_keep_vnode_placement(tmp_path: Path) -> None:
+    """A running cluster from before the setting must not change placement (it would move most data)."""
+    recorded = {key: value for key, value in asdict(SETTINGS).items() if key != "placement"}
+    (tmp_path / CLUSTER_FILE).write_text(json.dumps({"settings": recorded, "ring": []}))
+    state = RingState(tmp_path, "a")
+    assert state.load()
+    assert state.settings is not None and state.settings.placement == PLACEMENT_VNODES
+    state.add_self("node-a", "z1", RingStatus.NORMAL, 1)
+    assert state.ring.placement == PLACEMENT_VNODES
+    assert json.loads((tmp_path / CLUSTER_FILE).read_text())["settings"]["placement"] == PLACEMENT_VNODES
+
+
+def test_the_ring_is_computed_with_the_clusters_placement(tmp_path: Path) -> None:
+    for placement in PLACEMENTS:
+        state = RingState(tmp_path / placement, "a")
+        (tmp_path / placement).mkdir()
+        state.adopt_settings(dataclasses.replace(SETTINGS, placement=placement))
+        state.add_self("node-a", "z1", RingStatus.NORMAL, 1)
+        assert state.ring.placement == placement
+
+
+def test_a_placement_this_node_does_not_implement_is_refused_by_name() -> None:
+    assert SETTINGS.placement_refusal() is None
+    reason = dataclasses.replace(SETTINGS, placement="spiral").placement_refusal()
+    assert reason is not None and "'spiral'" in reason and "does not implement" in reason
