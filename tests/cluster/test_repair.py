@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import time
 from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Callable, Iterator
@@ -521,3 +522,23 @@ async def test_a_leaving_node_with_a_dead_new_owner_is_not_removed(replicas: dic
 
 def test_progress_is_plain_data() -> None:
     assert set(Progress().as_dict()) == {f.name for f in dataclasses.fields(Progress)}
+
+
+async def test_a_pass_counts_each_partition_done_as_its_last_peer_is_compared(replicas: dict[str, Replica]) -> None:
+    """`meshrag status` computes a pass's rate and ETA from partitions_done and started_at."""
+    a, b = replicas["a"], replicas["b"]
+    b.engine.upsert(docs_in(1, 2) + docs_in(3, 2))  # a lacks partitions 1 and 3
+    seen: list[tuple[int, int]] = []
+    peers = Peers(replicas)
+    entries = peers.entries
+
+    async def recording(node: str, pid: int, hashes: list[str]) -> tuple[list[int], list[DigestEntry]]:
+        seen.append((pid, rep.progress.partitions_done))
+        return await entries(node, pid, hashes)
+
+    peers.entries = recording  # type: ignore[method-assign]
+    rep = Repairer("a", two_normal, lambda n: True, a, peers, RateLimiter(0), wire_size, lambda status: None)
+    before = time.time()
+    progress = await rep.run_pass("periodic")
+    assert seen == [(1, 1), (3, 3)], "every partition before the one being synced already counts as done"
+    assert progress.partitions_done == progress.partitions_total == P and before <= progress.started_at <= time.time()
