@@ -26,7 +26,10 @@ class StorageUpkeep:
                  metrics: Metrics, snapshot: StorageSnapshot, is_ready: Callable[[], bool]) -> None:
         self._engine, self._hints, self._pool = engine, hints, pool
         self._config, self._clock = config, clock
-        self._metrics, self._snapshot, self._is_ready = metrics, snapshot, is_ready
+        self._metrics, self._snapshot = metrics, snapshot
+        # Read at each scrape, not at the last refresh: a scrape right after /ready turned
+        # 200 read 0 until the next refresh, up to METRICS_REFRESH_S later.
+        metrics.ready.set_function(lambda: 1 if is_ready() else 0)
 
     async def _blocking(self, fn: Callable[..., object], *args: object) -> object:
         return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
@@ -67,4 +70,3 @@ class StorageUpkeep:
         self._metrics.stored_documents.set(stats.get("documents", 0))
         self._metrics.stored_chunks.set(stats.get("chunks", 0))
         self._snapshot.pending_hints = await self._blocking(self._hints.pending)  # type: ignore[assignment]
-        self._metrics.ready.set(1 if self._is_ready() else 0)
