@@ -32,7 +32,7 @@ from meshrag.rag.embedder import Embedder
 from meshrag.rag.prompt import Passage, build_messages
 from meshrag.rag.ranking import merge_top_k, reciprocal_rank_fusion
 from meshrag.rag.requests import AskRequest, IncomingDocument, SearchRequest
-from meshrag.cluster.search import Prepared, SearchPlan, require_coverage
+from meshrag.cluster.search import Gathered, Prepared, SearchPlan, require_coverage
 from meshrag.cluster.service import ClusterService
 from meshrag.cluster.session import decode_session, encode_session
 from meshrag.store.types import ChunkWrite, DocumentWrite, Hit, StoredDocument, WriteResult, WriteStatus
@@ -212,24 +212,36 @@ class RagPipeline:
         left_s = lambda: max(0.0, timeout_s - watch.ms() / 1000)  # noqa: E731  (the deadline covers embedding too)
         plan = SearchPlan(kinds, request.vector, request.query, depth, request.filter, decode_session(request.session), timeout_s)
         prepared, vector = await self._prepare_while_embedding(plan, timings, watch)
-        gathered = await self._cluster.search.gather(dataclasses.replace(plan, vector=vector), prepared)
+        plan = dataclasses.replace(plan, vector=vector)
+        here = await self._cluster.search.search_here(plan, prepared)  # every partition here: one step
+        gathered, hits = here if here is not None else await self._gather_and_fetch(plan, prepared, request, left_s)
+        timings.update(gathered.timings)
         if request.require_full_coverage:
             require_coverage(gathered)
-        ranked = {kind: merge_top_k([gathered.lists.get(kind, [])], depth) for kind in kinds}
-        if request.mode == "hybrid":
-            final = reciprocal_rank_fusion([ranked["dense"], ranked["bm25"]], request.k)
-        else:
-            final = ranked[kinds[0]][: request.k]
-        fetch_watch = Stopwatch()
-        hits = await self._cluster.search.fetch(final, gathered.holders, left_s())
-        timings.update(gathered.timings)
-        timings["fetch_ms"] = fetch_watch.ms()
         timings["total_ms"] = watch.ms()
         timings["search_ms"] = round(timings["total_ms"] - timings.get("embed_ms", 0.0), 2)
         self._metrics.search_latency.labels(stage="total").observe(timings["total_ms"] / 1000)
         if gathered.missing:
             self._metrics.partial_searches.inc()
         return SearchOutcome(hits=hits, coverage=gathered.coverage, missing_partitions=gathered.missing, timings=timings)
+
+    async def _gather_and_fetch(
+        self, plan: SearchPlan, prepared: Prepared, request: SearchRequest, left_s: Callable[[], float],
+    ) -> tuple[Gathered, list[Hit]]:
+        """Candidates from every partition's chosen replica, ranked and fused here, then the
+        text and metadata of the final k from the nodes that answered for them."""
+        gathered = await self._cluster.search.gather(plan, prepared)
+        if request.require_full_coverage:
+            require_coverage(gathered)  # before the fetch: a refused search fetches nothing
+        ranked = {kind: merge_top_k([gathered.lists.get(kind, [])], plan.k) for kind in plan.kinds}
+        if request.mode == "hybrid":
+            final = reciprocal_rank_fusion([ranked["dense"], ranked["bm25"]], request.k)
+        else:
+            final = ranked[plan.kinds[0]][: request.k]
+        fetch_watch = Stopwatch()
+        hits = await self._cluster.search.fetch(final, gathered.holders, left_s())
+        gathered.timings["fetch_ms"] = fetch_watch.ms()
+        return gathered, hits
 
     async def _prepare_while_embedding(
         self, plan: SearchPlan, timings: dict[str, float], watch: Stopwatch,

@@ -274,3 +274,88 @@ def test_wire_round_trip_keeps_candidates_per_partition_and_unheld() -> None:
     assert back.partitions == dict(per) and back.unheld == [2]
     stats = NodeAnswer({3: TermStats(5, 50, {"wing": 2})}, [7])
     assert stats_from_wire(stats_to_wire(stats)).partitions == stats.partitions
+
+
+# ------------------------------------------------------------------ one local step
+class CountingPool:
+    """The storage pool, run inline: counts the jobs a search hands to it."""
+
+    def __init__(self) -> None:
+        self.jobs = 0
+
+    async def blocking(self, fn: Any, *args: Any) -> Any:
+        self.jobs += 1
+        return fn(*args)
+
+
+def local_search(engine: Any, entries: Sequence[str], held: set[int] | None = None) -> tuple[DistributedSearch, CountingPool]:
+    from meshrag.cluster.search import LocalSearcher
+
+    clock = LoopClock(asyncio.get_running_loop())
+    hedging = HedgeSettings()
+    scatterer = Scatterer(ScatterPolicy("x", LatencyTracker(clock), BreakerBoard(BreakerSettings(), clock), hedging, HedgeBudget(hedging)))
+    pool = CountingPool()
+    local = LocalSearcher(engine, lambda pids: set(pids) if held is None else set(pids) & held, pool.blocking)
+    table = RingTable(RingEntry(n, n, "z", RingStatus.NORMAL, 1) for n in entries)
+
+    async def call(node: str, path: str, body: dict[str, Any], timeout_s: float) -> dict[str, Any]:
+        raise AssertionError(f"no remote call expected, got {path} to {node}")
+
+    return DistributedSearch(
+        local_id="x", ring=lambda: Ring(table, P, 1), is_alive=lambda n: n in entries, scatterer=scatterer, local=local,
+        call=call, analyzer=Analyzer(), stats_cache=TermStatsCache(clock, ttl_s=30.0),
+    ), pool
+
+
+@pytest.fixture
+def stored(tmp_path: Any) -> Any:
+    from meshrag.store.engine import StorageEngine
+    from tests.store.conftest import DIM, make_doc
+
+    engine = StorageEngine(tmp_path / "data", P, DIM)
+    engine.open()
+    engine.upsert([make_doc(f"doc-{i}") for i in range(40)])
+    yield engine
+    engine.close()
+
+
+def test_a_search_whose_partitions_are_all_here_takes_one_step_and_finds_what_the_phases_find(stored: Any) -> None:
+    from tests.store.conftest import DIM, unit_vector
+
+    query = SearchPlan(("dense",), unit_vector(7, DIM), None, 5, None, {}, timeout_s=2.0)
+
+    async def scenario() -> tuple[Any, list[Hit], list[Hit], int]:
+        engine, pool = local_search(stored, ["x"])
+        prepared = await engine.prepare(query)
+        here = await engine.search_here(query, prepared)
+        assert here is not None
+        jobs = pool.jobs
+        gathered = await engine.gather(query, prepared)
+        phased = await engine.fetch(sorted(gathered.lists["dense"], key=lambda c: (-c.score, c.chunk_id))[:5], gathered.holders, 1.0)
+        return here[0], here[1], phased, jobs
+
+    (gathered, hits, phased, jobs), _ = run_virtual(scenario)
+    assert jobs == 1, "candidates and their text in one job of the storage pool"
+    assert gathered.coverage == 1.0 and gathered.missing == []
+    assert [(h.chunk_id, h.text, h.score) for h in hits] == [(h.chunk_id, h.text, h.score) for h in phased]
+    assert len(hits) == 5
+
+
+def test_a_search_takes_the_usual_phases_when_a_partition_is_not_held_here_or_best_asked_elsewhere(stored: Any) -> None:
+    from tests.store.conftest import DIM, unit_vector
+
+    query = SearchPlan(("dense",), unit_vector(7, DIM), None, 5, None, {}, timeout_s=2.0)
+    hybrid = SearchPlan(("dense", "bm25"), unit_vector(7, DIM), "first part", 5, None, {}, timeout_s=2.0)
+
+    async def scenario() -> list[Any]:
+        not_held, _ = local_search(stored, ["x"], held=set(range(P - 1)))
+        shared, _ = local_search(stored, ["x", "y"])  # N=1 over two nodes: some partitions are y's alone
+        alone, _ = local_search(stored, ["x"])
+        return [
+            await not_held.search_here(query, await not_held.prepare(query)),
+            await shared.search_here(query, await shared.prepare(query)),
+            await alone.search_here(hybrid, await alone.prepare(hybrid)),  # two kinds: searched concurrently instead
+        ]
+
+    answers, _ = run_virtual(scenario)
+    assert answers == [None, None, None]

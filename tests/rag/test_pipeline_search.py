@@ -59,6 +59,9 @@ class RecordingSearch:
         self.events.append(("prepare end", loop.time()))
         return Prepared({0: ["n1"]}, loop.time() + plan.timeout_s, terms=["flutter"])
 
+    async def search_here(self, plan: SearchPlan, prepared: Prepared) -> None:
+        return None  # partition 0's replica is another node: the scatter path is under test
+
     async def gather(self, plan: SearchPlan, prepared: Prepared | None = None) -> Gathered:
         assert prepared is not None
         self.plans.append(plan)
