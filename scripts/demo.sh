@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The main job: install, start a local 3-node cluster (each document on 2 of
-# them), ingest the sample corpus through one node, ask a question through
-# another and print the answer with its cited sources.
+# them), ingest the sample corpus through n2, ask a question through n3 (which
+# does not generate: it retrieves, then streams the answer from n1's generator)
+# and print the answer with its cited sources.
 #   MESHRAG_DEMO_PORT=7070 scripts/demo.sh ["your question"]
 # Nodes listen on 127.0.0.1:PORT, PORT+1 and PORT+2; n1 also generates
 # (llama.cpp), n2 and n3 store and coordinate. Data and logs: $MESHRAG_DEMO_DATA/n*/.
@@ -108,7 +109,7 @@ if [ "$MODE" = big ]; then
 else
   NODES=3
   GENERATORS=1
-  ASK_THROUGH=1
+  ASK_THROUGH=3  # any node answers: the question goes through n3, which does not generate
 fi
 case "$NODES$GENERATORS" in *[!0-9]*) echo "[demo] MESHRAG_DEMO_NODES and MESHRAG_DEMO_GENERATORS must be numbers" >&2; exit 2 ;; esac
 if [ "$NODES" -lt 2 ] || [ "$NODES" -gt 20 ] || [ "$GENERATORS" -lt 1 ] || [ "$GENERATORS" -gt "$NODES" ]; then
