@@ -20,7 +20,7 @@ import threading
 from collections import defaultdict
 from functools import partial
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, ContextManager, Iterable, Sequence
 
 import numpy as np
 
@@ -337,3 +337,19 @@ class StorageEngine:
     def maybe_save_indexes(self, max_pending: int) -> int:
         """Save when at least ``max_pending`` index changes, over all partitions, are unsaved."""
         return self.save_indexes() if self._index.pending >= max_pending else 0
+
+    # -------------------------------------------------------------- snapshots
+    def hold_index_log_trims(self) -> ContextManager[None]:
+        """Index saves keep every partition's log while held (node_index.py; a snapshot's copies)."""
+        return self._index.hold_log_trims()
+
+    def link_index_files(self, target_dir: Path) -> list[Path]:
+        """meta.json and the saved node index with its sidecar, placed in ``target_dir``
+        (store/snapshot.py copies the partition databases after them)."""
+        shutil.copy2(self.root / META_FILE, target_dir / META_FILE)
+        return [target_dir / META_FILE, *self._index.link_saved_files(target_dir)]
+
+    def database_of(self, pid: int) -> Path | None:
+        """The SQLite file of a partition held here, None if not (dropped meanwhile)."""
+        partition = self._open.get(pid)
+        return None if partition is None else partition.db_path

@@ -69,9 +69,11 @@ import json
 import logging
 import math
 import os
+import shutil
 import threading
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Collection, ContextManager, Iterable, Protocol, Sequence, TypeVar
+from typing import Callable, Collection, ContextManager, Iterable, Iterator, Protocol, Sequence, TypeVar
 
 import numpy as np
 import usearch
@@ -160,6 +162,7 @@ class NodeIndex:
         self._pending: dict[int, int] = {}  # changes per partition not in the saved files
         self._saved: dict[int, int] = {}  # log seq per partition the loaded files cover, until it attaches
         self._loaded = False
+        self._trim_holds = 0  # snapshots in progress: saves keep the logs (see hold_log_trims)
 
     @property
     def index_path(self) -> Path:
@@ -443,10 +446,42 @@ class NodeIndex:
                         covered[part.pid] = self.pending_of(part.pid)
             covered.update(self._write_files(seqs, held=covered.keys()))
             for part in held:
-                if part.pid in seqs:
+                if part.pid in seqs and not self._trim_holds:
                     part.trim_index_log(seqs[part.pid])
             self._settle(covered)
             return sum(1 for changes in covered.values() if changes)
+
+    @contextmanager
+    def hold_log_trims(self) -> Iterator[None]:
+        """While held, saves write the files but trim no partition's log. A snapshot holds it
+        from copying the saved files until its last partition database is copied, so each
+        copied log still reaches back to the seq the copied sidecar records and the restored
+        node catches up from the log instead of rebuilding. The next save after it trims."""
+        with self._save_lock:
+            self._trim_holds += 1
+        try:
+            yield
+        finally:
+            with self._save_lock:
+                self._trim_holds -= 1
+
+    def link_saved_files(self, target_dir: Path) -> list[Path]:
+        """Put the saved index file and its sidecar, a matching pair, into ``target_dir``;
+        returns what it placed (nothing if no save happened yet). Hard links where it can:
+        a save replaces both files by rename, never writes into them, so a link keeps the
+        pair as it is now at no cost; a copy across file systems."""
+        placed: list[Path] = []
+        with self._save_lock:  # no save between the two files
+            if not self.sidecar_path.exists() or not self.index_path.exists():
+                return placed
+            for source in (self.index_path, self.sidecar_path):
+                target = target_dir / source.name
+                try:
+                    os.link(source, target)
+                except OSError:
+                    shutil.copy2(source, target)
+                placed.append(target)
+        return placed
 
     def _write_files(self, seqs: dict[int, int], held: Collection[int]) -> dict[int, int]:
         """Index file, then sidecar; returns the pending changes of partitions not held
