@@ -32,6 +32,8 @@ from meshrag.api.mesh_embed import EmbedRoute
 from meshrag.api.mesh_generate import GenerateRoute
 from meshrag.api.openai_compat import OpenAICompatApi
 from meshrag.api.public import PublicApi
+from meshrag.api.snapshots import SnapshotRoutes
+from meshrag.backup.snapshot import SnapshotSources
 from meshrag.api.status_page import StatusPage
 from meshrag.clock import HybridLogicalClock, SystemClock
 from meshrag.cluster.ringstate import UNRECORDED_ANALYSIS, ClusterSettings, RingState
@@ -55,6 +57,7 @@ from meshrag.gossip import PUSH_PULL_PATH
 from meshrag.gossip.events import EventKind
 from meshrag.gossip.state import MemberState
 from meshrag.gossip.known_peers import KnownPeers
+from meshrag.datadir import DataDirLock, lock_for_node
 from meshrag.identity import NodeIdentity, load_or_create
 from meshrag.latency_history import LatencyHistory
 from meshrag.observability import (
@@ -63,7 +66,7 @@ from meshrag.observability import (
 from meshrag.rag.chunking import Chunker, ChunkingSettings
 from meshrag.rag.embedder import Embedder, default_model_path
 from meshrag.rag.pipeline import RagPipeline
-from meshrag.errors import ConfigError
+from meshrag.errors import ConfigError, NotServedHere, Unavailable
 from meshrag.faults import ForgetfulClock, InjectedFaults
 from meshrag.security.api_keys import ApiKeyStore, write_bootstrap_key
 from meshrag.security.tls import TlsFiles, client_context, server_context
@@ -133,6 +136,7 @@ class Node:
         self._monitor: Any = None
         self._known_peers: KnownPeers | None = None  # set when gossip starts
         self._stopped = asyncio.Event()
+        self._data_lock: DataDirLock | None = None  # held while this process runs (datadir.py)
         self.startup_error: BaseException | None = None
 
     # ------------------------------------------------------------ NodeView
@@ -172,6 +176,17 @@ class Node:
             "config": as_dict(self.config),
         }
 
+    def snapshot_sources(self) -> SnapshotSources:
+        """What `meshrag snapshot` copies (api/snapshots.py): 421 without storage, 503 while it opens."""
+        if not self.stores_data:
+            raise NotServedHere("this node holds no data (no storage role); take snapshots of the storage nodes")
+        if self._engine is None or self.cluster is None or self.identity is None or self.cluster.ring_state.settings is None:
+            raise Unavailable("storage is still opening", retry_after_s=2)
+        loop, pool = asyncio.get_running_loop(), self._storage_pool
+        return SnapshotSources(self._engine, self.config.data_path, self.identity.node_id, self.config.node_name,
+                               self.identity.generation, self.cluster.ring_state.settings,
+                               lambda fn, *args: loop.run_in_executor(pool, fn, *args))
+
     async def _ring_view(self) -> dict[str, Any]:
         if self.cluster is None:
             return {"partitions": self.config.cluster.partitions, "replicas": self.config.cluster.replicas, "local_partitions": 0}
@@ -182,6 +197,7 @@ class Node:
     # ------------------------------------------------------------ lifecycle
     async def start(self) -> None:
         configure_logging(self.config.observability.log_level, self.config.observability.log_format, self.config.node_name)
+        self._data_lock = lock_for_node(self.config.data_path, self.config.node_name)  # no second node, no restore meanwhile
         self.identity = load_or_create(self.config.data_path, self.config.node_name)
         node = self.config.node
         self._keyring = node_keyring(self.config.data_path, node.secret, node.secret_file, node.dev, self.config.advertise_address)
@@ -220,6 +236,7 @@ class Node:
         app.add_routes(EmbedRoute(self, self._codec).routes())
         app.add_routes(OpenAICompatApi(self, self._offload_pool).routes())
         app.add_routes(ApiKeyRoutes(self).routes())
+        app.add_routes(SnapshotRoutes(self).routes())
         app.add_routes(StatusPage().routes())  # GET /: the status page
         app.add_routes(LatencyRoutes(self.latency).routes())
         # handler_cancellation: a client that disconnects cancels its handler,
@@ -585,6 +602,8 @@ class Node:
             pool.shutdown(wait=True)  # idle by now (the models' close() waited for their threads)
         if self._monitor is not None:
             self._monitor.close()
+        if self._data_lock is not None:
+            self._data_lock.release()
         log.info("node stopped")
 
     async def run_until_signalled(self) -> int:

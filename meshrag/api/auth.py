@@ -47,6 +47,8 @@ ROUTE_SCOPES: dict[tuple[str, str], str] = {
     ("GET", "/v1/cluster/verify"): "status",
     ("POST", "/v1/cluster/decommission"): "admin",
     ("POST", "/v1/cluster/remove"): "admin",
+    ("POST", "/v1/cluster/snapshots"): "admin",  # writes a copy of the node's data on its host (api/snapshots.py)
+    ("GET", "/v1/cluster/snapshots/{name}"): "admin",
     ("GET", "/v1/cluster/api-keys"): "admin",
     ("POST", "/v1/cluster/api-keys"): "admin",
     ("DELETE", "/v1/cluster/api-keys/{key_id}"): "admin",

@@ -20,6 +20,7 @@ from meshrag.api.openai_schema import (
 )
 from meshrag.api.schema import CONSISTENCY_LEVELS, MAX_ID_CHARS, MAX_METADATA_DEPTH, MAX_NODE_REF_CHARS, SEARCH_MODES, SEARCH_TIMEOUT_MS
 from meshrag.cluster.verify import STATES as VERIFY_STATES
+from meshrag.backup.manifest import NAME_PATTERN
 from meshrag.config import Config
 from meshrag.latency_history import CLASSES as LATENCY_CLASSES
 from meshrag.security.api_keys import MAX_NAME, SCOPES
@@ -38,6 +39,7 @@ _ERROR_TEXT = {
     429: "This client has api.max_concurrent_per_client requests in flight; Retry-After says when to retry",
     502: "Generation failed on every generator that could take it", 503: "Not ready, overloaded or too few replicas; Retry-After says when to retry",
     504: "The request ran past its server-side deadline (api.*_deadline_s)",
+    507: "Too little free space on the node's disk for what it was asked to write",
 }
 _BODY_ERRORS = (400, 413, 415)
 _CLIENT = (401, 403, 429, 503, 504)  # any limited route: authentication, concurrency, overload, deadline
@@ -216,6 +218,14 @@ def schemas(config: Config, dim: int | None) -> dict[str, Any]:
         "NewApiKey": _obj({**api_key["properties"], "token": {"type": "string", "description": "Shown once, in this answer only"}},
                           ("id", "name", "scopes", "revoked", "token")),
         "ApiKeyList": _obj({"keys": {"type": "array", "items": api_key}}, ("keys",)),
+        "SnapshotCreate": _obj({"name": _string(64, pattern=NAME_PATTERN, description="Default: the time, UTC (20250101T120000Z)")}),
+        "SnapshotJob": _obj({
+            "name": {"type": "string"}, "path": {"type": "string", "description": "On the node's host: <data_dir>/snapshots/<name>"},
+            "state": {"enum": ["running", "done", "failed"]}, "phase": {"type": "string"},
+            "partitions_done": {"type": "integer"}, "partitions_total": {"type": "integer"}, "bytes": {"type": "integer"},
+            "documents": {"type": "integer"}, "started_at": _nullable({"type": "number"}), "finished_at": _nullable({"type": "number"}),
+            "seconds": _nullable({"type": "number"}), "error": _nullable({"type": "string"}),
+        }, ("name", "path", "state", "partitions_done", "partitions_total", "bytes")),
         "ApiKeyCreate": _obj({"name": _string(MAX_NAME), "scopes": {"type": "array", "items": {"enum": list(SCOPES)}, "minItems": 1}},
                              ("name", "scopes")),
     }
@@ -252,6 +262,12 @@ OPERATIONS: dict[tuple[str, str], dict[str, Any]] = {
                                            "ok": "RingResponse", "errors": (400,) + _STORAGE},
     ("POST", "/v1/cluster/remove"): {"summary": "Take a dead node out of the ring; the survivors re-replicate its data", "body": "NodeRef",
                                      "ok": "RingResponse", "errors": _BODY_ERRORS + (404,) + _STORAGE},
+    ("POST", "/v1/cluster/snapshots"): {"summary": "Start a consistent snapshot of this node's data under its data directory (one at a time)",
+                                        "body": "SnapshotCreate", "ok": "SnapshotJob", "status": 202, "errors": _BODY_ERRORS + (409, 507) + _STORAGE},
+    ("GET", "/v1/cluster/snapshots/{name}"): {"summary": "A snapshot's progress (partitions, bytes) and outcome", "ok": "SnapshotJob",
+                                              "errors": (400, 404) + _STORAGE,
+                                              "params": [{"name": "name", "in": "path", "required": True,
+                                                          "schema": _string(64, pattern=NAME_PATTERN)}]},
     ("GET", "/v1/models"): {"summary": "Generator models live in the cluster (OpenAI-compatible)", "ok": "ModelList", "errors": ()},
     ("GET", "/v1/models/{model}"): {"summary": "One model", "ok": "Model", "errors": (404,),
                                     "params": [{"name": "model", "in": "path", "required": True, "schema": _string()}]},

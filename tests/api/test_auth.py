@@ -15,13 +15,14 @@ from meshrag.api.errors import error_middleware
 from meshrag.api.latency import LatencyRoutes
 from meshrag.api.openai_compat import OpenAICompatApi
 from meshrag.api.public import PublicApi
+from meshrag.api.snapshots import SnapshotRoutes
 from meshrag.api.status_page import StatusPage
 from meshrag.security.api_keys import ApiKeyStore
 
 
 def _public_routes() -> set[tuple[str, str]]:
     app = web.Application()
-    route_tables = (PublicApi(None).routes(), OpenAICompatApi(None).routes(), ApiKeyRoutes(None).routes(),  # type: ignore[arg-type]
+    route_tables = (PublicApi(None).routes(), OpenAICompatApi(None).routes(), ApiKeyRoutes(None).routes(), SnapshotRoutes(None).routes(),  # type: ignore[arg-type]
                     StatusPage().routes(), LatencyRoutes(None).routes())
     for routes in route_tables:
         app.add_routes(routes)

@@ -29,6 +29,7 @@ from meshrag.api.auth import OPEN, ROUTE_SCOPES
 from meshrag.api.latency import LatencyRoutes
 from meshrag.api.openai_compat import OpenAICompatApi
 from meshrag.api.public import PublicApi
+from meshrag.api.snapshots import SnapshotRoutes
 from meshrag.api.status_page import StatusPage
 from meshrag.config import Config
 from meshrag.localnode import LocalNode
@@ -41,7 +42,7 @@ NOT_FUZZED = {("POST", "/v1/cluster/decommission")}
 def served_routes() -> set[tuple[str, str]]:
     """The public route table, built as node.py builds it (the /_mesh/ routes are not public)."""
     app = web.Application()
-    route_tables = (PublicApi(None).routes(), OpenAICompatApi(None).routes(), ApiKeyRoutes(None).routes(),  # type: ignore[arg-type]
+    route_tables = (PublicApi(None).routes(), OpenAICompatApi(None).routes(), ApiKeyRoutes(None).routes(), SnapshotRoutes(None).routes(),  # type: ignore[arg-type]
                     StatusPage().routes(), LatencyRoutes(None).routes())
     for routes in route_tables:
         app.add_routes(routes)
