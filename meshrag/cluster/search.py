@@ -32,6 +32,7 @@ import numpy as np
 
 from meshrag.cluster import messages as msg
 from meshrag.cluster.bm25stats import TermStatsCache
+from meshrag.cluster.hit_cache import PREFETCH, HitCache, in_order, key_of
 from meshrag.cluster.scatter import NodeAnswer, Scattered, Scatterer
 from meshrag.errors import Unavailable
 from meshrag.observability import Stopwatch
@@ -98,10 +99,14 @@ class Gathered:
 class LocalSearcher:
     """Answers searches for the partitions this node holds (blocking work in the storage pool)."""
 
-    def __init__(self, engine: StorageEngine, answering_for: Callable[[Sequence[int]], set[int]], blocking: Blocking) -> None:
+    def __init__(
+        self, engine: StorageEngine, answering_for: Callable[[Sequence[int]], set[int]], blocking: Blocking,
+        hit_cache: HitCache | None = None,
+    ) -> None:
         self._engine = engine
         self._answering_for = answering_for
         self.blocking = blocking  # the storage pool; the coordinator's long query analysis uses it too
+        self._hit_cache = hit_cache  # the text of the best candidates, read ahead for the fetch
 
     async def candidates(
         self, kinds: Sequence[str], vector: np.ndarray | None, terms: Sequence[str], k: int,
@@ -111,9 +116,9 @@ class LocalSearcher:
         searched = sorted(held)
         jobs: dict[str, Awaitable[list[Candidate]]] = {}
         if "dense" in kinds and vector is not None and searched:
-            jobs["dense"] = self.blocking(self._engine.search_dense, vector, k, flt, searched)
+            jobs["dense"] = self.blocking(self._read_ahead, self._engine.search_dense, vector, k, flt, searched)
         if "bm25" in kinds and terms and searched:
-            jobs["bm25"] = self.blocking(self._engine.search_bm25, list(terms), k, flt, searched, stats)
+            jobs["bm25"] = self.blocking(self._read_ahead, self._engine.search_bm25, list(terms), k, flt, searched, stats)
         found = dict(zip(jobs, await asyncio.gather(*jobs.values())))  # dense and BM25 at once
         per_partition: dict[int, PerPartition] = {pid: {kind: [] for kind in kinds} for pid in searched}
         for kind, candidates in found.items():
@@ -129,8 +134,22 @@ class LocalSearcher:
 
         return NodeAnswer(await self.blocking(read), sorted(set(pids) - set(held)))
 
+    def _read_ahead(self, search: Callable[..., list[Candidate]], *args: Any) -> list[Candidate]:
+        """In the storage pool: a search, then the text of its best candidates into the hit
+        cache, in the same job, for the fetch that usually follows."""
+        found = search(*args)
+        if self._hit_cache is not None and found:
+            self._hit_cache.put(self._engine.hits(found[:PREFETCH]))
+        return found
+
     async def hits(self, candidates: Sequence[Candidate]) -> list[Hit]:
-        return await self.blocking(self._engine.hits, list(candidates))
+        """Phase two here: from the hit cache where it can (no trip to the storage pool),
+        the rest from storage, in the candidates' order."""
+        if self._hit_cache is None:
+            return await self.blocking(self._engine.hits, list(candidates))
+        kept, missing = self._hit_cache.take(candidates)
+        read: list[Hit] = await self.blocking(self._engine.hits, missing) if missing else []
+        return in_order(candidates, kept, {key_of(hit): hit for hit in read})
 
     async def search_and_fetch(
         self, kind: str, vector: np.ndarray | None, terms: Sequence[str], k: int, flt: Filter | None,

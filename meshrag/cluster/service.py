@@ -24,6 +24,7 @@ from typing import Any, Callable, Mapping, Sequence, TypeVar
 from meshrag.clock import ClockDrift, HybridLogicalClock, SystemClock
 from meshrag.cluster.bm25stats import TermStatsCache
 from meshrag.cluster.breaker import BreakerBoard, BreakerSettings
+from meshrag.cluster.hit_cache import HitCache
 from meshrag.cluster.scatter import ScatterPolicy, Scatterer
 from meshrag.cluster.search import DistributedSearch, LocalSearcher
 from meshrag.cluster.selection import HedgeBudget, HedgeSettings, LatencyTracker
@@ -163,7 +164,7 @@ class ClusterService:
         scatterer = Scatterer(ScatterPolicy(self.node_id, LatencyTracker(clock), breakers, hedging, HedgeBudget(hedging)))
         search = DistributedSearch(
             local_id=self.node_id, ring=self.ring, is_alive=self.is_alive, scatterer=scatterer,
-            local=LocalSearcher(self.engine, self._answering_for, self._blocking), call=self._call_peer,
+            local=LocalSearcher(self.engine, self._answering_for, self._blocking, HitCache(clock)), call=self._call_peer,
             analyzer=analyzer, stats_cache=TermStatsCache(clock, config.bm25_stats_ttl_s),
         )
         return breakers, search

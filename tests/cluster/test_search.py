@@ -24,7 +24,7 @@ from meshrag.cluster.search import (
     stats_from_wire, stats_to_wire,
 )
 from meshrag.cluster.selection import HedgeBudget, HedgeSettings, LatencyTracker
-from meshrag.ring import Ring, RingEntry, RingStatus, RingTable
+from meshrag.ring import Ring, RingEntry, RingStatus, RingTable, partition_for
 from meshrag.store.analysis import Analyzer
 from meshrag.store.lexical import TermStats
 from meshrag.store.types import Candidate, Hit
@@ -359,3 +359,30 @@ def test_a_search_takes_the_usual_phases_when_a_partition_is_not_held_here_or_be
 
     answers, _ = run_virtual(scenario)
     assert answers == [None, None, None]
+
+
+def test_a_fetch_after_candidates_is_served_from_the_text_read_ahead_without_a_storage_job(stored: Any) -> None:
+    from meshrag.clock import VirtualClock
+    from meshrag.cluster.hit_cache import HitCache
+    from meshrag.cluster.search import LocalSearcher
+    from tests.store.conftest import DIM, unit_vector
+
+    pool = CountingPool()
+    cache = HitCache(VirtualClock())
+    local = LocalSearcher(stored, lambda pids: set(pids), pool.blocking, cache)
+    plain = LocalSearcher(stored, lambda pids: set(pids), CountingPool().blocking)
+
+    async def scenario() -> tuple[list[Hit], list[Hit], int, list[Hit]]:
+        answer = await local.candidates(("dense",), unit_vector(7, DIM), [], 5, None, list(range(P)), None)
+        best = sorted((c for per in answer.partitions.values() for c in per["dense"]), key=lambda c: -c.score)[:5]
+        jobs = pool.jobs
+        served = await local.hits(best)
+        after = pool.jobs - jobs
+        outsider = Candidate("doc-39#1#1", "doc-39", 0.1, 1, partition_for("doc-39", P))  # not read ahead: from storage
+        return served, await plain.hits(best), after, await local.hits([best[0], outsider])
+
+    (served, from_storage, jobs, mixed), _ = run_virtual(scenario)
+    assert jobs == 0, "the fetch of the best candidates took no storage job"
+    assert [(h.chunk_id, h.text, h.score) for h in served] == [(h.chunk_id, h.text, h.score) for h in from_storage]
+    assert [h.chunk_id for h in mixed] == [served[0].chunk_id, "doc-39#1#1"]
+    assert mixed[1].text == "doc-39 second part" and cache.missed == 1
