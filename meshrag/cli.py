@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
-from meshrag import cli_apikeys, cli_keys, cli_status
+from meshrag import cli_apikeys, cli_keys, cli_status, cli_snapshot
 from meshrag.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -117,6 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_client_commands(sub)
     cli_apikeys.add_parser(sub, DEFAULT_NODE)
     cli_keys.add_parser(sub, DEFAULT_NODE)
+    cli_snapshot.add_parser(sub, DEFAULT_NODE)
     for name in ("status", "verify", "search", "ask", "decommission", "remove"):  # ingest: repeatable, above
         sub.choices[name].add_argument("--node", default=DEFAULT_NODE, help=f"node URL (default {DEFAULT_NODE})")
     for name in ("status", "verify", "ingest", "search", "ask", "decommission", "remove"):
@@ -351,6 +352,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "start":
         return cmd_start(args)
+    if args.command in cli_snapshot.COMMANDS:  # its own client and messages; restore is offline
+        return cli_snapshot.run(args)
     if args.command == "keys":  # signs with the cluster secret itself; no API client
         return cli_keys.run(args)
     from meshrag.client import MeshClient, MeshClientError

@@ -252,6 +252,13 @@ class MeshClient:
         """Every partition's replicas compared by digest (`meshrag verify`)."""
         return self._call("GET", "/v1/cluster/verify")
 
+    def create_snapshot(self, name: str | None = None) -> dict[str, Any]:
+        """Start a snapshot of this node's data (`meshrag snapshot`); the job as it starts."""
+        return self._call("POST", "/v1/cluster/snapshots", {} if name is None else {"name": name})
+
+    def snapshot_status(self, name: str) -> dict[str, Any]:
+        return self._call("GET", "/v1/cluster/snapshots/" + urllib.parse.quote(name, safe=""))
+
     def health(self) -> dict[str, Any]:
         return self._call("GET", "/health")
 
