@@ -8,7 +8,6 @@ storage load in the background and /ready turns 200 when they are in place.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 import os
 import random
@@ -36,9 +35,9 @@ from meshrag.api.snapshots import SnapshotRoutes
 from meshrag.backup.snapshot import SnapshotSources
 from meshrag.api.status_page import StatusPage
 from meshrag.clock import HybridLogicalClock, SystemClock
-from meshrag.cluster.ringstate import UNRECORDED_ANALYSIS, ClusterSettings, RingState
+from meshrag.cluster.joining import check_cluster_without_storage, join_ring
+from meshrag.cluster.ringstate import ClusterSettings, RingState
 from meshrag.cluster.rpc import BodyCodec, PeerClient
-from meshrag.cluster.seeds import announce_ring, fetch_cluster
 from meshrag.cluster.service import ClusterService
 from meshrag.config import Config, as_dict, parse_host_port
 from meshrag.cluster.breaker import BreakerBoard, BreakerSettings
@@ -76,7 +75,6 @@ from meshrag.security.keyring import KEYRING_FILE_NAME, Keyring
 from meshrag.security.mesh_auth import RpcAuth
 from meshrag.security.rotation import KeyRotation, keyring_saver
 from meshrag.security.secret import node_keyring
-from meshrag.ring import CURRENT, RingStatus
 from meshrag.store.analysis import Analyzer
 from meshrag.store.engine import StorageEngine
 from meshrag.store.hints import HintStore
@@ -384,17 +382,8 @@ class Node:
             self._tasks.append(asyncio.create_task(work(), name=name))
 
     async def _check_cluster_settings(self, embedder: Embedder) -> None:
-        """A node without the storage role (an embedder or generator host) joins gossip, not the
-        ring. It still refuses to serve a cluster of another embedding model: its vectors would
-        sit in the index beside incomparable ones."""
-        seeds = self._seeds()
-        if not seeds:
-            raise ConfigError("a node without the storage role needs node.join: it serves a cluster that others hold", field="node.join")
         assert self._peers is not None
-        settings, _ = await fetch_cluster(self._peers, seeds)
-        refusal = settings.refusal(embedder.model_name, embedder.dim)
-        if refusal:
-            raise ConfigError(f"refusing to join the cluster: {refusal}", field="embedder.model")
+        settings = await check_cluster_without_storage(self._peers, self._seeds(), embedder.model_name, embedder.dim)
         log.info("serving cluster %s without storage (roles %s)", settings, ",".join(self.config.node.roles))
 
     def _record_embed_part(self, target: EmbedderInfo, outcome: str) -> None:
@@ -412,40 +401,14 @@ class Node:
             raise ConfigError(f"search.stemmer / search.stopwords: {exc}", field="search.stemmer") from None
 
     async def _cluster_membership(self, model: str, dim: int, analysis: str) -> RingState:
-        """Create the cluster, or adopt the one the seeds belong to (refusing another model or
-        text analysis), and put this node in its ring: normal when it creates it, joining otherwise."""
-        assert self.identity is not None
+        """Create the cluster, or adopt the one the seeds belong to (cluster/joining.py), and put
+        this node in its ring."""
+        assert self.identity is not None and self._peers is not None
         loop = asyncio.get_running_loop()
         ring_state = RingState(self.config.data_path, self.identity.node_id, lambda fn: loop.run_in_executor(self._offload_pool, fn))
-        if not ring_state.load():
-            seeds = self._seeds()
-            if seeds:
-                assert self._peers is not None
-                settings, entries = await fetch_cluster(self._peers, seeds)
-                _refuse_unknown_placement(settings)  # before the first ring is computed from it
-            else:
-                settings = ClusterSettings(self.config.cluster.partitions, self.config.cluster.replicas, model, dim, analysis)
-                entries = []
-                log.info("creating a new cluster: %s", settings)
-            ring_state.settings = settings
-            ring_state.merge(entries)
-            ring_state.adopt_settings(settings)
-        assert ring_state.settings is not None
-        _refuse_unknown_placement(ring_state.settings)
-        if ring_state.settings.analysis == UNRECORDED_ANALYSIS:
-            # A cluster from before text analysis was a cluster setting: it takes this node's.
-            ring_state.adopt_settings(dataclasses.replace(ring_state.settings, analysis=analysis))
-        refusal = ring_state.settings.refusal(model, dim, analysis)
-        if refusal:
-            field = "embedder.model" if "embeds with" in refusal else "search.stemmer"
-            raise ConfigError(f"refusing to join the cluster: {refusal}", field=field)
-        if ring_state.self_entry is None:
-            others_hold_data = any(e.status in CURRENT for e in ring_state.table.entries())
-            status = RingStatus.JOINING if others_hold_data else RingStatus.NORMAL
-            ring_state.add_self(self.config.node_name, self.config.node.zone, status, self._hlc.now())
-            assert self._peers is not None
-            await announce_ring(self._peers, self._seeds(), ring_state)
-        await ring_state.flush()  # on disk before this node serves as a member
+        new_cluster = ClusterSettings(self.config.cluster.partitions, self.config.cluster.replicas, model, dim, analysis)
+        await join_ring(ring_state, peers=self._peers, seeds=self._seeds(), new_cluster=new_cluster,
+                        name=self.config.node_name, zone=self.config.node.zone, now=self._hlc.now)
         return ring_state
 
     # ------------------------------------------------------------ API keys (api/api_keys.py)
@@ -622,12 +585,6 @@ METADATA_REFRESH_S = 5.0
 # kernel rather than be dropped while the loop is busy; the kernel caps this
 # at net.core.rmem_max.
 GOSSIP_RECEIVE_BUFFER = 4 * 1024 * 1024
-
-
-def _refuse_unknown_placement(settings: ClusterSettings) -> None:
-    refusal = settings.placement_refusal()
-    if refusal:
-        raise ConfigError(f"refusing to join the cluster: {refusal}")
 
 
 def _gossip_socket(host: str, port: int) -> socket.socket:
