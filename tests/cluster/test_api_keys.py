@@ -23,7 +23,7 @@ from tests.cluster.conftest import running_in_order
 pytestmark = pytest.mark.slow
 
 SECRET = "api-keys-test-cluster-secret"
-PATH_VALUES = {"{doc_id}": "doc-1", "{model}": "meshrag", "{key_id}": "no-such-key"}
+PATH_VALUES = {"{doc_id}": "doc-1", "{model}": "meshrag", "{key_id}": "no-such-key", "{name}": "no-such-snapshot"}
 
 
 def _node(root: Path, name: str, seed: LocalNode | None = None) -> LocalNode:
