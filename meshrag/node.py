@@ -450,6 +450,7 @@ class Node:
             connectivity=self.config.storage.index_connectivity,
             expansion_add=self.config.storage.index_expansion_add,
             expansion_search=self.config.storage.index_expansion_search,
+            exhaustive_below=self.config.storage.index_exhaustive_below,
         )
         engine = StorageEngine(self.config.data_path / "partitions", partitions, dim, settings, analyzer=analyzer)
         engine.open()

@@ -419,7 +419,8 @@ class NodeIndex:
         with self._lock:
             # threads=1: one query runs on one thread anyway; 0 (usearch's default) would have the
             # binding set up a worker per core for every call, which costs more than the search.
-            found = self._index.search(query, count, threads=1)
+            exhaustive = len(self._index) <= self.settings.exhaustive_below  # faster and exact when small
+            found = self._index.search(query, count, threads=1, exact=exhaustive)
         pids, keys = split_keys(found.keys)
         scores = 1.0 - np.asarray(found.distances, dtype=np.float64)
         scored = zip(pids.tolist(), keys.tolist(), scores.tolist())

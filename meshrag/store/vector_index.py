@@ -33,12 +33,18 @@ class IndexSettings:
     random vectors have no neighbourhood structure and are HNSW's worst case:
     0.98 at 5,000, 0.91 at 10,000, 0.32 at 100,000; at 5,000, 512 gives 0.99.
     ``threads`` bounds usearch's add threads: several nodes may share 2 cores.
+    ``exhaustive_below``: an index of at most this many vectors is searched
+    exhaustively (usearch's SIMD brute force) instead of through the graph, as
+    Qdrant's full-scan threshold does: exact, and faster than HNSW at expansion
+    384 up to ~15,000 384-d vectors on the 2-core dev host with cold caches
+    (0.11 vs 0.28 ms at 1,400; 0.34 vs 0.50 ms at 8,000; 0.63 vs 0.59 ms at 16,000).
     """
 
     connectivity: int = 16
     expansion_add: int = 128
     expansion_search: int = 384
     exact_search_threshold: int = 4096  # filtered searches matching fewer chunks (all searched partitions) are exact
+    exhaustive_below: int = 8192
     threads: int = 1
 
 
