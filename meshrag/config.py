@@ -225,6 +225,9 @@ class SearchConfig:
     breaker_max_open_s: float = field(default=30.0, metadata=_check(_positive, "seconds > 0"))
     # How long the coordinator reuses cluster-wide BM25 term statistics (the DFS pre-pass).
     bm25_stats_ttl_s: float = field(default=30.0, metadata=_check(_non_negative, "seconds >= 0 (0 = a pre-pass for every query)"))
+    # A one-kind search of at most 16 results that asks at most this many other nodes has them
+    # send the text of their best candidates along (one round trip instead of two; 0 = always two).
+    inline_text_max_nodes: int = field(default=2, metadata=_check(lambda v: 0 <= v <= 64, "an integer 0..64"))
     # Text analysis for BM25, fixed when the cluster is created (a node with other settings
     # is refused on join): a Snowball stemmer language or "none", and a stop word list or "none".
     stemmer: str = field(default="english", metadata=_check(bool, "a Snowball language (english, german, ...) or none"))

@@ -157,7 +157,10 @@ async def handle_search(cluster: ClusterService, body: Mapping[str, Any]) -> dic
         _bounded_int(body, "k", 1, MAX_SEARCH_K), parse_filter(body["filter"]) if body.get("filter") is not None else None,
         _partitions(cluster, body), None if stats is None else TermStats.from_wire(stats),
     )
-    return wire_search.answer_to_wire(answer)
+    reply = wire_search.answer_to_wire(answer)
+    if body.get("text") is True:  # the coordinator saves the fetch: the text read ahead goes along
+        reply["texts"] = [msg.hit_to_wire(hit) for hit in cluster.search.local.kept_hits(answer)]
+    return reply
 
 
 async def handle_term_stats(cluster: ClusterService, body: Mapping[str, Any]) -> dict[str, Any]:

@@ -11,7 +11,13 @@ Coordinator (``DistributedSearch``), all within one deadline:
 2. candidates: ids and scores from every partition (scatter.py: replica
    choice, hedging, fail-over, deadline, coverage); no text travels;
 3. fetch: text and metadata of the final top-k only, from the nodes that
-   answered for their partitions (another replica if that node fails).
+   answered for their partitions (another replica if that node fails). A
+   one-kind search of at most INLINE_TEXT_MAX_K results that asks few other
+   nodes (``search.inline_text_max_nodes``) has them send the text of their
+   best candidates along, and fetches only what did not come: one round trip
+   instead of two, for at most that many times k chunks' text more.
+   A one-kind search whose every partition is best answered here takes a
+   single local step (``search_here``).
 
 Node side (``LocalSearcher``): the asked partitions this node holds are
 searched in one pass over the node's vector index (store/node_index.py) and,
@@ -23,6 +29,7 @@ answer is not coverage.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -50,6 +57,10 @@ KINDS = ("dense", "bm25")
 # Fetching the final k is small and needed for any answer at all: it gets at least
 # this long even when gathering used up the deadline.
 MIN_FETCH_S = 0.25
+# Other nodes send the text of their best candidates with them (one round trip, no fetch)
+# for one-kind searches of at most this many results asking at most this many other nodes.
+INLINE_TEXT_MAX_K = 16
+INLINE_TEXT_MAX_NODES = 2
 # Queries longer than this (up to api.max_text_chars) are analyzed in the storage pool:
 # stemming a long text would hold the event loop gossip shares.
 ANALYZE_ON_LOOP_CHARS = 2048
@@ -93,6 +104,7 @@ class Gathered:
     coverage: float
     hedges: int = 0
     timings: dict[str, float] = field(default_factory=dict)
+    texts: dict[str, Hit] = field(default_factory=dict)  # chunk id -> hit sent with the candidates
 
 
 # ------------------------------------------------------------------ node side
@@ -151,6 +163,14 @@ class LocalSearcher:
         read: list[Hit] = await self.blocking(self._engine.hits, missing) if missing else []
         return in_order(candidates, kept, {key_of(hit): hit for hit in read})
 
+    def kept_hits(self, answer: NodeAnswer[PerPartition]) -> list[Hit]:
+        """The text this node read ahead for the candidates of ``answer`` (no storage read): what
+        it sends with them when the coordinator asks for text inline."""
+        if self._hit_cache is None:
+            return []
+        candidates = [c for per_kind in answer.partitions.values() for found in per_kind.values() for c in found]
+        return list(self._hit_cache.take(candidates)[0].values())
+
     async def search_and_fetch(
         self, kind: str, vector: np.ndarray | None, terms: Sequence[str], k: int, flt: Filter | None,
         pids: Sequence[int], stats: TermStats | None,
@@ -178,11 +198,16 @@ class LocalSearcher:
 
 # ------------------------------------------------------------------ wire
 def candidates_body(kinds: Sequence[str], vector: np.ndarray | None, terms: Sequence[str], k: int,
-                    flt: Filter | None, pids: Sequence[int], stats: TermStats | None) -> dict[str, Any]:
+                    flt: Filter | None, pids: Sequence[int], stats: TermStats | None, text: bool = False) -> dict[str, Any]:
     return {
         "kinds": list(kinds), "vector": vector, "terms": list(terms), "k": k, "partitions": list(pids),
         "filter": None if flt is None else dump_filter(flt), "stats": None if stats is None else stats.to_wire(),
+        "text": text,
     }
+
+
+def texts_from_wire(reply: Mapping[str, Any]) -> list[Hit]:
+    return [msg.hit_from_wire(raw) for raw in reply.get("texts") or []]
 
 
 def answer_to_wire(answer: NodeAnswer[PerPartition]) -> dict[str, Any]:
@@ -217,8 +242,10 @@ class DistributedSearch:
     def __init__(
         self, *, local_id: str, ring: Callable[[], Ring], is_alive: Callable[[str], bool], scatterer: Scatterer,
         local: LocalSearcher, call: PeerCall, analyzer: Analyzer, stats_cache: TermStatsCache,
+        inline_text_max_nodes: int = INLINE_TEXT_MAX_NODES,
     ) -> None:
         self._local_id = local_id
+        self._inline_text_max_nodes = inline_text_max_nodes
         self._ring = ring
         self._is_alive = is_alive
         self.scatterer = scatterer
@@ -272,13 +299,26 @@ class DistributedSearch:
             prepared = await self.prepare(plan)
         watch = Stopwatch()
         left_s = max(0.0, prepared.deadline - loop.time())
-        scattered = await self._candidates(plan, prepared.terms, prepared.stats, prepared.replicas, left_s)
+        texts: dict[str, Hit] = {}
+        scattered = await self._candidates(plan, prepared.terms, prepared.stats, prepared.replicas, left_s, texts)
         timings = dict(prepared.timings, candidates_ms=watch.ms())
         lists: dict[str, list[Candidate]] = {kind: [] for kind in plan.kinds}
         for per_kind in scattered.payloads.values():
             for kind, candidates in per_kind.items():
                 lists.setdefault(kind, []).extend(candidates)
-        return Gathered(lists, scattered.holders, scattered.missing, scattered.coverage, scattered.hedges, timings)
+        return Gathered(lists, scattered.holders, scattered.missing, scattered.coverage, scattered.hedges, timings, texts)
+
+    def inline_text(self, plan: SearchPlan, replicas: Mapping[int, Sequence[str]]) -> bool:
+        """Whether other nodes send the text of their best candidates with them, saving the
+        fetch round trip: for a one-kind search of at most INLINE_TEXT_MAX_K results that asks
+        at most ``inline_text_max_nodes`` other nodes first, so the text sent beyond the final
+        k stays under that many times k chunks (Elasticsearch answers a one-shard search in
+        one round trip the same way). Hybrid searches gather 100 candidates per kind: their
+        text is fetched for the final k only."""
+        if len(plan.kinds) != 1 or plan.k > INLINE_TEXT_MAX_K:
+            return False
+        others = {order[0] for order in replicas.values() if order} - {self._local_id}
+        return 0 < len(others) <= self._inline_text_max_nodes
 
     async def _query_terms(self, plan: SearchPlan) -> list[str]:
         assert plan.query is not None
@@ -317,12 +357,20 @@ class DistributedSearch:
 
     async def _candidates(
         self, plan: SearchPlan, terms: list[str], stats: TermStats | None, replicas: dict[int, list[str]], left_s: float,
+        texts: dict[str, Hit],
     ) -> Scattered[PerPartition]:
+        """Every partition's candidates; text another node sent with its own goes to ``texts``
+        (any replica's text of a chunk id is the same: the id names the version)."""
+        inline = self.inline_text(plan, replicas)
+
         async def on(node: str, pids: list[int], left: float) -> NodeAnswer[PerPartition]:
             if node == self._local_id:
                 return await self.local.candidates(plan.kinds, plan.vector, terms, plan.k, plan.filter, pids, stats)
-            body = candidates_body(plan.kinds, plan.vector, terms, plan.k, plan.filter, pids, stats)
-            return answer_from_wire(await self._call(node, msg.SEARCH_PATH, body, left), plan.kinds)
+            body = candidates_body(plan.kinds, plan.vector, terms, plan.k, plan.filter, pids, stats, text=inline)
+            reply = await self._call(node, msg.SEARCH_PATH, body, left)
+            answer = answer_from_wire(reply, plan.kinds)
+            texts.update((hit.chunk_id, hit) for hit in texts_from_wire(reply))
+            return answer
 
         return await self.scatterer.run(replicas, on, left_s)
 
@@ -350,14 +398,21 @@ class DistributedSearch:
         holders = {pid: self._local_id for pid in pids}
         return Gathered({plan.kinds[0]: candidates}, holders, [], 1.0, 0, timings), hits
 
-    async def fetch(self, final: Sequence[Candidate], holders: Mapping[int, str], left_s: float) -> list[Hit]:
-        """Text and metadata of the final candidates, in their order, from the nodes that
-        answered for their partitions; a failed node's share is asked of another replica."""
+    async def fetch(
+        self, final: Sequence[Candidate], holders: Mapping[int, str], left_s: float, texts: Mapping[str, Hit] | None = None,
+    ) -> list[Hit]:
+        """Text and metadata of the final candidates, in their order: what came with the
+        candidates (``texts``), the rest from the nodes that answered for their partitions; a
+        failed node's share is asked of another replica."""
         timeout = max(left_s, MIN_FETCH_S)
+        found: dict[str, Hit] = {}
         groups: dict[str, list[Candidate]] = defaultdict(list)
         for candidate in final:
-            groups[holders.get(candidate.partition, self._local_id)].append(candidate)
-        found: dict[str, Hit] = {}
+            sent = texts.get(candidate.chunk_id) if texts else None
+            if sent is not None:
+                found[candidate.chunk_id] = dataclasses.replace(sent, score=candidate.score)
+            else:
+                groups[holders.get(candidate.partition, self._local_id)].append(candidate)
         parts = await asyncio.gather(*(self._fetch_from(node, group, timeout) for node, group in groups.items()))
         for hits in parts:
             found.update((hit.chunk_id, hit) for hit in hits)

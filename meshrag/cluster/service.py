@@ -166,6 +166,7 @@ class ClusterService:
             local_id=self.node_id, ring=self.ring, is_alive=self.is_alive, scatterer=scatterer,
             local=LocalSearcher(self.engine, self._answering_for, self._blocking, HitCache(clock)), call=self._call_peer,
             analyzer=analyzer, stats_cache=TermStatsCache(clock, config.bm25_stats_ttl_s),
+            inline_text_max_nodes=config.inline_text_max_nodes,
         )
         return breakers, search
 

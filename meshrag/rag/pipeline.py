@@ -239,7 +239,7 @@ class RagPipeline:
         else:
             final = ranked[plan.kinds[0]][: request.k]
         fetch_watch = Stopwatch()
-        hits = await self._cluster.search.fetch(final, gathered.holders, left_s())
+        hits = await self._cluster.search.fetch(final, gathered.holders, left_s(), gathered.texts)
         gathered.timings["fetch_ms"] = fetch_watch.ms()
         return gathered, hits
 

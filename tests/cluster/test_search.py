@@ -62,12 +62,18 @@ class Cluster:
             if body.get("terms") and body.get("stats") is not None:  # a df for every query term, or scores are wrong
                 assert set(body["terms"]) <= set(body["stats"]["df"]), body["stats"]
             per = {pid: {kind: [candidate(pid, pid / 10)] for kind in body["kinds"]} for pid in body["partitions"]}
-            return answer_to_wire(NodeAnswer(per))
+            reply = answer_to_wire(NodeAnswer(per))
+            if body.get("text") is True:  # as a node does: the text it read ahead, for its candidates
+                reply["texts"] = [msg.hit_to_wire(self.hit(candidate(pid, pid / 10), node)) for pid in body["partitions"]]
+            return reply
         if path == msg.HITS_PATH:
             found = [msg.candidate_from_wire(raw) for raw in body["candidates"]]
-            return {"hits": [msg.hit_to_wire(Hit(c.chunk_id, c.doc_id, c.score, f"text of {c.doc_id} from {node}", {}, c.version, c.partition))
-                             for c in found]}
+            return {"hits": [msg.hit_to_wire(self.hit(c, node)) for c in found]}
         raise AssertionError(path)
+
+    @staticmethod
+    def hit(c: Candidate, node: str) -> Hit:
+        return Hit(c.chunk_id, c.doc_id, c.score, f"text of {c.doc_id} from {node}", {}, c.version, c.partition)
 
 
 class RemoteOnlyLocal:
@@ -91,7 +97,7 @@ class RemoteOnlyLocal:
         raise AssertionError("x holds no partitions")
 
 
-def search(cluster: Cluster, ttl_s: float = 30.0) -> DistributedSearch:
+def search(cluster: Cluster, ttl_s: float = 30.0, inline_text_max_nodes: int = 0) -> DistributedSearch:
     clock = LoopClock(asyncio.get_running_loop())
     hedging = HedgeSettings()
     scatterer = Scatterer(ScatterPolicy("x", LatencyTracker(clock), BreakerBoard(BreakerSettings(), clock), hedging, HedgeBudget(hedging)))
@@ -102,7 +108,7 @@ def search(cluster: Cluster, ttl_s: float = 30.0) -> DistributedSearch:
 
     return DistributedSearch(
         local_id="x", ring=ring, is_alive=lambda n: n in NODES, scatterer=scatterer, local=RemoteOnlyLocal(),  # type: ignore[arg-type]
-        call=call, analyzer=Analyzer(), stats_cache=TermStatsCache(clock, ttl_s=ttl_s),
+        call=call, analyzer=Analyzer(), stats_cache=TermStatsCache(clock, ttl_s=ttl_s), inline_text_max_nodes=inline_text_max_nodes,
     )
 
 
@@ -386,3 +392,72 @@ def test_a_fetch_after_candidates_is_served_from_the_text_read_ahead_without_a_s
     assert [(h.chunk_id, h.text, h.score) for h in served] == [(h.chunk_id, h.text, h.score) for h in from_storage]
     assert [h.chunk_id for h in mixed] == [served[0].chunk_id, "doc-39#1#1"]
     assert mixed[1].text == "doc-39 second part" and cache.missed == 1
+
+
+# ------------------------------------------------------------------ text with the candidates
+def test_a_one_kind_search_over_few_nodes_gets_text_with_its_candidates_and_fetches_nothing() -> None:
+    async def scenario() -> tuple[list[Hit], Cluster]:
+        cluster = Cluster()
+        engine = search(cluster, inline_text_max_nodes=3)  # "x" holds nothing: a, b and c answer
+        gathered = await engine.gather(plan(kinds=("dense",)))
+        final = sorted(gathered.lists["dense"], key=lambda c: -c.score)[:3]
+        return await engine.fetch(final, gathered.holders, 1.0, gathered.texts), cluster
+
+    (hits, cluster), _ = run_virtual(scenario)
+    assert [h.partition for h in hits] == [7, 6, 5]
+    assert [h.score for h in hits] == [0.7, 0.6, 0.5]  # scored as the candidates are
+    assert all(h.text.startswith(f"text of doc{h.partition} from ") for h in hits)
+    assert not [call for call in cluster.calls if call[1] == msg.HITS_PATH], "no fetch round trip"
+
+
+def test_text_comes_inline_only_for_one_kind_small_k_searches_that_ask_few_other_nodes() -> None:
+    async def scenario() -> list[bool]:
+        engine = search(Cluster(), inline_text_max_nodes=2)
+        three = (await engine.prepare(plan(kinds=("dense",)))).replicas  # a, b and c are asked first
+        two = {pid: ["a"] if pid % 2 else ["b"] for pid in range(P)}
+        wide = SearchPlan(("dense",), np.ones(4, np.float32), None, 17, None, {}, timeout_s=2.0)
+        return [
+            engine.inline_text(plan(kinds=("dense",)), two),
+            engine.inline_text(plan(kinds=("dense",)), three),
+            engine.inline_text(plan(kinds=("dense", "bm25")), two),  # hybrid: 100 candidates a kind
+            engine.inline_text(wide, two),
+            engine.inline_text(plan(kinds=("dense",)), {pid: ["x"] for pid in range(P)}),  # nobody else
+        ]
+
+    answers, _ = run_virtual(scenario)
+    assert answers == [True, False, False, False, False]
+
+
+def test_a_final_candidate_without_text_sent_along_is_fetched_from_its_holder() -> None:
+    async def scenario() -> tuple[list[Hit], Cluster, str]:
+        cluster = Cluster()
+        engine = search(cluster)
+        gathered = await engine.gather(plan(kinds=("dense",)))
+        final = sorted(gathered.lists["dense"], key=lambda c: -c.score)[:2]
+        sent = {final[0].chunk_id: Cluster.hit(final[0], "elsewhere")}
+        return await engine.fetch(final, gathered.holders, 1.0, sent), cluster, gathered.holders[final[1].partition]
+
+    (hits, cluster, holder), _ = run_virtual(scenario)
+    assert hits[0].text.endswith("from elsewhere")
+    assert hits[1].text.endswith(f"from {holder}")
+    assert len([call for call in cluster.calls if call[1] == msg.HITS_PATH]) == 1, "one fetch, for the second only"
+
+
+def test_a_node_sends_the_text_it_read_ahead_for_its_candidates(stored: Any) -> None:
+    from meshrag.clock import VirtualClock
+    from meshrag.cluster.hit_cache import HitCache
+    from meshrag.cluster.search import LocalSearcher
+    from tests.store.conftest import DIM, unit_vector
+
+    pool = CountingPool()
+    local = LocalSearcher(stored, lambda pids: set(pids), pool.blocking, HitCache(VirtualClock()))
+
+    async def scenario() -> tuple[Any, list[Hit], int]:
+        answer = await local.candidates(("dense",), unit_vector(7, DIM), [], 5, None, list(range(P)), None)
+        jobs = pool.jobs
+        return answer, local.kept_hits(answer), pool.jobs - jobs
+
+    (answer, sent, jobs), _ = run_virtual(scenario)
+    ids = sorted(c.chunk_id for per in answer.partitions.values() for c in per["dense"])
+    assert sorted(h.chunk_id for h in sent) == ids and len(ids) == 5
+    assert jobs == 0 and all(h.text.startswith(h.doc_id) for h in sent)

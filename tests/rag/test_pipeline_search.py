@@ -69,7 +69,7 @@ class RecordingSearch:
         candidate = Candidate(chunk_id="d#1.0", doc_id="d", score=0.9, version=1, partition=0)
         return Gathered({kind: [candidate] for kind in plan.kinds}, {0: "n1"}, [], 1.0)
 
-    async def fetch(self, final: Sequence[Candidate], holders: Any, left_s: float) -> list[Hit]:
+    async def fetch(self, final: Sequence[Candidate], holders: Any, left_s: float, texts: Any = None) -> list[Hit]:
         return [Hit(c.chunk_id, c.doc_id, c.score, "text", {}, c.version, c.partition) for c in final]
 
 
