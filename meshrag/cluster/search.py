@@ -128,9 +128,9 @@ class LocalSearcher:
         searched = sorted(held)
         jobs: dict[str, Awaitable[list[Candidate]]] = {}
         if "dense" in kinds and vector is not None and searched:
-            jobs["dense"] = self.blocking(self._read_ahead, self._engine.search_dense, vector, k, flt, searched)
+            jobs["dense"] = self.blocking(self._read_ahead, "dense", vector, k, flt, searched)
         if "bm25" in kinds and terms and searched:
-            jobs["bm25"] = self.blocking(self._read_ahead, self._engine.search_bm25, list(terms), k, flt, searched, stats)
+            jobs["bm25"] = self.blocking(self._read_ahead, "bm25", list(terms), k, flt, searched, stats)
         found = dict(zip(jobs, await asyncio.gather(*jobs.values())))  # dense and BM25 at once
         per_partition: dict[int, PerPartition] = {pid: {kind: [] for kind in kinds} for pid in searched}
         for kind, candidates in found.items():
@@ -146,12 +146,22 @@ class LocalSearcher:
 
         return NodeAnswer(await self.blocking(read), sorted(set(pids) - set(held)))
 
-    def _read_ahead(self, search: Callable[..., list[Candidate]], *args: Any) -> list[Candidate]:
+    def _read_ahead(self, kind: str, *args: Any) -> list[Candidate]:
         """In the storage pool: a search, then the text of its best candidates into the hit
-        cache, in the same job, for the fetch that usually follows."""
-        found = search(*args)
-        if self._hit_cache is not None and found:
-            self._hit_cache.put(self._engine.hits(found[:PREFETCH]))
+        cache, in the same job, for the fetch that usually follows. A dense search reads the
+        text with its candidates, in the same queries."""
+        texts: dict[str, Hit] = {}
+        if kind == "dense":
+            found = self._engine.search_dense(*args, texts=texts if self._hit_cache is not None else None)
+        else:
+            found = self._engine.search_bm25(*args)
+        if self._hit_cache is None:
+            return found
+        best = found[:PREFETCH]
+        missing = [c for c in best if c.chunk_id not in texts]
+        self._hit_cache.put([texts[c.chunk_id] for c in best if c.chunk_id in texts])
+        if missing:
+            self._hit_cache.put(self._engine.hits(missing))
         return found
 
     async def hits(self, candidates: Sequence[Candidate]) -> list[Hit]:
@@ -185,11 +195,10 @@ class LocalSearcher:
 
         def search() -> tuple[list[Candidate], list[Hit]]:
             if kind == "dense" and vector is not None:
-                found = self._engine.search_dense(vector, k, flt, pids)
-            elif kind == "bm25" and terms:
-                found = self._engine.search_bm25(list(terms), k, flt, pids, stats)
-            else:
-                found = []
+                texts: dict[str, Hit] = {}  # read with the candidates, in the same queries
+                found = self._engine.search_dense(vector, k, flt, pids, texts=texts)
+                return found, [texts[c.chunk_id] for c in found[:k] if c.chunk_id in texts]
+            found = self._engine.search_bm25(list(terms), k, flt, pids, stats) if kind == "bm25" and terms else []
             return found, self._engine.hits(found[:k])
 
         result: tuple[list[Candidate], list[Hit]] = await self.blocking(search)

@@ -225,11 +225,14 @@ class StorageEngine:
         return [] if partition is None else partition.export(doc_ids)
 
     def search_dense(
-        self, vector: np.ndarray, k: int, flt: Filter | None = None, partitions: Iterable[int] | None = None
+        self, vector: np.ndarray, k: int, flt: Filter | None = None, partitions: Iterable[int] | None = None,
+        texts: dict[str, Hit] | None = None,
     ) -> list[Candidate]:
         """Top-k by cosine similarity over the given partitions this node holds (default: all),
         best first, ties by chunk id. Phase one of a search: of the chunks it considers it
-        reads chunk id, doc id and version only (``hits`` reads text and metadata).
+        reads chunk id, doc id and version only (``hits`` reads text and metadata), unless
+        ``texts`` is given: the same reads then fill it with their hits, by chunk id (a search
+        that needs the text of what it finds at once, in one query per partition, not two).
 
         One search of the node's index covers every partition asked for. A filter that
         matches at most ``exact_search_threshold`` chunks over those partitions is answered
@@ -244,9 +247,9 @@ class StorageEngine:
         matching = None if where is None else self._matching_vectors(held, where)
         if matching is not None:
             scored = ((held[pid], exact_top_k(query, k, rows, self.dim)) for pid, rows in matching.items())
-            return best_first(c for partition, top in scored for c in partition.candidates(top, None))[:k]
+            return best_first(c for partition, top in scored for c in partition.candidates(top, None, texts))[:k]
         wanted = None if partitions is None else held.keys()
-        return self._index.search(query, k, wanted, partial(self._resolve, held, where), oversample=where is not None)
+        return self._index.search(query, k, wanted, partial(self._resolve, held, where, texts), oversample=where is not None)
 
     def _matching_vectors(
         self, held: dict[int, Partition], where: tuple[str, list[Any]]
@@ -264,13 +267,15 @@ class StorageEngine:
         return found
 
     @staticmethod
-    def _resolve(held: dict[int, Partition], where: tuple[str, list[Any]] | None, scored: list[NodeScored]) -> list[Candidate]:
+    def _resolve(
+        held: dict[int, Partition], where: tuple[str, list[Any]] | None, texts: dict[str, Hit] | None, scored: list[NodeScored],
+    ) -> list[Candidate]:
         """Candidates of the node index's nearest keys that SQLite still has (and that pass ``where``)."""
         by_partition: dict[int, list[tuple[int, float]]] = defaultdict(list)
         for pid, key, score in scored:
             by_partition[pid].append((key, score))
         return best_first(
-            c for pid, keys in by_partition.items() if pid in held for c in held[pid].candidates(keys, where)
+            c for pid, keys in by_partition.items() if pid in held for c in held[pid].candidates(keys, where, texts)
         )
 
     def hits(self, candidates: Sequence[Candidate]) -> list[Hit]:

@@ -18,7 +18,7 @@ from meshrag.store.analysis import MAX_QUERY_TERMS
 from meshrag.store.filters import Filter, to_sql
 from meshrag.store.lexical import TermStats, bm25_scores, ranked_windows
 from meshrag.store.node_index import PartitionIndex
-from meshrag.store.schema import CHUNKS_WITH_DOCS, read_candidates, read_postings, read_term_stats
+from meshrag.store.schema import CHUNKS_WITH_DOCS, read_candidate_texts, read_candidates, read_postings, read_term_stats
 from meshrag.store.types import Candidate, Hit
 from meshrag.store.vector_index import IndexSettings, Scored, exact_top_k, unit_query_vector
 
@@ -68,15 +68,29 @@ class PartitionSearch:
             rows = conn.execute(sql, (*where[1], limit + 1)).fetchall()
         return rows if len(rows) <= limit else None
 
-    def candidates(self, scored: Sequence[Scored], where: tuple[str, list[Any]] | None) -> list[Candidate]:
+    def candidates(
+        self, scored: Sequence[Scored], where: tuple[str, list[Any]] | None, texts: dict[str, Hit] | None = None,
+    ) -> list[Candidate]:
         """Candidates of scored chunk keys, in the given order, dropping keys gone or filtered
-        out; reads chunk id, doc id and version only."""
+        out; reads chunk id, doc id and version only, unless ``texts`` is given: then the same
+        query reads their text and metadata too and puts their hits there (by chunk id)."""
         if not scored:
             return []
         keys = np.fromiter((key for key, _ in scored), dtype=np.int64, count=len(scored))
+        condition = where if where is not None else ("1", [])
+        if texts is None:
+            with self._reader() as conn:
+                rows = read_candidates(conn, keys, condition)
+            return self._found(rows, scored)
         with self._reader() as conn:
-            rows = read_candidates(conn, keys, where if where is not None else ("1", []))
-        return self._found(rows, scored)
+            full = read_candidate_texts(conn, keys, condition)
+        found = []
+        for key, score in scored:
+            if (row := full.get(key)) is not None:
+                chunk_id, doc_id, version, text, metadata = row
+                found.append(Candidate(chunk_id, doc_id, score, version, self.pid))
+                texts[chunk_id] = Hit(chunk_id, doc_id, score, text, json.loads(metadata), version, self.pid)
+        return found
 
     def _found(self, rows: dict[int, tuple[str, str, int]], scored: Iterable[tuple[int, float]]) -> list[Candidate]:
         """Candidates of the scored keys that ``rows`` (read_candidates) holds, in the given order."""

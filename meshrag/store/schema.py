@@ -380,3 +380,14 @@ def read_candidates(conn: sqlite3.Connection, keys: np.ndarray, where: tuple[str
     sql = f"SELECT {CANDIDATE_COLUMNS} FROM {CHUNKS_WITH_DOCS} WHERE c.key IN (SELECT value FROM json_each(?)) AND {where[0]}"
     rows = conn.execute(sql, (json.dumps(keys.tolist()), *where[1]))
     return {key: (chunk_id, doc_id, version) for key, chunk_id, doc_id, version in rows}
+
+
+def read_candidate_texts(
+    conn: sqlite3.Connection, keys: np.ndarray, where: tuple[str, list[Any]],
+) -> dict[int, tuple[str, str, int, str, str]]:
+    """``read_candidates`` with each chunk's text and its document's metadata (JSON) in the
+    same query: for a search that needs the text of what it finds right away."""
+    sql = (f"SELECT {CANDIDATE_COLUMNS}, c.text, d.metadata FROM {CHUNKS_WITH_DOCS} "
+           f"WHERE c.key IN (SELECT value FROM json_each(?)) AND {where[0]}")
+    rows = conn.execute(sql, (json.dumps(keys.tolist()), *where[1]))
+    return {row[0]: row[1:] for row in rows}

@@ -218,6 +218,17 @@ def test_dense_search_with_filter_across_partitions(engine: StorageEngine) -> No
     assert [h.chunk_id for h in engine.search_dense(query, 5, flt)] == [cid for cid, _ in brute_force(docs, query, 5, flt)]
 
 
+@pytest.mark.parametrize("flt", [None, {"i": {"$gte": 10, "$lt": 20}}], ids=["index", "selective filter"])
+def test_dense_search_reads_the_text_of_what_it_finds_when_asked_the_same_as_hits(engine: StorageEngine, flt: dict | None) -> None:
+    docs = [make_doc(f"m{i}", metadata={"i": i}) for i in range(60)]
+    engine.upsert(docs)
+    parsed = parse_filter(flt) if flt is not None else None
+    texts: dict = {}
+    found = engine.search_dense(unit_vector(7), 5, parsed, texts=texts)
+    assert found == engine.search_dense(unit_vector(7), 5, parsed)  # the same candidates either way
+    assert [texts[c.chunk_id] for c in found] == engine.hits(found)  # text, metadata, version, score
+
+
 def test_search_restricted_to_given_partitions(engine: StorageEngine) -> None:
     docs = [make_doc(f"m{i}", texts=[f"common word {i}"]) for i in range(60)]
     engine.upsert(docs)
