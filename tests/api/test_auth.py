@@ -9,28 +9,14 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-from meshrag.api.api_keys import ApiKeyRoutes
 from meshrag.api.auth import API_KEY, OPEN, ROUTE_SCOPES, api_key_middleware, required_scope
 from meshrag.api.errors import error_middleware
-from meshrag.api.latency import LatencyRoutes
-from meshrag.api.openai_compat import OpenAICompatApi
-from meshrag.api.public import PublicApi
-from meshrag.api.snapshots import SnapshotRoutes
-from meshrag.api.status_page import StatusPage
 from meshrag.security.api_keys import ApiKeyStore
-
-
-def _public_routes() -> set[tuple[str, str]]:
-    app = web.Application()
-    route_tables = (PublicApi(None).routes(), OpenAICompatApi(None).routes(), ApiKeyRoutes(None).routes(), SnapshotRoutes(None).routes(),  # type: ignore[arg-type]
-                    StatusPage().routes(), LatencyRoutes(None).routes())
-    for routes in route_tables:
-        app.add_routes(routes)
-    return {(r.method, r.resource.canonical) for r in app.router.routes() if r.method != "HEAD" and r.resource is not None}
+from tests.api.routes import served_routes
 
 
 def test_every_public_route_has_a_scope_decision_and_no_decision_is_stale() -> None:
-    assert _public_routes() == set(ROUTE_SCOPES)
+    assert served_routes() == set(ROUTE_SCOPES)
 
 
 def test_unknown_routes_need_admin_and_head_follows_get() -> None:

@@ -16,7 +16,6 @@ from typing import Any, Iterator
 import msgpack
 import pytest
 import schemathesis
-from aiohttp import web
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis.errors import Unsatisfiable
 from openapi_spec_validator import validate
@@ -24,29 +23,14 @@ from schemathesis import GenerationMode
 from schemathesis.specs.openapi.checks import content_type_conformance, response_schema_conformance, status_code_conformance
 
 from meshrag.api import openapi
-from meshrag.api.api_keys import ApiKeyRoutes
 from meshrag.api.auth import OPEN, ROUTE_SCOPES
-from meshrag.api.latency import LatencyRoutes
-from meshrag.api.openai_compat import OpenAICompatApi
-from meshrag.api.public import PublicApi
-from meshrag.api.snapshots import SnapshotRoutes
-from meshrag.api.status_page import StatusPage
 from meshrag.config import Config
 from meshrag.localnode import LocalNode
+from tests.api.routes import served_routes
 
 SCHEMATHESIS_EXAMPLES = int(os.environ.get("MESHRAG_SCHEMATHESIS_EXAMPLES", "12"))
 # Leaves the ring: the rest of the run would test a node that holds nothing.
 NOT_FUZZED = {("POST", "/v1/cluster/decommission")}
-
-
-def served_routes() -> set[tuple[str, str]]:
-    """The public route table, built as node.py builds it (the /_mesh/ routes are not public)."""
-    app = web.Application()
-    route_tables = (PublicApi(None).routes(), OpenAICompatApi(None).routes(), ApiKeyRoutes(None).routes(), SnapshotRoutes(None).routes(),  # type: ignore[arg-type]
-                    StatusPage().routes(), LatencyRoutes(None).routes())
-    for routes in route_tables:
-        app.add_routes(routes)
-    return {(r.method, r.resource.canonical) for r in app.router.routes() if r.method != "HEAD" and r.resource is not None}
 
 
 def documented_routes(document: dict[str, Any]) -> set[tuple[str, str]]:
