@@ -214,10 +214,13 @@ class RagPipeline:
         prepared, vector = await self._prepare_while_embedding(plan, timings, watch)
         plan = dataclasses.replace(plan, vector=vector)
         here = await self._cluster.search.search_here(plan, prepared)  # every partition here: one step
-        gathered, hits = here if here is not None else await self._gather_and_fetch(plan, prepared, request, left_s)
+        if here is None:
+            gathered, hits = await self._gather_and_fetch(plan, prepared, request, left_s)
+        else:
+            gathered, hits = here
+            if request.require_full_coverage:
+                require_coverage(gathered)
         timings.update(gathered.timings)
-        if request.require_full_coverage:
-            require_coverage(gathered)
         timings["total_ms"] = watch.ms()
         timings["search_ms"] = round(timings["total_ms"] - timings.get("embed_ms", 0.0), 2)
         self._metrics.search_latency.labels(stage="total").observe(timings["total_ms"] / 1000)
