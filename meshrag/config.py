@@ -20,6 +20,7 @@ from typing import Any, Callable, Mapping
 
 from meshrag.errors import ConfigError
 from meshrag.gossip.settings import GossipSettings
+from meshrag.store.vector_index import IndexSettings
 
 ENV_PREFIX = "MESHRAG_"
 # Upper bound of a replicated document's bytes per character of its text: UTF-8 (up to 4),
@@ -134,6 +135,13 @@ class StorageConfig:
     index_save_interval_s: float = field(default=30.0, metadata=_check(_positive, "seconds > 0"))
     tombstone_grace_s: float = field(default=864000.0, metadata=_check(_positive, "seconds > 0"))
     threads: int = field(default=2, metadata=_check(lambda v: 1 <= v <= 64, "an integer 1..64"))
+
+    def index_settings(self) -> IndexSettings:
+        """The vector index's settings these keys configure (store/vector_index.py)."""
+        return IndexSettings(
+            connectivity=self.index_connectivity, expansion_add=self.index_expansion_add,
+            expansion_search=self.index_expansion_search, exhaustive_below=self.index_exhaustive_below,
+        )
 
 
 @dataclass

@@ -78,7 +78,6 @@ from meshrag.security.secret import node_keyring
 from meshrag.store.analysis import Analyzer
 from meshrag.store.engine import StorageEngine
 from meshrag.store.hints import HintStore
-from meshrag.store.partition import IndexSettings
 
 log = logging.getLogger(__name__)
 
@@ -446,12 +445,7 @@ class Node:
         )
 
     def _open_engine(self, partitions: int, dim: int, analyzer: Analyzer) -> StorageEngine:
-        settings = IndexSettings(
-            connectivity=self.config.storage.index_connectivity,
-            expansion_add=self.config.storage.index_expansion_add,
-            expansion_search=self.config.storage.index_expansion_search,
-            exhaustive_below=self.config.storage.index_exhaustive_below,
-        )
+        settings = self.config.storage.index_settings()
         engine = StorageEngine(self.config.data_path / "partitions", partitions, dim, settings, analyzer=analyzer)
         engine.open()
         return engine

@@ -153,17 +153,12 @@ def embedded_chunks(client: MeshClient) -> float:
 
 
 def local_index(vectors: np.ndarray) -> Any:
-    """One usearch index with the node's default HNSW settings."""
-    from usearch.index import Index, MetricKind, ScalarKind
-
+    """One usearch index with the node's default HNSW settings, searched through its graph
+    (the node's exhaustive search of small indexes is its own: the baseline stays plain usearch)."""
     from meshrag.config import StorageConfig
+    from meshrag.store.vector_index import new_usearch_index
 
-    defaults = StorageConfig()
-    index = Index(
-        ndim=vectors.shape[1], metric=MetricKind.Cos, dtype=ScalarKind.F32,
-        connectivity=defaults.index_connectivity, expansion_add=defaults.index_expansion_add,
-        expansion_search=defaults.index_expansion_search,
-    )
+    index = new_usearch_index(vectors.shape[1], StorageConfig().index_settings())
     index.add(np.arange(len(vectors), dtype=np.uint64), vectors)
     return index
 
