@@ -626,6 +626,7 @@ def bench_scale(args: argparse.Namespace, http_: Http, work: Path) -> list[dict[
                 "in_process_build_s": round(build_s, 1),
                 "round_trip_p50_ms": round(percentile(rtt_ms, 50), 3),
                 "round_trip_p99_ms": round(percentile(rtt_ms, 99), 3),
+                "node_timings_p50_ms": node_timings(answers),
                 "node_recall_at_10": None if np.isnan(node_recall) else round(float(node_recall), 4),
                 "in_process_recall_at_10": round(float(local_recall), 4),
             }

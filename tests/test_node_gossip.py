@@ -32,17 +32,34 @@ def states(node: LocalNode) -> dict[str, str]:
         return {m["name"]: m["state"] for m in json.load(response)["members"]}
 
 
-def wait_until(predicate: Callable[[], bool], timeout_s: float, poll_s: float = 0.2) -> float:
-    """Seconds until predicate() held; raises on timeout."""
+def wait_until(predicate: Callable[[], bool], timeout_s: float, poll_s: float = 0.2,
+               explain: Callable[[], str] | None = None) -> float:
+    """Seconds until predicate() held; raises on timeout, with the last error the predicate
+    raised and ``explain()`` (what the nodes saw) so a failure says why."""
     start = time.monotonic()
+    last_error: OSError | None = None
     while time.monotonic() - start < timeout_s:
         try:
             if predicate():
                 return time.monotonic() - start
-        except OSError:
-            pass
+        except OSError as exc:  # a node not answering (yet), or answering 5xx
+            last_error = exc
         time.sleep(poll_s)
-    raise AssertionError(f"condition not met within {timeout_s} s")
+    detail = f"; last error: {last_error!r}" if last_error is not None else ""
+    raise AssertionError(f"condition not met within {timeout_s} s{detail}" + (f"\n{explain()}" if explain else ""))
+
+
+def membership_report(nodes: list[LocalNode]) -> str:
+    """Each node's view of the members (or why it gave none), and its membership log lines."""
+    lines = []
+    for node in nodes:
+        try:
+            lines.append(f"{node.name} sees {states(node)}")
+        except OSError as exc:
+            lines.append(f"{node.name}: /v1/cluster failed: {exc!r}")
+        log = [line for line in node.log_tail(400).splitlines() if "member " in line or "ERROR" in line or "WARNING" in line]
+        lines.extend(f"  {line}" for line in log[-25:])
+    return "\n".join(lines)
 
 
 def everyone_sees(nodes: list[LocalNode], name: str, state: str) -> bool:
@@ -62,7 +79,8 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[LocalNode
             node.start()
         for node in nodes:
             node.wait_ready()
-        wait_until(lambda: all(list(states(n).values()).count("alive") == NODES for n in nodes), 60)
+        wait_until(lambda: all(list(states(n).values()).count("alive") == NODES for n in nodes), 120,
+                   explain=lambda: membership_report(nodes))
         yield nodes
     finally:
         for node in nodes:
