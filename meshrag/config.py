@@ -130,7 +130,8 @@ class ClusterConfig:
 class StorageConfig:
     index_connectivity: int = field(default=16, metadata=_check(lambda v: 4 <= v <= 128, "an integer 4..128"))
     index_expansion_add: int = field(default=128, metadata=_check(lambda v: 8 <= v <= 4096, "an integer 8..4096"))
-    index_expansion_search: int = field(default=384, metadata=_check(lambda v: 8 <= v <= 4096, "an integer 8..4096"))
+    index_expansion_search: int = field(default=192, metadata=_check(lambda v: 8 <= v <= 4096, "an integer 8..4096"))
+    index_expansion_per_result: int = field(default=4, metadata=_check(lambda v: 1 <= v <= 64, "an integer 1..64"))
     index_exhaustive_below: int = field(default=8192, metadata=_check(lambda v: 0 <= v <= 1_000_000, "an integer 0..1000000"))
     index_save_interval_s: float = field(default=30.0, metadata=_check(_positive, "seconds > 0"))
     tombstone_grace_s: float = field(default=864000.0, metadata=_check(_positive, "seconds > 0"))
@@ -140,7 +141,8 @@ class StorageConfig:
         """The vector index's settings these keys configure (store/vector_index.py)."""
         return IndexSettings(
             connectivity=self.index_connectivity, expansion_add=self.index_expansion_add,
-            expansion_search=self.index_expansion_search, exhaustive_below=self.index_exhaustive_below,
+            expansion_search=self.index_expansion_search, expansion_per_result=self.index_expansion_per_result,
+            exhaustive_below=self.index_exhaustive_below,
         )
 
 

@@ -158,7 +158,9 @@ def local_index(vectors: np.ndarray) -> Any:
     from meshrag.config import StorageConfig
     from meshrag.store.vector_index import new_usearch_index
 
-    index = new_usearch_index(vectors.shape[1], StorageConfig().index_settings())
+    settings = StorageConfig().index_settings()
+    index = new_usearch_index(vectors.shape[1], settings)
+    index.expansion_search = settings.beam(10)  # the node's beam for the k=10 searches compared
     index.add(np.arange(len(vectors), dtype=np.uint64), vectors)
     return index
 

@@ -420,11 +420,18 @@ class NodeIndex:
             # threads=1: one query runs on one thread anyway; 0 (usearch's default) would have the
             # binding set up a worker per core for every call, which costs more than the search.
             exhaustive = len(self._index) <= self.settings.exhaustive_below  # faster and exact when small
+            self._set_beam(self.settings.beam(count))
             found = self._index.search(query, count, threads=1, exact=exhaustive)
         pids, keys = split_keys(found.keys)
         scores = 1.0 - np.asarray(found.distances, dtype=np.float64)
         scored = zip(pids.tolist(), keys.tolist(), scores.tolist())
         return [entry for entry in scored if wanted is None or entry[0] in wanted]
+
+    def _set_beam(self, beam: int) -> None:
+        """usearch keeps the beam in the index: set it only when a search needs another
+        (the caller holds the lock)."""
+        if self._index.expansion_search != beam:
+            self._index.expansion_search = beam  # type: ignore[misc]
 
     # ------------------------------------------------------------ save
     def save(self, partitions: Iterable[LoggedPartition], force: bool = False) -> int | None:
@@ -585,7 +592,7 @@ def _resolved(scored: list[NodeScored], k: int, resolve: Callable[[list[NodeScor
 def _first_pool(k: int, share: float, oversample: bool) -> int:
     """The first candidate count: k (or more, for a post-filter) scaled up by the share of
     the index the wanted partitions hold, twice over so that a shortfall, which costs a
-    second and wider search, stays rare. usearch's beam is expansion_search wide anyway,
-    so asking for up to that many costs about as much as asking for k."""
+    second and wider search, stays rare. The beam is at least expansion_search wide, so
+    asking for up to a quarter of that costs about as much as asking for k."""
     base = max(4 * k, 64) if oversample else k
     return base if share >= 1.0 else math.ceil(2 * base / share)

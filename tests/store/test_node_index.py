@@ -367,20 +367,40 @@ def test_restricted_search_oversamples_by_the_share_the_partitions_hold(
     assert len(index.search(query, 5, None, list)) == 5 and asked[1:] == [5]  # all of it: k
 
 
+def test_the_beam_is_the_configured_minimum_or_four_per_result() -> None:
+    settings = IndexSettings(expansion_search=192, expansion_per_result=4)
+    assert [settings.beam(count) for count in (1, 10, 48, 49, 100)] == [192, 192, 192, 196, 400]
+
+
+def test_each_search_runs_with_the_beam_its_candidate_count_needs(tmp_path: Path, source: ChunkVectors, monkeypatch: pytest.MonkeyPatch) -> None:
+    index = new_index(tmp_path, expansion_search=32, expansion_per_result=4, exhaustive_below=0)
+    index.view(3).recover(source, fresh=False)
+    beams: list[int] = []
+    usearch_search = index._index.search
+    monkeypatch.setattr(index._index, "search", lambda *a, **kw: beams.append(index._index.expansion_search) or usearch_search(*a, **kw))
+    query = unit_query_vector(unit_vector(5), DIM)
+    index.search(query, 5, None, list)
+    index.search(query, 20, None, list)
+    index.search(query, 5, None, list)
+    assert beams == [32, 80, 32]
+
+
 # --------------------------------------------------------- engine: search
 @pytest.mark.parametrize(("dim", "floor", "exhaustive_below"), [(128, 0.99, 0), (384, 0.97, 0), (384, 1.0, 8192)])
 def test_restricted_search_finds_the_true_top_k_of_those_partitions(tmp_path: Path, dim: int, floor: float, exhaustive_below: int) -> None:
     """Recall@10 on 5,000 random unit vectors over 16 partitions, searched whole and in subsets,
     against exact numpy search. Through the HNSW graph (exhaustive_below=0): uniform random 384-d
     vectors are HNSW's hard case (real embeddings cluster and do better): one plain usearch index
-    with these settings gets 0.974-0.979 on them too, so the floor there is 0.97 (0.98 measured);
-    128-d ones get 0.99+. With the default, an index this small is searched exhaustively: exact."""
+    with a beam of 384 gets 0.974-0.979 on them too, so the floor there is 0.97 (0.98 measured);
+    128-d ones get 0.99+. With the default, an index this small is searched exhaustively: exact.
+    The beam is 384 here, not the default 192 (tuned on real embeddings, IndexSettings): random
+    vectors need the wider beam for these floors."""
     count, partitions = 5000, 16
     rng = np.random.default_rng(0)
     vectors = rng.standard_normal((count, dim)).astype(np.float32)
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
     docs = [make_doc(f"v{i}", texts=["x"], dim=dim, vectors=[vectors[i]]) for i in range(count)]
-    engine = open_engine(tmp_path, partitions, dim, exhaustive_below=exhaustive_below)
+    engine = open_engine(tmp_path, partitions, dim, exhaustive_below=exhaustive_below, expansion_search=384)
     try:
         for start in range(0, count, 500):
             engine.upsert(docs[start : start + 500])
