@@ -76,7 +76,11 @@ class StateSync:
         self._seeds = [seed for seed in seeds if seed and seed != local_address]
         self._joined = False
         self._join_backoff = self._host.settings.join_backoff_initial_s
-        self._attempt_join()
+        if self._join_timer is not None:  # a retry was waiting: this call is it
+            self._join_timer.cancel()
+            self._join_timer = None
+        if not self._join_attempt_open:  # else the attempt in flight retries, with these seeds, if it fails
+            self._attempt_join()
 
     @property
     def joined(self) -> bool:
@@ -106,8 +110,8 @@ class StateSync:
         peers = host.table.sample_live(host.rng, 1)
         if peers:
             self.exchange(peers[0].address, join=False)
-        elif self._seeds and self._join_timer is None:
-            self._attempt_join()
+        elif self._seeds and self._join_timer is None and not self._join_attempt_open:
+            self._attempt_join()  # alone, and no attempt waiting or in flight (a slow seed takes push_pull_timeout_s)
 
     def reconnect_round(self) -> None:
         """Retry one dead member, with Serf's probability min(1, dead/alive)."""

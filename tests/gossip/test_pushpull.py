@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Callable
+
 from meshrag.gossip.settings import GossipSettings
 from meshrag.gossip.sim import Simulation
 from meshrag.gossip.state import MemberState
@@ -30,6 +32,37 @@ def test_join_retries_with_backoff_until_a_seed_answers() -> None:
     assert joiner.ml.joined
     assert sim.state_of(seed.name, joiner.name) == MemberState.ALIVE
     assert sim.state_of(joiner.name, seed.name) == MemberState.ALIVE
+
+
+def test_a_join_attempt_never_overlaps_another_and_retries_continue_while_the_seed_times_out() -> None:
+    """A seed that takes every exchange to its timeout (10 s, longer than a backoff step):
+    the periodic push-pull round must not start a second attempt beside the one in flight,
+    and the backoff timer must keep retrying until the seed answers."""
+    sim = Simulation(3)
+    seed = sim.add_node()
+    joiner = sim.add_node()
+    sim.block(joiner.name, seed.name)  # datagrams and exchanges vanish: every attempt times out
+    in_flight, most = [0], [0]
+    push_pull = joiner.ml.transport.push_pull
+
+    def counted(address: str, payload: bytes, timeout: float, on_reply: Callable[[bytes | None], None]) -> None:
+        in_flight[0] += 1
+        most[0] = max(most[0], in_flight[0])
+
+        def done(reply: bytes | None) -> None:
+            in_flight[0] -= 1
+            on_reply(reply)
+
+        push_pull(address, payload, timeout, done)
+
+    joiner.ml.transport.push_pull = counted  # type: ignore[method-assign]
+    joiner.ml.join([seed.address])
+    sim.run_for(200)
+    assert most[0] == 1
+    assert joiner.ml.stats.push_pull_failures >= 6  # 10 s timeouts, 1-30 s backoff: still retrying
+    sim.heal()
+    sim.run_for(60)  # the next retry, at most 1.5 x 30 s away, gets through
+    assert joiner.ml.joined and sim.state_of(seed.name, joiner.name) == MemberState.ALIVE
 
 
 def test_a_partition_longer_than_the_suspicion_timeout_heals_by_itself(cluster: ClusterFactory) -> None:
