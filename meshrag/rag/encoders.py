@@ -107,8 +107,7 @@ class SentenceTransformersEncoder:
 
     def load(self) -> None:
         """Load the model (seconds; call from an executor, never on the loop)."""
-        _stay_offline()
-        _bounded_openmp_spin()
+        _stay_offline()  # OpenMP's spin is bounded when meshrag is imported (meshrag/openmp.py)
         import torch
         from sentence_transformers import SentenceTransformer
         from transformers.utils import logging as transformers_logging
@@ -344,24 +343,6 @@ def _read_json(path: Path) -> dict[str, Any]:
 def _require_model_dir(model_path: Path) -> None:
     if not model_path.is_dir():
         raise FileNotFoundError(f"embedding model directory {model_path} does not exist")
-
-
-# How long torch's OpenMP workers (GNU libgomp) spin after a parallel region before
-# they sleep. libgomp's default (300,000 spins) keeps a worker burning a core for
-# milliseconds after every embedding, which on a node is exactly when its event
-# loop, storage threads and neighbour processes need the CPU. Measured on 2 cores
-# (scripts/bench_search.py --only latency, Cranfield queries, p50): search 15.2 ->
-# 12.2 ms on one node and 18.6 -> 13.6 ms through three; a single query's embedding
-# alone is as fast as with the default (7.5-7.9 ms), and batch throughput is the
-# same. OMP_WAIT_POLICY=PASSIVE (no spinning) costs 2 ms per query instead.
-# An operator's own GOMP_SPINCOUNT or OMP_WAIT_POLICY wins.
-OPENMP_SPIN_COUNT = "20000"
-
-
-def _bounded_openmp_spin() -> None:
-    """libgomp reads this when torch first loads it: call before the first ``import torch``."""
-    if "OMP_WAIT_POLICY" not in os.environ:
-        os.environ.setdefault("GOMP_SPINCOUNT", OPENMP_SPIN_COUNT)
 
 
 def _stay_offline() -> None:

@@ -290,19 +290,3 @@ def test_vllm_vectors_match_the_cpu_encoder(cpu_vectors: np.ndarray) -> None:
     assert vectors.shape == (len(SENTENCES), DIM) and vectors.dtype == np.float32
     np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
     assert cosines(vectors, cpu_vectors).min() >= 0.99999
-
-
-def test_openmp_workers_spin_briefly_unless_the_operator_says_otherwise(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("GOMP_SPINCOUNT", raising=False)
-    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
-    encoders._bounded_openmp_spin()
-    assert os.environ["GOMP_SPINCOUNT"] == encoders.OPENMP_SPIN_COUNT
-
-    monkeypatch.setenv("GOMP_SPINCOUNT", "300000")
-    encoders._bounded_openmp_spin()
-    assert os.environ["GOMP_SPINCOUNT"] == "300000"
-
-    monkeypatch.delenv("GOMP_SPINCOUNT")
-    monkeypatch.setenv("OMP_WAIT_POLICY", "PASSIVE")  # a wait policy of their own: no spin count added
-    encoders._bounded_openmp_spin()
-    assert "GOMP_SPINCOUNT" not in os.environ
