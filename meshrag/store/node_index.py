@@ -410,17 +410,18 @@ class NodeIndex:
             return []
         count = min(total, _first_pool(k, held / total, oversample))
         while True:
-            found = _resolved(self._nearest(query, count, wanted), k, resolve, window=None if oversample else k)
+            found = _resolved(self._nearest(query, count, wanted, self.settings.beam(k, count)), k, resolve,
+                              window=None if oversample else k)
             if len(found) >= k or count >= total:
                 return found[:k]
             count = min(total, count * 4)
 
-    def _nearest(self, query: np.ndarray, count: int, wanted: set[int] | None) -> list[NodeScored]:
+    def _nearest(self, query: np.ndarray, count: int, wanted: set[int] | None, beam: int) -> list[NodeScored]:
         with self._lock:
             # threads=1: one query runs on one thread anyway; 0 (usearch's default) would have the
             # binding set up a worker per core for every call, which costs more than the search.
             exhaustive = len(self._index) <= self.settings.exhaustive_below  # faster and exact when small
-            self._set_beam(self.settings.beam(count))
+            self._set_beam(beam)
             found = self._index.search(query, count, threads=1, exact=exhaustive)
         pids, keys = split_keys(found.keys)
         scores = 1.0 - np.asarray(found.distances, dtype=np.float64)

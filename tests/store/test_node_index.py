@@ -316,7 +316,7 @@ def test_search_widens_until_k_candidates_survive(tmp_path: Path, source: ChunkV
     query = unit_query_vector(unit_vector(99), DIM)
     asked: list[int] = []
     nearest = index._nearest
-    monkeypatch.setattr(index, "_nearest", lambda query, count, only: asked.append(count) or nearest(query, count, only))
+    monkeypatch.setattr(index, "_nearest", lambda query, count, only, beam: asked.append(count) or nearest(query, count, only, beam))
 
     def keep_wanted(scored: list[tuple[int, int, float]]) -> list[tuple[int, float]]:
         return [(key, score) for _, key, score in scored if key in wanted]
@@ -359,7 +359,7 @@ def test_restricted_search_oversamples_by_the_share_the_partitions_hold(
         index.view(pid).recover(source, fresh=False)
     asked: list[int] = []
     nearest = index._nearest
-    monkeypatch.setattr(index, "_nearest", lambda query, count, wanted: asked.append(count) or nearest(query, count, wanted))
+    monkeypatch.setattr(index, "_nearest", lambda query, count, wanted, beam: asked.append(count) or nearest(query, count, wanted, beam))
     query = unit_query_vector(unit_vector(7), DIM)
     found = index.search(query, 5, [1], list)
     assert len(found) == 5 and {pid for pid, _, _ in found} == {1}
@@ -367,9 +367,11 @@ def test_restricted_search_oversamples_by_the_share_the_partitions_hold(
     assert len(index.search(query, 5, None, list)) == 5 and asked[1:] == [5]  # all of it: k
 
 
-def test_the_beam_is_the_configured_minimum_or_four_per_result() -> None:
+def test_the_beam_is_the_configured_minimum_or_four_per_result_and_always_holds_the_pool() -> None:
     settings = IndexSettings(expansion_search=192, expansion_per_result=4)
-    assert [settings.beam(count) for count in (1, 10, 48, 49, 100)] == [192, 192, 192, 196, 400]
+    assert [settings.beam(k) for k in (1, 10, 48, 49, 100)] == [192, 192, 192, 196, 400]
+    assert settings.beam(10, 600) == 600  # an oversampled pool widens the beam to itself, not 4x
+    assert settings.beam(100, 300) == 400
 
 
 def test_each_search_runs_with_the_beam_its_candidate_count_needs(tmp_path: Path, source: ChunkVectors, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -382,7 +384,8 @@ def test_each_search_runs_with_the_beam_its_candidate_count_needs(tmp_path: Path
     index.search(query, 5, None, list)
     index.search(query, 20, None, list)
     index.search(query, 5, None, list)
-    assert beams == [32, 80, 32]
+    index.search(query, 5, None, list, oversample=True)  # a post-filter's pool: 64, cut to the 60 vectors held
+    assert beams == [32, 80, 32, 60]  # the pool, not 4 x 60
 
 
 # --------------------------------------------------------- engine: search
