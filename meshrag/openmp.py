@@ -11,10 +11,12 @@ single query's embedding alone is as fast as with the default (7.5-7.9 ms), and
 batch throughput is the same. OMP_WAIT_POLICY=PASSIVE (no spinning) costs 2 ms
 per query instead.
 
-So the bound is set when the ``meshrag`` package is imported (meshrag/__init__.py):
-setting it when the embedder loads was too late once usearch was imported first
-(HTTP p50 16.3 against 11.9 ms on one node). An operator's own GOMP_SPINCOUNT or
-OMP_WAIT_POLICY wins.
+So the bound is set when the ``meshrag`` package is imported (meshrag/__init__.py).
+Setting it when the embedder loads was too late in any process that had imported
+usearch first: a node (node.py imports the storage engine), and the benchmark
+client once meshrag.config imported the index settings, whose spinning workers
+then took a core from the node it measured (one node's HTTP p50 16.3 against
+11.9 ms). An operator's own GOMP_SPINCOUNT or OMP_WAIT_POLICY wins.
 """
 
 from __future__ import annotations
