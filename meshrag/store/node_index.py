@@ -229,7 +229,7 @@ class NodeIndex:
         if index is None or index.ndim != self.dim or index.metric_kind != MetricKind.Cos or index.dtype != ScalarKind.F32:
             return None
         # Settable (usearch declares the setters apart from the getters, which mypy misreads).
-        index.expansion_search = self.settings.expansion_search  # type: ignore[misc]
+        # The search beam needs no restoring: every search sets its own (_set_beam).
         index.expansion_add = self.settings.expansion_add  # type: ignore[misc]
         return index, seqs
 

@@ -29,9 +29,9 @@ class IndexSettings:
 
     The search beam (usearch's ``expansion_search``) is ``beam(k, count)``: at least
     ``expansion_search``, ``expansion_per_result`` times the results wanted, as
-    Weaviate's dynamic ef, and the candidate pool asked of the index. Recall@10 against exact search, 384-d MiniLM
-    embeddings of 100,200 real English lines (scripts/bench_index_layout.py
-    --data real): at 100,000 vectors 128 gives 0.989, 192 0.9955 (0.94 ms per
+    Weaviate's dynamic ef, and the candidate pool asked of the index. Recall@10
+    against exact search, 384-d MiniLM embeddings of 100,200 real English lines
+    (scripts/bench_beam.py --data real): at 100,000 vectors 128 gives 0.989, 192 0.9955 (0.94 ms per
     query), 384 0.9995 (1.84 ms); at 10,000, 192 gives 0.999. Top-100 at
     100,000: 256 gives 0.989, 384 0.995, hence 4 per result. So 192 keeps
     recall above 0.99 on real embeddings at half the cost of 384. Uniform
